@@ -1,0 +1,58 @@
+# warmstart — the few commands people type. `make setup` is idempotent; every target that
+# needs the environment depends on it.
+PY_SYS ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip
+STAMP  := $(VENV)/.installed
+DATA   ?= data
+SHARED ?= ../shared/data
+# Test runs use the CPU build of torch with two threads (the machine has two cores).
+export OMP_NUM_THREADS ?= 2
+export TOKENIZERS_PARALLELISM ?= false
+export HF_HUB_OFFLINE ?= 1
+export TRANSFORMERS_OFFLINE ?= 1
+
+.PHONY: setup data test test-slow test-integration lint format demo bench clean
+
+setup: $(STAMP)
+
+# torch==2.13.0 goes first so no dependency can resolve a bare `torch` to a CUDA build.
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PY_SYS) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q torch==2.13.0
+	$(PIP) install -q -e '.[all]'
+	touch $(STAMP)
+
+data: setup
+	$(VENV)/bin/warmstart data fetch --data-dir $(DATA) --shared $(SHARED)
+
+test: setup
+	$(PY) -m pytest -q
+
+test-slow: setup
+	$(PY) -m pytest -q -m "slow and not integration"
+
+test-integration: setup data
+	WARMSTART_DATA=$(DATA) $(PY) -m pytest -q -m integration
+
+lint: setup
+	$(VENV)/bin/ruff check src tests benchmarks
+	$(VENV)/bin/ruff format --check src tests benchmarks
+	$(VENV)/bin/mypy
+
+format: setup
+	$(VENV)/bin/ruff format src tests benchmarks
+	$(VENV)/bin/ruff check --fix src tests benchmarks
+
+# The main job. Until the web demo exists: cold-start baselines on the real data.
+demo: setup data
+	$(VENV)/bin/warmstart coldstart baselines --data-dir $(DATA) --dataset lastfm-coldnas
+	$(VENV)/bin/warmstart coldstart baselines --data-dir $(DATA) --dataset movielens-1m --seeds 0 1 2
+
+bench: setup data
+	WARMSTART_DATA=$(DATA) $(PY) benchmarks/run_all.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,57 @@
+"""The ``warmstart`` command: the only place that reads argv and the environment.
+
+Each command group lives in its own module with a ``register(subparsers)`` function that adds
+its sub-commands; a sub-command stores its handler in ``func`` (called with the parsed args,
+returns an exit code).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+# (group name, help, modules that register sub-commands into the group)
+GROUPS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
+    ("data", "fetch, check and summarise datasets", ("warmstart.cli.data",)),
+    (
+        "coldstart",
+        "cold-start recommendation: baselines, ColdNAS search/train/evaluate",
+        ("warmstart.cli.coldstart_baselines", "warmstart.cli.coldstart_nas"),
+    ),
+    ("retrieval", "dense passage retrieval (RocketQA)", ("warmstart.cli.retrieval",)),
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="warmstart", description=__doc__.splitlines()[0])
+    groups = parser.add_subparsers(dest="group", metavar="GROUP")
+    groups.required = True
+    for name, help_text, modules in GROUPS:
+        group = groups.add_parser(name, help=help_text, description=help_text)
+        commands = group.add_subparsers(dest="command", metavar="COMMAND")
+        commands.required = True
+        for module_name in modules:
+            try:
+                module = importlib.import_module(module_name)
+            except ModuleNotFoundError as err:
+                if err.name != module_name:
+                    raise
+                continue  # a group whose module is not written yet
+            module.register(commands)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except (ValueError, FileNotFoundError, KeyError) as err:
+        # Library code raises errors that name the file, line or field; show them without a traceback.
+        print(f"warmstart: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
