@@ -28,14 +28,17 @@ $(STAMP): pyproject.toml
 data: setup
 	$(VENV)/bin/warmstart data fetch --data-dir $(DATA) --shared $(SHARED)
 
+# Unit tests, plus the fast integration tests on the real data when it is reachable
+# ($WARMSTART_DATA, else ../shared/data, else ./data; they skip when none exists).
+TEST_DATA ?= $(or $(WARMSTART_DATA),$(if $(wildcard $(SHARED)),$(SHARED),$(DATA)))
 test: setup
-	$(PY) -m pytest -q
+	WARMSTART_DATA=$(TEST_DATA) $(PY) -m pytest -q
 
 test-slow: setup
-	$(PY) -m pytest -q -m "slow and not integration"
+	WARMSTART_DATA=$(TEST_DATA) $(PY) -m pytest -q -m slow
 
-test-integration: setup data
-	WARMSTART_DATA=$(DATA) $(PY) -m pytest -q -m integration
+test-integration: setup
+	WARMSTART_DATA=$(TEST_DATA) $(PY) -m pytest -q -m integration
 
 lint: setup
 	$(VENV)/bin/ruff check src tests benchmarks
@@ -52,7 +55,7 @@ demo: setup data
 	$(VENV)/bin/warmstart coldstart baselines --data-dir $(DATA) --dataset movielens-1m --seeds 0 1 2
 
 bench: setup data
-	WARMSTART_DATA=$(DATA) $(PY) benchmarks/run_all.py
+	WARMSTART_DATA=$(DATA) $(PY) benchmarks/run_all.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -26,3 +26,23 @@ def resolve_data_dir(flag: Path | None) -> Path:
     if env:
         return Path(env)
     return Path("data")
+
+
+def resolve_cache_dir(flag: Path | None, disabled: bool = False) -> Path | None:
+    """Parsed-data cache: ``--cache-dir``, ``$XDG_CACHE_HOME/warmstart``, ``~/.cache/warmstart``."""
+    if disabled:
+        return None
+    if flag is not None:
+        return flag
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return (Path(xdg) if xdg else Path.home() / ".cache") / "warmstart"
+
+
+def add_cache_dir(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--cache-dir",
+        type=Path,
+        default=None,
+        help="parsed-data cache (default: $XDG_CACHE_HOME/warmstart, then ~/.cache/warmstart)",
+    )
+    parser.add_argument("--no-cache", action="store_true", help="parse the text files every time")

@@ -43,7 +43,9 @@ class FeatureField:
 
     def __post_init__(self) -> None:
         if self.index.ndim != 2:
-            raise ValueError(f"field {self.name!r}: index must be (N, L), got shape {self.index.shape}")
+            raise ValueError(
+                f"field {self.name!r}: index must be (N, L), got shape {self.index.shape}"
+            )
         valid = self.index[self.index != PAD]
         if valid.size and (valid.min() < 0 or valid.max() >= self.cardinality):
             raise ValueError(

@@ -1,0 +1,43 @@
+"""Shared fixtures: tiny datasets written in the official file formats."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+
+def _load_official() -> ModuleType:
+    path = Path(__file__).parent / "fixtures" / "official.py"
+    spec = importlib.util.spec_from_file_location("warmstart_test_fixtures_official", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+official = _load_official()
+"""Writers for tiny official-format datasets (``official.write_movielens_1m(root)``, ...)."""
+
+
+@pytest.fixture(scope="session")
+def _tiny_data(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, dict[str, int]]]:
+    root = tmp_path_factory.mktemp("data")
+    return root, official.write_all(root)
+
+
+@pytest.fixture(scope="session")
+def tiny_data_dir(_tiny_data: tuple[Path, dict[str, dict[str, int]]]) -> Path:
+    """A data directory with every dataset in its official layout (shared: do not modify).
+
+    Tests that modify files write their own copy (``official.write_*`` into ``tmp_path``).
+    """
+    return _tiny_data[0]
+
+
+@pytest.fixture(scope="session")
+def tiny_counts(_tiny_data: tuple[Path, dict[str, dict[str, int]]]) -> dict[str, dict[str, int]]:
+    """The counts ``official.write_all`` returned for ``tiny_data_dir``."""
+    return _tiny_data[1]
