@@ -1,0 +1,499 @@
+"""Vector indexes for inner-product retrieval: exact (ours) and faiss (flat, IVF, HNSW).
+
+RocketQA (Qu et al., NAACL 2021, arXiv 2010.08191) retrieves with exact inner-product search over
+the passage embeddings; the ANN kinds trade a little recall for speed on large corpora.
+
+One small interface for every kind::
+
+    index = build_index("exact", dim=384)
+    index.add(passages)                      # (N, D) float32
+    scores, ids = index.search(queries, 10)  # (M, k) float32, (M, k) int64 row positions
+    index.save(path); index = load_index(path)
+
+Conventions:
+    * Scores are inner products, best first; ids are row positions in insertion order.
+    * ``k`` larger than ``ntotal`` is clipped: the result has ``min(k, ntotal)`` columns.
+    * ANN kinds (``ivf``, ``hnsw``) can find fewer than ``k`` hits; missing slots hold id ``-1``
+      and score ``-inf`` (``exact`` and ``flat`` always fill every slot).
+    * Vectors must be finite; NaN or infinity raises ``ValueError``.
+    * Saved indexes are a directory: ``index.json`` plus ``vectors.npy`` (exact) or
+      ``index.faiss`` (faiss kinds). Nothing is pickled.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar, Protocol
+
+import numpy as np
+import torch
+
+__all__ = [
+    "KINDS",
+    "ExactConfig",
+    "ExactIndex",
+    "FaissIndex",
+    "FlatConfig",
+    "HNSWConfig",
+    "IVFConfig",
+    "VectorIndex",
+    "build_index",
+    "load_index",
+]
+
+_FORMAT_VERSION = 1
+_META_FILE = "index.json"
+_VECTORS_FILE = "vectors.npy"
+_FAISS_FILE = "index.faiss"
+
+
+class VectorIndex(Protocol):
+    """What every index kind offers."""
+
+    @property
+    def ntotal(self) -> int: ...
+
+    @property
+    def dim(self) -> int: ...
+
+    def add(self, vectors: np.ndarray) -> None: ...
+
+    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]: ...
+
+    def save(self, path: Path) -> None: ...
+
+
+# --------------------------------------------------------------------------- configs
+
+
+def _check_positive(name: str, value: int | None, *, allow_none: bool = False) -> None:
+    if value is None and allow_none:
+        return
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ValueError(f"{name} must be a positive int, got {value!r}")
+
+
+@dataclass(frozen=True)
+class ExactConfig:
+    """Exact blocked inner-product search (ours).
+
+    Attributes:
+        dim: vector dimension.
+        block_rows: corpus rows scored per matrix product. The default keeps a 256-query score
+            block (256 x 8192 x 4 B = 8 MiB) inside the L3 cache of a small server.
+        query_block: queries scored together against one corpus block.
+    """
+
+    kind: ClassVar[str] = "exact"
+    dim: int
+    block_rows: int = 8192
+    query_block: int = 256
+
+    def __post_init__(self) -> None:
+        for name in ("dim", "block_rows", "query_block"):
+            _check_positive(name, getattr(self, name))
+
+
+@dataclass(frozen=True)
+class FlatConfig:
+    """faiss ``IndexFlatIP`` (exact, faiss's kernels)."""
+
+    kind: ClassVar[str] = "flat"
+    dim: int
+
+    def __post_init__(self) -> None:
+        _check_positive("dim", self.dim)
+
+
+@dataclass(frozen=True)
+class IVFConfig:
+    """faiss ``IndexIVFFlat`` with inner-product metric; trained on the first ``add``.
+
+    Attributes:
+        dim: vector dimension.
+        nlist: number of k-means cells; ``None`` picks ``4 * sqrt(N)`` (at most ``N // 39``, the
+            faiss rule of thumb of >= 39 training points per cell) from the first ``add``.
+        nprobe: cells visited per query (recall/speed knob).
+    """
+
+    kind: ClassVar[str] = "ivf"
+    dim: int
+    nlist: int | None = None
+    nprobe: int = 8
+
+    def __post_init__(self) -> None:
+        _check_positive("dim", self.dim)
+        _check_positive("nlist", self.nlist, allow_none=True)
+        _check_positive("nprobe", self.nprobe)
+
+
+@dataclass(frozen=True)
+class HNSWConfig:
+    """faiss ``IndexHNSWFlat`` with inner-product metric.
+
+    Attributes:
+        dim: vector dimension.
+        m: graph neighbours per node (faiss ``M``).
+        ef_construction: beam width while building (faiss ``efConstruction``).
+        ef_search: beam width while searching (faiss ``efSearch``; recall/speed knob).
+    """
+
+    kind: ClassVar[str] = "hnsw"
+    dim: int
+    m: int = 32
+    ef_construction: int = 40
+    ef_search: int = 64
+
+    def __post_init__(self) -> None:
+        for name in ("dim", "m", "ef_construction", "ef_search"):
+            _check_positive(name, getattr(self, name))
+
+
+_CONFIGS: dict[str, type] = {c.kind: c for c in (ExactConfig, FlatConfig, IVFConfig, HNSWConfig)}
+KINDS: tuple[str, ...] = tuple(_CONFIGS)
+
+AnyConfig = ExactConfig | FlatConfig | IVFConfig | HNSWConfig
+
+
+def _make_config(kind: str, dim: int, params: dict[str, Any]) -> AnyConfig:
+    if kind not in _CONFIGS:
+        raise ValueError(f"kind must be one of {list(KINDS)}, got {kind!r}")
+    cls = _CONFIGS[kind]
+    allowed = [f.name for f in dataclasses.fields(cls) if f.name != "dim"]
+    unknown = sorted(set(params) - set(allowed))
+    if unknown:
+        raise ValueError(f"unknown parameter(s) {unknown} for kind {kind!r}; allowed: {allowed}")
+    config: AnyConfig = cls(dim=dim, **params)
+    return config
+
+
+# --------------------------------------------------------------------------- validation
+
+
+def _as_matrix(x: np.ndarray, dim: int, name: str) -> np.ndarray:
+    """Validate and return a C-contiguous, writable float32 (N, dim) array (copy if needed)."""
+    arr = np.asarray(x)
+    if arr.ndim != 2:
+        raise ValueError(f"{name} must be 2-D (N, {dim}), got shape {arr.shape}")
+    if arr.shape[1] != dim:
+        raise ValueError(f"{name} dimension mismatch: index dim is {dim}, got {arr.shape[1]}")
+    if not (np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer)):
+        raise ValueError(f"{name} must be a real numeric array, got dtype {arr.dtype}")
+    arr = np.ascontiguousarray(arr, dtype=np.float32)
+    if not arr.flags.writeable:
+        arr = arr.copy()
+    if not np.isfinite(arr).all():
+        bad = int(np.argwhere(~np.isfinite(arr))[0, 0])
+        raise ValueError(f"{name} contain NaN or infinity (first bad row: {bad})")
+    return arr
+
+
+def _check_k(k: int, ntotal: int) -> int:
+    if not isinstance(k, int | np.integer) or isinstance(k, bool) or k < 1:
+        raise ValueError(f"k must be a positive int, got {k!r}")
+    if ntotal == 0:
+        raise ValueError("cannot search an empty index: add vectors first")
+    return min(int(k), ntotal)
+
+
+# --------------------------------------------------------------------------- exact (ours)
+
+
+class ExactIndex:
+    """Exact inner-product search by blocked matrix products and per-block top-k.
+
+    The corpus is stored as blocks of ``block_rows`` rows (transposed, (D, rows)). Each corpus block is multiplied with
+    each query block (one GEMM), ``torch.topk`` keeps the block's best ``k`` and a running merge
+    keeps the overall best ``k``: no full sort, the corpus is read once, and the score block
+    stays in cache. A single query uses matrix-vector products into one score vector and one
+    ``np.argpartition``.
+    """
+
+    def __init__(self, config: ExactConfig) -> None:
+        self.config = config
+        # each block (D, <= block_rows) float32, C-contiguous: transposed, so that one query is
+        # a row-vector x matrix product (BLAS gemv "N": streams the block once, accumulating the
+        # block's scores in L1), measurably faster here than dot products row by row.
+        self._blocks: list[np.ndarray] = []
+        self._ntotal = 0
+
+    @property
+    def ntotal(self) -> int:
+        return self._ntotal
+
+    @property
+    def dim(self) -> int:
+        return self.config.dim
+
+    def add(self, vectors: np.ndarray) -> None:
+        """Append vectors.
+
+        Args:
+            vectors: (N, D) float array; copied, so later changes to it do not leak in.
+        """
+        arr = _as_matrix(vectors, self.dim, "vectors")
+        start = 0
+        if self._blocks and self._blocks[-1].shape[1] < self.config.block_rows:
+            room = self.config.block_rows - self._blocks[-1].shape[1]
+            self._blocks[-1] = np.ascontiguousarray(np.hstack([self._blocks[-1], arr[:room].T]))
+            start = room
+        for s in range(start, len(arr), self.config.block_rows):
+            self._blocks.append(np.ascontiguousarray(arr[s : s + self.config.block_rows].T))
+        self._ntotal += len(arr)
+
+    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Top-``k`` rows by inner product.
+
+        Args:
+            queries: (M, D) float array.
+            k: hits per query; clipped to ``ntotal``.
+
+        Returns:
+            scores (M, k') float32 and row positions (M, k') int64, best first, k' = min(k, ntotal).
+        """
+        q = _as_matrix(queries, self.dim, "queries")
+        kk = _check_k(k, self._ntotal)
+        if len(q) == 1:
+            scores, ids = self._search_vector(q[0], kk)
+            return scores[None], ids[None]
+        with torch.inference_mode():
+            return self._search_blocked(q, kk)
+
+    def _search_vector(self, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """One query (D,): matrix-vector products into one (N,) score vector, one partition."""
+        scores = np.empty(self._ntotal, dtype=np.float32)
+        offset = 0
+        for block in self._blocks:
+            n = block.shape[1]
+            np.dot(q, block, out=scores[offset : offset + n])
+            offset += n
+        ids = np.argpartition(scores, -k)[-k:] if k < self._ntotal else np.arange(self._ntotal)
+        ids = ids[np.argsort(-scores[ids], kind="stable")]
+        return scores[ids], ids.astype(np.int64)
+
+    def _search_blocked(self, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Queries (M, D): each corpus block is read once and scored against every query block.
+
+        The GEMM runs in numpy (OpenBLAS: faster than MKL's on AMD CPUs) into a reused score
+        buffer; ``torch.topk`` on a zero-copy view keeps each block's best ``k``, and a running
+        merge over (m, 2k) candidates keeps the overall best ``k``.
+        """
+        qb = self.config.query_block
+        best_v = torch.full((len(q), k), -math.inf)
+        best_i = torch.full((len(q), k), -1, dtype=torch.int64)
+        buf = np.empty(min(qb, len(q)) * self.config.block_rows, dtype=np.float32)
+        offset = 0
+        for block in self._blocks:
+            n = block.shape[1]
+            for s in range(0, len(q), qb):
+                qs = q[s : s + qb]
+                scores = buf[: len(qs) * n].reshape(len(qs), n)
+                np.matmul(qs, block, out=scores)  # (m, D) @ (D, n)
+                v, i = torch.topk(torch.from_numpy(scores), min(k, n), dim=1, sorted=False)
+                cand_v = torch.cat([best_v[s : s + qb], v], dim=1)  # (m, k + k_block)
+                cand_i = torch.cat([best_i[s : s + qb], i + offset], dim=1)
+                top_v, pos = torch.topk(cand_v, k, dim=1, sorted=False)
+                best_v[s : s + qb] = top_v
+                best_i[s : s + qb] = torch.gather(cand_i, 1, pos)
+            offset += n
+        best_v, order = torch.sort(best_v, dim=1, descending=True, stable=True)
+        return best_v.numpy(), torch.gather(best_i, 1, order).numpy()
+
+    def save(self, path: Path) -> None:
+        """Write ``index.json`` and ``vectors.npy`` (streamed block by block) into ``path``."""
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        out = np.lib.format.open_memmap(
+            path / _VECTORS_FILE, mode="w+", dtype=np.float32, shape=(self._ntotal, self.dim)
+        )
+        offset = 0
+        for block in self._blocks:
+            out[offset : offset + block.shape[1]] = block.T
+            offset += block.shape[1]
+        out.flush()
+        del out
+        _write_meta(path, self.config, ntotal=self._ntotal)
+
+    @classmethod
+    def _load(cls, path: Path, config: ExactConfig) -> ExactIndex:
+        vectors = np.load(path / _VECTORS_FILE, allow_pickle=False, mmap_mode="r")
+        index = cls(config)
+        for s in range(0, len(vectors), config.block_rows):
+            index.add(np.asarray(vectors[s : s + config.block_rows]))
+        return index
+
+
+# --------------------------------------------------------------------------- faiss kinds
+
+
+def _faiss() -> Any:
+    try:
+        import faiss
+    except ImportError as err:  # pragma: no cover - depends on the environment
+        raise ImportError(
+            "faiss is needed for index kinds flat/ivf/hnsw: pip install 'warmstart[retrieval]'"
+        ) from err
+    return faiss
+
+
+def _auto_nlist(n: int) -> int:
+    return max(1, min(round(4 * math.sqrt(n)), n // 39))
+
+
+class FaissIndex:
+    """faiss ``IndexFlatIP`` / ``IndexIVFFlat`` / ``IndexHNSWFlat`` behind the common interface.
+
+    The IVF index is created and trained on the first ``add`` (so ``nlist`` can be chosen from
+    the data size); later adds only assign vectors to the trained cells.
+    """
+
+    def __init__(self, config: FlatConfig | IVFConfig | HNSWConfig, raw: Any = None) -> None:
+        self.config = config
+        self._faiss = _faiss()
+        self._raw = raw if raw is not None else self._create()
+
+    def _create(self) -> Any:
+        faiss, c = self._faiss, self.config
+        if isinstance(c, FlatConfig):
+            return faiss.IndexFlatIP(c.dim)
+        if isinstance(c, HNSWConfig):
+            raw = faiss.IndexHNSWFlat(c.dim, c.m, faiss.METRIC_INNER_PRODUCT)
+            raw.hnsw.efConstruction = c.ef_construction
+            raw.hnsw.efSearch = c.ef_search
+            return raw
+        return None  # IVF: built on first add
+
+    @property
+    def ntotal(self) -> int:
+        return 0 if self._raw is None else int(self._raw.ntotal)
+
+    @property
+    def dim(self) -> int:
+        return self.config.dim
+
+    @property
+    def kind(self) -> str:
+        return self.config.kind
+
+    def set_search_params(self, *, nprobe: int | None = None, ef_search: int | None = None) -> None:
+        """Change the recall/speed knob of an IVF (``nprobe``) or HNSW (``ef_search``) index."""
+        if nprobe is not None:
+            if not isinstance(self.config, IVFConfig):
+                raise ValueError(f"nprobe applies to kind 'ivf' only, not {self.kind!r}")
+            self.config = dataclasses.replace(self.config, nprobe=nprobe)
+            if self._raw is not None:
+                self._raw.nprobe = nprobe
+        if ef_search is not None:
+            if not isinstance(self.config, HNSWConfig):
+                raise ValueError(f"ef_search applies to kind 'hnsw' only, not {self.kind!r}")
+            self.config = dataclasses.replace(self.config, ef_search=ef_search)
+            self._raw.hnsw.efSearch = ef_search
+
+    def add(self, vectors: np.ndarray) -> None:
+        """Append vectors (N, D); the first ``add`` of an IVF index also trains it."""
+        arr = _as_matrix(vectors, self.dim, "vectors")
+        if self._raw is None:
+            self._raw = self._train_ivf(arr)
+        self._raw.add(arr)
+
+    def _train_ivf(self, arr: np.ndarray) -> Any:
+        faiss, c = self._faiss, self.config
+        assert isinstance(c, IVFConfig)
+        nlist = c.nlist if c.nlist is not None else _auto_nlist(len(arr))
+        if len(arr) < nlist:
+            raise ValueError(
+                f"ivf needs at least nlist={nlist} vectors in its first add to train, got {len(arr)}"
+            )
+        self.config = dataclasses.replace(c, nlist=nlist)
+        raw = faiss.IndexIVFFlat(faiss.IndexFlatIP(c.dim), c.dim, nlist, faiss.METRIC_INNER_PRODUCT)
+        raw.train(arr)
+        raw.nprobe = c.nprobe
+        return raw
+
+    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Top-``k`` rows by inner product; see the module docstring for clipping and padding."""
+        q = _as_matrix(queries, self.dim, "queries")
+        kk = _check_k(k, self.ntotal)
+        scores, ids = self._raw.search(q, kk)
+        scores = np.where(ids < 0, -np.inf, scores).astype(np.float32)
+        return scores, ids.astype(np.int64)
+
+    def save(self, path: Path) -> None:
+        """Write ``index.json`` and ``index.faiss`` (``faiss.write_index``) into ``path``."""
+        if self._raw is None:
+            raise ValueError("cannot save an ivf index before its first add (it is untrained)")
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        self._faiss.write_index(self._raw, str(path / _FAISS_FILE))
+        _write_meta(path, self.config, ntotal=self.ntotal)
+
+    @classmethod
+    def _load(cls, path: Path, config: FlatConfig | IVFConfig | HNSWConfig) -> FaissIndex:
+        index = cls(config, raw=_faiss().read_index(str(path / _FAISS_FILE)))
+        if isinstance(config, IVFConfig):
+            index._raw.nprobe = config.nprobe
+        if isinstance(config, HNSWConfig):
+            index._raw.hnsw.efSearch = config.ef_search
+        return index
+
+
+# --------------------------------------------------------------------------- build / save / load
+
+
+def build_index(kind: str, dim: int, **params: Any) -> ExactIndex | FaissIndex:
+    """Create an empty index.
+
+    Args:
+        kind: ``exact`` (ours, blocked GEMM + top-k), ``flat`` (faiss IndexFlatIP), ``ivf``
+            (faiss IndexIVFFlat) or ``hnsw`` (faiss IndexHNSWFlat).
+        dim: vector dimension D.
+        **params: kind-specific settings: exact ``block_rows``, ``query_block``; ivf ``nlist``,
+            ``nprobe``; hnsw ``m``, ``ef_construction``, ``ef_search``.
+
+    Raises:
+        ValueError: unknown kind, unknown parameter for the kind, or an invalid value.
+    """
+    config = _make_config(kind, dim, params)
+    if isinstance(config, ExactConfig):
+        return ExactIndex(config)
+    return FaissIndex(config)
+
+
+def _write_meta(path: Path, config: AnyConfig, *, ntotal: int) -> None:
+    meta = {
+        "format_version": _FORMAT_VERSION,
+        "kind": config.kind,
+        "ntotal": ntotal,
+        "config": dataclasses.asdict(config),
+    }
+    (path / _META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
+
+
+def load_index(path: Path) -> ExactIndex | FaissIndex:
+    """Load an index written by ``save``.
+
+    Raises:
+        FileNotFoundError: ``path`` has no ``index.json``.
+        ValueError: unsupported format version, unknown kind, or a size mismatch.
+    """
+    path = Path(path)
+    meta_file = path / _META_FILE
+    if not meta_file.is_file():
+        raise FileNotFoundError(f"no saved index at {path} (missing {_META_FILE})")
+    meta = json.loads(meta_file.read_text())
+    if meta.get("format_version") != _FORMAT_VERSION:
+        raise ValueError(f"{meta_file}: unsupported format_version {meta.get('format_version')!r}")
+    params = dict(meta["config"])
+    config = _make_config(meta["kind"], params.pop("dim"), params)
+    index: ExactIndex | FaissIndex
+    if isinstance(config, ExactConfig):
+        index = ExactIndex._load(path, config)
+    else:
+        index = FaissIndex._load(path, config)
+    if index.ntotal != meta["ntotal"]:
+        raise ValueError(f"{meta_file}: ntotal {meta['ntotal']} but {index.ntotal} vectors found")
+    return index
