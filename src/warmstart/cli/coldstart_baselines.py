@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from warmstart.cli.options import add_data_dir, resolve_data_dir
+from warmstart.cli.options import add_cache_dir, add_data_dir, resolve_cache_dir, resolve_data_dir
 from warmstart.coldstart.baselines import MatrixFactorization, default_baselines
 from warmstart.coldstart.evaluate import aggregate_seeds, evaluate, format_table
 from warmstart.data import coldstart_split
@@ -26,6 +26,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--dataset", required=True, choices=DATASETS)
     add_data_dir(parser)
+    add_cache_dir(parser)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="split/MF seeds")
     parser.add_argument("--protocol", choices=("melu", "tanp"), default="melu")
     parser.add_argument(
@@ -42,7 +43,13 @@ def register(commands: argparse._SubParsersAction) -> None:
 
 def _one_seed(args: argparse.Namespace, seed: int) -> tuple[dict[str, dict[str, float]], dict]:
     """Evaluate every baseline on one split; returns the metrics and MF's selected settings."""
-    split = coldstart_split(args.dataset, resolve_data_dir(args.data_dir), seed, args.protocol)
+    split = coldstart_split(
+        args.dataset,
+        resolve_data_dir(args.data_dir),
+        seed,
+        args.protocol,
+        cache_dir=resolve_cache_dir(args.cache_dir, args.no_cache),
+    )
     binary = split.dataset.rating_range == (0.0, 1.0)
     results: dict[str, dict[str, float]] = {}
     selected: dict = {}
