@@ -20,7 +20,9 @@ HERE = Path(__file__).resolve().parent
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="pass --quick to every benchmark")
-    parser.add_argument("--only", nargs="*", default=None, help="benchmark names (e.g. bench_index)")
+    parser.add_argument(
+        "--only", nargs="*", default=None, help="benchmark names (e.g. bench_index)"
+    )
     args = parser.parse_args()
     scripts = sorted(HERE.glob("bench_*.py"))
     if args.only:
@@ -31,7 +33,9 @@ def main() -> int:
         print(f"\n=== {script.stem} ===", flush=True)
         start = time.perf_counter()
         code = subprocess.call(cmd)
-        print(f"=== {script.stem}: exit {code} in {time.perf_counter() - start:.0f} s ===", flush=True)
+        print(
+            f"=== {script.stem}: exit {code} in {time.perf_counter() - start:.0f} s ===", flush=True
+        )
         if code:
             failed.append(script.stem)
     if failed:

@@ -9,7 +9,9 @@ import pytest
 from warmstart.cli import build_parser, main
 
 
-def _commands(parser: argparse.ArgumentParser, prefix: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
+def _commands(
+    parser: argparse.ArgumentParser, prefix: tuple[str, ...] = ()
+) -> list[tuple[str, ...]]:
     found = [prefix]
     for action in parser._actions:
         if isinstance(action, argparse._SubParsersAction):
