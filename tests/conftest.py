@@ -2,24 +2,11 @@
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
-from types import ModuleType
 
 import pytest
 
-
-def _load_official() -> ModuleType:
-    path = Path(__file__).parent / "fixtures" / "official.py"
-    spec = importlib.util.spec_from_file_location("warmstart_test_fixtures_official", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-official = _load_official()
-"""Writers for tiny official-format datasets (``official.write_movielens_1m(root)``, ...)."""
+from fixtures import official
 
 
 @pytest.fixture(scope="session")

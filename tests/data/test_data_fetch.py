@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import official
+from fixtures import official
 from warmstart.cli import main
 from warmstart.data import load_dataset
 from warmstart.data.fetch import Source, fetch_dataset, is_fetched, link_shared

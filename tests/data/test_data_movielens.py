@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import official
+from fixtures import official
 from warmstart.data import load_dataset
 from warmstart.data.movielens import load_movielens_1m, load_movielens_100k
 

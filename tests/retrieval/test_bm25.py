@@ -111,7 +111,7 @@ def test_evaluate_on_synthetic_collection_beats_random() -> None:
 
 @pytest.mark.integration
 def test_scifact_bm25_is_near_published() -> None:
-    data_dir = Path(os.environ.get("WARMSTART_DATA", "/work/shared/data"))
+    data_dir = Path(os.environ.get("WARMSTART_DATA", "data"))
     if not (data_dir / "scifact" / "corpus.jsonl").is_file():
         pytest.skip(f"SciFact not found under {data_dir}")
     from warmstart.data.retrieval import load_scifact
