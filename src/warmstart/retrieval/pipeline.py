@@ -1,0 +1,643 @@
+"""RocketQA's four-step training pipeline (Qu et al., NAACL 2021, arXiv 2010.08191, section 4.5).
+
+    zero_shot  the pre-trained encoder, no training (reference row)
+    md0        dual encoder, in-batch negatives (random negatives)
+    md0_cross  MD0 with cross-batch negatives over ``workers`` processes (ablation)
+    ce         cross-encoder trained on positives + MD0's own retrieved non-positives,
+               then calibrated (Platt) on held-out labelled queries
+    mine       CE scores MD0's top-k of every train query -> denoised negatives (P < low)
+    md1        dual encoder retrained from the pre-trained checkpoint on denoised hard negatives
+    no_denoise same, every retrieved non-positive a negative (ablation)
+    augment    MD1 retrieves for the unlabelled questions, the CE pseudo-labels them
+    md2        dual encoder retrained on labelled + pseudo-labelled data
+    rerank     MD2's top ``rerank_depth`` reordered by the CE
+
+Every step writes its artifacts into ``workdir/<step>/`` (model.safetensors + encoder.json,
+data jsonl, metrics.json, config.json) and a ``done.json`` last; a step whose ``done.json`` exists
+is skipped, a training step resumes from ``<step>/checkpoint``, and cross-encoder scoring resumes
+block by block.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+from transformers import PreTrainedTokenizerBase
+
+from warmstart.data.retrieval import RetrievalCollection
+from warmstart.retrieval.calibration import PlattScaler, calibration_report, fit_platt
+from warmstart.retrieval.distributed import spawn_workers
+from warmstart.retrieval.encoders import (
+    CrossEncoder,
+    CrossEncoderConfig,
+    DualEncoder,
+    DualEncoderConfig,
+    load_backbone,
+    load_encoder,
+    save_encoder,
+)
+from warmstart.retrieval.encoding import encode_corpus_cached, encode_texts
+from warmstart.retrieval.evaluation import evaluate_rows, exact_index, rerank_rows
+from warmstart.retrieval.mining import (
+    Candidates,
+    MiningConfig,
+    candidate_labels,
+    denoised_negatives,
+    labelled_examples,
+    positive_rows,
+    pseudo_examples,
+    pseudo_positives,
+    read_training_set,
+    retrieve,
+    score_candidates,
+    undenoised_negatives,
+    with_positives,
+    write_training_set,
+)
+from warmstart.retrieval.training import (
+    TrainConfig,
+    TrainExample,
+    train_cross_encoder,
+    train_dual_encoder,
+)
+
+STEPS = (
+    "zero_shot",
+    "md0",
+    "md0_cross",
+    "ce",
+    "mine",
+    "md1",
+    "no_denoise",
+    "augment",
+    "md2",
+    "rerank",
+)
+OPTIONAL_STEPS = ("md0_cross", "no_denoise", "rerank")
+EVAL_DEPTH = 100  # Recall@100 needs 100 hits
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    """Everything the four steps need besides data and the pre-trained backbone.
+
+    Attributes:
+        dual / cross: encoder settings.
+        dual_train / cross_train: optimisation of each model.
+        mining: candidate depth and the two probability thresholds.
+        cross_layers: keep only the first N backbone layers in the cross-encoder (None = all).
+        dev_fraction: share of train queries held out of CE training to calibrate its scores.
+        workers: processes of the cross-batch step (gloo on 127.0.0.1).
+        rerank_depth: MD2 candidates the CE reorders.
+        steps: steps to run, in pipeline order (optional ones may be left out).
+        encode_batch_size / score_batch_size: inference batch sizes.
+        bf16: bf16 autocast for inference (only faster on CPUs with native bf16).
+        seed: dev split and all sampling.
+    """
+
+    dual: DualEncoderConfig = field(default_factory=DualEncoderConfig.minilm)
+    cross: CrossEncoderConfig = field(default_factory=CrossEncoderConfig)
+    dual_train: TrainConfig = field(default_factory=TrainConfig)
+    cross_train: TrainConfig = field(default_factory=TrainConfig)
+    mining: MiningConfig = field(default_factory=MiningConfig)
+    cross_layers: int | None = None
+    dev_fraction: float = 0.1
+    workers: int = 2
+    rerank_depth: int = 50
+    steps: tuple[str, ...] = STEPS
+    encode_batch_size: int = 32
+    score_batch_size: int = 32
+    bf16: bool = False
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        unknown = [s for s in self.steps if s not in STEPS]
+        if unknown:
+            raise ValueError(f"steps={unknown}: allowed values are {', '.join(STEPS)}")
+        missing = [s for s in STEPS if s not in OPTIONAL_STEPS and s not in self.steps]
+        if missing:
+            raise ValueError(f"steps: {missing} are required (optional: {OPTIONAL_STEPS})")
+        if not 0.0 < self.dev_fraction < 1.0:
+            raise ValueError(f"dev_fraction={self.dev_fraction}: must be in (0, 1)")
+        if self.workers < 1 or self.rerank_depth < 1:
+            raise ValueError(f"workers={self.workers}, rerank_depth={self.rerank_depth}: >= 1")
+        if self.cross_layers is not None and self.cross_layers < 1:
+            raise ValueError(f"cross_layers={self.cross_layers}: must be >= 1 or None")
+
+    @classmethod
+    def tiny(cls) -> PipelineConfig:
+        """Seconds on a tiny random BERT + ``synthetic_collection`` (tests)."""
+        return cls(
+            dual=DualEncoderConfig(
+                pooling="mean", similarity="cosine", scale=20.0, passage_max_length=48
+            ),
+            cross=CrossEncoderConfig(max_length=64),
+            dual_train=TrainConfig(epochs=2, batch_size=8, lr=1e-3, checkpoint_every=2),
+            cross_train=TrainConfig(epochs=1, batch_size=16, lr=1e-3, checkpoint_every=2),
+            mining=MiningConfig(top_k=5),
+            rerank_depth=10,
+            encode_batch_size=16,
+            score_batch_size=16,
+        )
+
+    @classmethod
+    def scifact_cpu(cls) -> PipelineConfig:
+        """SciFact on a shared 2-core CPU (see docs/retrieval.md for the measured costs)."""
+        return cls(
+            dual=DualEncoderConfig.minilm(),
+            cross=CrossEncoderConfig(max_length=128),  # query + title + ~90 abstract tokens
+            cross_layers=3,  # half the CE cost; the CE dominates the CPU budget
+            dual_train=TrainConfig(
+                epochs=2,  # query tower only, but ~4 min an epoch on the shared CPU
+                batch_size=32,
+                lr=5e-5,  # few steps (56): a higher peak rate
+                negatives_per_query=1,
+            ),
+            cross_train=TrainConfig(
+                epochs=1,  # the CE is the dominant cost here
+                batch_size=16,
+                lr=1e-4,  # ~100 steps from a bi-encoder checkpoint: 3e-5 left the loss at 0.69
+                negatives_per_query=1,
+            ),
+            mining=MiningConfig(top_k=6),  # CE-scores 6 MD0 candidates per train query
+            rerank_depth=20,
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class PipelineContext:
+    """Inputs shared by every step."""
+
+    collection: RetrievalCollection
+    backbone_path: Path
+    workdir: Path
+    config: PipelineConfig
+    log: Callable[[str], None] = print
+    passages: list[str] = field(init=False)
+    doc_row: dict[str, int] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.passages = self.collection.passages()
+        self.doc_row = {d: i for i, d in enumerate(self.collection.doc_ids)}
+
+    @property
+    def cache_dir(self) -> Path:
+        return self.workdir / "cache"
+
+
+# ---------------------------------------------------------------- small helpers
+
+
+def _step_done(folder: Path) -> dict[str, Any] | None:
+    done = folder / "done.json"
+    return json.loads(done.read_text()) if done.is_file() else None
+
+
+def _finish(folder: Path, metrics: dict[str, Any], config: Any) -> dict[str, Any]:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "config.json").write_text(json.dumps(config, indent=2, default=str))
+    (folder / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    (folder / "done.json").write_text(json.dumps(metrics))
+    return metrics
+
+
+def fresh_dual(ctx: PipelineContext) -> tuple[DualEncoder, PreTrainedTokenizerBase]:
+    """A dual encoder initialised from the pre-trained backbone."""
+    backbone, tokenizer = load_backbone(ctx.backbone_path)
+    return DualEncoder(backbone, ctx.config.dual), tokenizer
+
+
+def truncate_layers(backbone: nn.Module, layers: int | None) -> nn.Module:
+    """Keep the first ``layers`` transformer layers of a BERT-style backbone."""
+    if layers is None:
+        return backbone
+    encoder: Any = getattr(backbone, "encoder", None)
+    if encoder is None or layers > len(encoder.layer):
+        raise ValueError(f"cross_layers={layers}: backbone has no such layer stack")
+    encoder.layer = nn.ModuleList(list(encoder.layer)[:layers])
+    backbone.config.num_hidden_layers = layers  # type: ignore[union-attr]
+    return backbone
+
+
+def fresh_cross(ctx: PipelineContext) -> tuple[CrossEncoder, PreTrainedTokenizerBase]:
+    backbone, tokenizer = load_backbone(ctx.backbone_path)
+    return CrossEncoder(
+        truncate_layers(backbone, ctx.config.cross_layers), ctx.config.cross
+    ), tokenizer
+
+
+def corpus_embeddings(
+    ctx: PipelineContext, model: DualEncoder, tokenizer: PreTrainedTokenizerBase
+) -> np.ndarray:
+    return encode_corpus_cached(
+        model,
+        tokenizer,
+        ctx.passages,
+        ctx.cache_dir,
+        batch_size=ctx.config.encode_batch_size,
+        bf16=ctx.config.bf16,
+        desc="encode corpus",
+    )
+
+
+def query_candidates(
+    ctx: PipelineContext,
+    model: DualEncoder,
+    tokenizer: PreTrainedTokenizerBase,
+    corpus: np.ndarray,
+    queries: dict[str, str],
+    k: int,
+) -> Candidates:
+    ids = sorted(queries)
+    texts = [queries[q] for q in ids]
+    vectors = encode_texts(model, tokenizer, texts, side="query", batch_size=64)
+    return retrieve(ids, texts, vectors, exact_index(corpus), k)
+
+
+def save_candidates(path: Path, c: Candidates) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tensors = {"rows": torch.from_numpy(c.rows), "scores": torch.from_numpy(c.scores)}
+    save_file(tensors, str(path), metadata={"query_ids": json.dumps(c.query_ids)})
+
+
+def load_candidates(path: Path, queries: dict[str, str]) -> Candidates:
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        ids = json.loads(f.metadata()["query_ids"])
+    t = load_file(str(path))
+    return Candidates(ids, [queries[q] for q in ids], t["rows"].numpy(), t["scores"].numpy())
+
+
+def scored_blocks(
+    ctx: PipelineContext,
+    folder: Path,
+    model: CrossEncoder,
+    tokenizer: PreTrainedTokenizerBase,
+    c: Candidates,
+    block: int = 50,
+) -> np.ndarray:
+    """CE logits (M, k) computed ``block`` queries at a time, each block cached in ``folder``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    out = []
+    for start in range(0, len(c.query_ids), block):
+        path = folder / f"block-{start:06d}.safetensors"
+        if path.is_file():
+            out.append(load_file(str(path))["logits"].numpy())
+            continue
+        part = Candidates(
+            c.query_ids[start : start + block],
+            c.queries[start : start + block],
+            c.rows[start : start + block],
+            c.scores[start : start + block],
+        )
+        logits = score_candidates(
+            model,
+            tokenizer,
+            part,
+            ctx.passages,
+            batch_size=ctx.config.score_batch_size,
+            desc=f"CE {folder.name} {start}/{len(c.query_ids)}",
+        )
+        save_file({"logits": torch.from_numpy(logits)}, str(path))
+        out.append(logits)
+    return np.concatenate(out) if out else np.zeros((0, c.rows.shape[1]), dtype=np.float32)
+
+
+def evaluate_dual(
+    ctx: PipelineContext,
+    model: DualEncoder,
+    tokenizer: PreTrainedTokenizerBase,
+    corpus: np.ndarray,
+    split: str = "test",
+) -> dict[str, float]:
+    queries = ctx.collection.split_queries(split)
+    c = query_candidates(ctx, model, tokenizer, corpus, queries, EVAL_DEPTH)
+    return evaluate_rows(c.query_ids, c.rows, ctx.collection.doc_ids, ctx.collection.qrels[split])
+
+
+def dev_split(ctx: PipelineContext) -> tuple[list[str], list[str]]:
+    """(train-for-CE, dev-for-calibration) query ids from the labelled train split."""
+    ids = sorted(ctx.collection.qrels["train"])
+    rng = np.random.default_rng([ctx.config.seed, 11])
+    n_dev = max(1, round(ctx.config.dev_fraction * len(ids)))
+    dev = set(rng.choice(ids, size=n_dev, replace=False).tolist())
+    return [q for q in ids if q not in dev], sorted(dev)
+
+
+def train_positives(ctx: PipelineContext) -> dict[str, set[int]]:
+    qrels = ctx.collection.qrels["train"]
+    return positive_rows(sorted(qrels), qrels, ctx.doc_row)
+
+
+# ---------------------------------------------------------------- dual-encoder training steps
+
+
+def _train_and_save(
+    ctx: PipelineContext, name: str, examples: Sequence[TrainExample]
+) -> dict[str, Any]:
+    folder = ctx.workdir / name
+    model, tokenizer = fresh_dual(ctx)  # always from the pre-trained checkpoint
+    corpus = corpus_embeddings(ctx, model, tokenizer)
+    frozen = None if ctx.config.dual.train_passage_tower else corpus
+    t0 = time.perf_counter()
+    state = train_dual_encoder(
+        model,
+        tokenizer,
+        examples,
+        ctx.passages,
+        ctx.config.dual_train,
+        workdir=folder,
+        passage_embeddings=frozen,
+    )
+    seconds = time.perf_counter() - t0
+    save_encoder(model, tokenizer, folder / "model")
+    corpus = corpus_embeddings(ctx, model, tokenizer)
+    metrics = {
+        "test": evaluate_dual(ctx, model, tokenizer, corpus),
+        "train_examples": len(examples),
+        "steps": state.step,
+        "final_loss": state.losses[-1] if state.losses else None,
+        "train_seconds": seconds,
+    }
+    return metrics
+
+
+def step_zero_shot(ctx: PipelineContext) -> dict[str, Any]:
+    model, tokenizer = fresh_dual(ctx)
+    corpus = corpus_embeddings(ctx, model, tokenizer)
+    return {"test": evaluate_dual(ctx, model, tokenizer, corpus)}
+
+
+def step_md0(ctx: PipelineContext) -> dict[str, Any]:
+    qrels = ctx.collection.qrels["train"]
+    examples = labelled_examples(ctx.collection.queries, train_positives(ctx))
+    write_training_set(ctx.workdir / "md0" / "train.jsonl", examples)
+    metrics = _train_and_save(ctx, "md0", examples)
+    model, tokenizer = load_dual(ctx, "md0")
+    corpus = corpus_embeddings(ctx, model, tokenizer)
+    queries = {q: ctx.collection.queries[q] for q in qrels}
+    c = query_candidates(ctx, model, tokenizer, corpus, queries, ctx.config.mining.top_k)
+    save_candidates(ctx.workdir / "md0" / "candidates_train.safetensors", c)
+    return metrics
+
+
+def load_dual(ctx: PipelineContext, name: str) -> tuple[DualEncoder, PreTrainedTokenizerBase]:
+    model, tokenizer = load_encoder(ctx.workdir / name / "model")
+    assert isinstance(model, DualEncoder)
+    return model, tokenizer
+
+
+def cross_batch_worker(
+    rank: int,
+    world: int,
+    backbone_path: Path,
+    dual: DualEncoderConfig,
+    train: TrainConfig,
+    examples: list[TrainExample],
+    passages: list[str],
+    frozen: np.ndarray | None,
+    folder: Path,
+) -> None:
+    """One worker of MD0 with cross-batch negatives (spawned or torchrun); rank 0 saves."""
+    backbone, tokenizer = load_backbone(backbone_path)
+    model = DualEncoder(backbone, dual)
+    train_dual_encoder(
+        model,
+        tokenizer,
+        examples,
+        passages,
+        train,
+        workdir=folder if rank == 0 else None,
+        passage_embeddings=frozen,
+        rank=rank,
+        world_size=world,
+    )
+    if rank == 0:
+        save_encoder(model, tokenizer, folder / "model")
+
+
+def step_md0_cross(ctx: PipelineContext) -> dict[str, Any]:
+    """MD0 with cross-batch negatives: ``workers`` processes, same per-worker batch size."""
+    folder = ctx.workdir / "md0_cross"
+    examples = read_training_set(ctx.workdir / "md0" / "train.jsonl")
+    model, tokenizer = fresh_dual(ctx)
+    corpus = corpus_embeddings(ctx, model, tokenizer)
+    frozen = None if ctx.config.dual.train_passage_tower else corpus
+    t0 = time.perf_counter()
+    spawn_workers(
+        cross_batch_worker,
+        ctx.config.workers,
+        (
+            ctx.backbone_path,
+            ctx.config.dual,
+            ctx.config.dual_train,
+            examples,
+            ctx.passages,
+            frozen,
+            folder,
+        ),
+    )
+    seconds = time.perf_counter() - t0
+    model, tokenizer = load_dual(ctx, "md0_cross")
+    corpus = corpus_embeddings(ctx, model, tokenizer)
+    return {
+        "test": evaluate_dual(ctx, model, tokenizer, corpus),
+        "workers": ctx.config.workers,
+        "train_seconds": seconds,
+    }
+
+
+# ---------------------------------------------------------------- cross-encoder and mining
+
+
+def step_ce(ctx: PipelineContext) -> dict[str, Any]:
+    folder = ctx.workdir / "ce"
+    train_ids, dev_ids = dev_split(ctx)
+    positives = train_positives(ctx)
+    queries = ctx.collection.queries
+    c = load_candidates(ctx.workdir / "md0" / "candidates_train.safetensors", queries)
+    pool = undenoised_negatives(c, positives)  # MD0's own mistakes (and unlabelled positives)
+    train_set = set(train_ids)
+    examples = [e for e in labelled_examples(queries, positives, pool) if e.query_id in train_set]
+    write_training_set(folder / "train.jsonl", examples)
+    model, tokenizer = fresh_cross(ctx)
+    t0 = time.perf_counter()
+    train_cross_encoder(
+        model, tokenizer, examples, ctx.passages, ctx.config.cross_train, workdir=folder
+    )
+    seconds = time.perf_counter() - t0
+    save_encoder(model, tokenizer, folder / "model")
+    return {"train_examples": len(examples), "train_seconds": seconds, "dev_queries": len(dev_ids)}
+
+
+def load_cross(ctx: PipelineContext) -> tuple[CrossEncoder, PreTrainedTokenizerBase]:
+    model, tokenizer = load_encoder(ctx.workdir / "ce" / "model")
+    assert isinstance(model, CrossEncoder)
+    return model, tokenizer
+
+
+def load_scaler(ctx: PipelineContext) -> PlattScaler:
+    raw = json.loads((ctx.workdir / "mine" / "calibration.json").read_text())
+    return PlattScaler(raw["a"], raw["b"])
+
+
+def step_mine(ctx: PipelineContext) -> dict[str, Any]:
+    """Score MD0's train candidates, calibrate on the dev queries, write MD1 + ablation data."""
+    folder = ctx.workdir / "mine"
+    queries = ctx.collection.queries
+    positives = train_positives(ctx)
+    _, dev_ids = dev_split(ctx)
+    c = load_candidates(ctx.workdir / "md0" / "candidates_train.safetensors", queries)
+    c = with_positives(c, positives, dev_ids)  # calibration needs both classes
+    model, tokenizer = load_cross(ctx)
+    logits = scored_blocks(ctx, folder / "scores", model, tokenizer, c)
+    labels = candidate_labels(c, positives)
+    dev = np.isin(np.asarray(c.query_ids), dev_ids)
+    scaler = fit_platt(logits[dev].reshape(-1), labels[dev].reshape(-1))
+    report = calibration_report(logits[dev].reshape(-1), labels[dev].reshape(-1), scaler)
+    (folder / "calibration.json").write_text(json.dumps(report, indent=2))
+    probs = scaler(logits)
+    cfg = ctx.config.mining
+    negs = denoised_negatives(c, probs, positives, cfg.low, cfg.max_negatives)
+    md1 = labelled_examples(queries, positives, negs)
+    raw = labelled_examples(
+        queries, positives, undenoised_negatives(c, positives, cfg.max_negatives)
+    )
+    write_training_set(folder / "md1_train.jsonl", md1)
+    write_training_set(folder / "no_denoise_train.jsonl", raw)
+    non_pos = labels == 0
+    return {
+        "calibration": report,
+        "candidates": int(labels.size),
+        "non_positive_candidates": int(non_pos.sum()),
+        "kept_negatives": int(sum(len(v) for v in negs.values())),
+        "denoised_away": int(non_pos.sum() - sum(len(v) for v in negs.values())),
+        "queries_without_negative": int(sum(1 for v in negs.values() if not v)),
+    }
+
+
+def step_md1(ctx: PipelineContext) -> dict[str, Any]:
+    return _train_and_save(ctx, "md1", read_training_set(ctx.workdir / "mine" / "md1_train.jsonl"))
+
+
+def step_no_denoise(ctx: PipelineContext) -> dict[str, Any]:
+    examples = read_training_set(ctx.workdir / "mine" / "no_denoise_train.jsonl")
+    return _train_and_save(ctx, "no_denoise", examples)
+
+
+def step_augment(ctx: PipelineContext) -> dict[str, Any]:
+    """MD1 retrieves for unlabelled questions; the calibrated CE pseudo-labels them."""
+    folder = ctx.workdir / "augment"
+    unlabeled = ctx.collection.unlabeled_queries
+    model, tokenizer = load_dual(ctx, "md1")
+    corpus = corpus_embeddings(ctx, model, tokenizer)
+    c = query_candidates(ctx, model, tokenizer, corpus, unlabeled, ctx.config.mining.top_k)
+    ce, ce_tok = load_cross(ctx)
+    probs = load_scaler(ctx)(scored_blocks(ctx, folder / "scores", ce, ce_tok, c))
+    cfg = ctx.config.mining
+    pseudo = pseudo_positives(c, probs, cfg.high)
+    negs = denoised_negatives(
+        c, probs, {q: {p} for q, p in pseudo.items()}, cfg.low, cfg.max_negatives
+    )
+    extra = pseudo_examples(unlabeled, pseudo, negs)
+    md1 = read_training_set(ctx.workdir / "mine" / "md1_train.jsonl")
+    write_training_set(folder / "pseudo.jsonl", extra)
+    write_training_set(folder / "md2_train.jsonl", [*md1, *extra])
+    return {
+        "unlabeled_queries": len(unlabeled),
+        "pseudo_labelled": len(extra),
+        "mean_negatives": float(np.mean([len(e.negatives) for e in extra])) if extra else 0.0,
+    }
+
+
+def step_md2(ctx: PipelineContext) -> dict[str, Any]:
+    examples = read_training_set(ctx.workdir / "augment" / "md2_train.jsonl")
+    metrics = _train_and_save(ctx, "md2", examples)
+    model, tokenizer = load_dual(ctx, "md2")
+    exact_index(corpus_embeddings(ctx, model, tokenizer)).save(ctx.workdir / "md2" / "index")
+    return metrics
+
+
+def step_rerank(ctx: PipelineContext) -> dict[str, Any]:
+    folder = ctx.workdir / "rerank"
+    model, tokenizer = load_dual(ctx, "md2")
+    corpus = corpus_embeddings(ctx, model, tokenizer)
+    queries = ctx.collection.split_queries("test")
+    c = query_candidates(ctx, model, tokenizer, corpus, queries, EVAL_DEPTH)
+    depth = min(ctx.config.rerank_depth, c.rows.shape[1])
+    head = Candidates(c.query_ids, c.queries, c.rows[:, :depth], c.scores[:, :depth])
+    ce, ce_tok = load_cross(ctx)
+    logits = scored_blocks(ctx, folder / "scores", ce, ce_tok, head)
+    rows = np.concatenate([rerank_rows(head, logits), c.rows[:, depth:]], axis=1)
+    qrels = ctx.collection.qrels["test"]
+    return {
+        "test": evaluate_rows(c.query_ids, rows, ctx.collection.doc_ids, qrels),
+        "depth": depth,
+    }
+
+
+STEP_FUNCTIONS: dict[str, Callable[[PipelineContext], dict[str, Any]]] = {
+    "zero_shot": step_zero_shot,
+    "md0": step_md0,
+    "md0_cross": step_md0_cross,
+    "ce": step_ce,
+    "mine": step_mine,
+    "md1": step_md1,
+    "no_denoise": step_no_denoise,
+    "augment": step_augment,
+    "md2": step_md2,
+    "rerank": step_rerank,
+}
+
+
+def run_pipeline(ctx: PipelineContext, only: Sequence[str] | None = None) -> dict[str, Any]:
+    """Run (or skip, when done) each configured step; returns step -> metrics.
+
+    Args:
+        only: run just these steps (their inputs must exist); None = all configured steps.
+    """
+    ctx.workdir.mkdir(parents=True, exist_ok=True)
+    (ctx.workdir / "pipeline_config.json").write_text(json.dumps(ctx.config.to_json(), indent=2))
+    results: dict[str, Any] = {}
+    for name in ctx.config.steps:
+        if only is not None and name not in only:
+            continue
+        folder = ctx.workdir / name
+        done = _step_done(folder)
+        if done is not None:
+            ctx.log(f"[{name}] done, skipped")
+            results[name] = done
+            continue
+        ctx.log(f"[{name}] running")
+        t0 = time.perf_counter()
+        metrics = STEP_FUNCTIONS[name](ctx)
+        metrics["step_seconds"] = time.perf_counter() - t0
+        results[name] = _finish(folder, metrics, _step_config(ctx.config, name))
+        ctx.log(f"[{name}] {json.dumps(metrics.get('test', metrics))}")
+    summary = ctx.workdir / "summary.json"
+    summary.write_text(json.dumps(results, indent=2))
+    return results
+
+
+def _step_config(config: PipelineConfig, name: str) -> dict[str, Any]:
+    out = config.to_json()
+    out["step"] = name
+    return out
+
+
+def with_steps(config: PipelineConfig, steps: Sequence[str]) -> PipelineConfig:
+    """The same config restricted to ``steps`` (kept in pipeline order)."""
+    return replace(config, steps=tuple(s for s in STEPS if s in steps))

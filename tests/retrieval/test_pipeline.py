@@ -1,0 +1,116 @@
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from warmstart.retrieval import pipeline as pl
+from warmstart.retrieval.mining import read_training_set
+
+
+def context(
+    collection, backbone: Path, workdir: Path, logs: list[str], **overrides
+) -> pl.PipelineContext:
+    config = replace(pl.PipelineConfig.tiny(), **overrides)
+    return pl.PipelineContext(collection, backbone, workdir, config, log=logs.append)
+
+
+def test_config_rejects_missing_required_step() -> None:
+    with pytest.raises(ValueError, match="required"):
+        pl.PipelineConfig(steps=("zero_shot", "md0"))
+    with pytest.raises(ValueError, match="steps"):
+        pl.PipelineConfig(steps=(*pl.STEPS, "md3"))
+
+
+@pytest.fixture(scope="module")
+def finished(tiny_collection, tiny_backbone: Path, tmp_path_factory: pytest.TempPathFactory):
+    workdir = tmp_path_factory.mktemp("pipeline")
+    logs: list[str] = []
+    steps = tuple(s for s in pl.STEPS if s != "md0_cross")  # cross-batch has its own test
+    ctx = context(tiny_collection, tiny_backbone, workdir, logs, steps=steps)
+    results = pl.run_pipeline(ctx)
+    return ctx, results, logs
+
+
+def test_every_step_writes_its_artifacts(finished) -> None:
+    ctx, results, _ = finished
+    for step in ctx.config.steps:
+        folder = ctx.workdir / step
+        assert (folder / "done.json").is_file(), step
+        assert json.loads((folder / "metrics.json").read_text()) == results[step]
+        assert json.loads((folder / "config.json").read_text())["step"] == step
+    for model in ("md0", "md1", "no_denoise", "md2", "ce"):
+        assert (ctx.workdir / model / "model" / "model.safetensors").is_file()
+    for data in ("md0/train.jsonl", "mine/md1_train.jsonl", "augment/md2_train.jsonl"):
+        assert read_training_set(ctx.workdir / data)
+    for step in ("zero_shot", "md0", "md1", "md2", "rerank"):
+        assert set(results[step]["test"]) == {"nDCG@10", "MRR@10", "Recall@100"}
+
+
+def test_mined_negatives_are_below_threshold_and_never_positive(finished) -> None:
+    ctx, _, _ = finished
+    positives = pl.train_positives(ctx)
+    examples = read_training_set(ctx.workdir / "mine" / "md1_train.jsonl")
+    c = pl.load_candidates(
+        ctx.workdir / "md0" / "candidates_train.safetensors", ctx.collection.queries
+    )
+    c = pl.with_positives(c, positives, pl.dev_split(ctx)[1])
+    model, tok = pl.load_cross(ctx)
+    probs = pl.load_scaler(ctx)(
+        pl.scored_blocks(ctx, ctx.workdir / "mine" / "scores", model, tok, c)
+    )
+    prob = {
+        (q, int(r)): float(p)
+        for q, rows, ps in zip(c.query_ids, c.rows, probs, strict=True)
+        for r, p in zip(rows, ps, strict=True)
+    }
+    for ex in examples:
+        for n in ex.negatives:
+            assert n not in positives[ex.query_id]
+            assert prob[(ex.query_id, n)] < ctx.config.mining.low
+
+
+def test_second_run_skips_every_step(finished) -> None:
+    ctx, results, _ = finished
+    logs: list[str] = []
+    again = pl.run_pipeline(replace(ctx, log=logs.append))
+    assert again == results
+    assert all("skipped" in line for line in logs)
+
+
+def test_interrupted_training_resumes_from_checkpoint(
+    tiny_collection, tiny_backbone: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    logs: list[str] = []
+    steps = ("zero_shot", "md0", "ce", "mine", "md1", "augment", "md2")
+    ctx = context(tiny_collection, tiny_backbone, tmp_path, logs, steps=steps)
+    real = pl.train_dual_encoder
+    calls: list[int] = []
+
+    def interrupted(*args, **kwargs):
+        state = real(*args, **kwargs)  # writes the final checkpoint, then "crashes"
+        calls.append(state.step)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(pl, "train_dual_encoder", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        pl.run_pipeline(ctx)
+    assert not (tmp_path / "md0" / "done.json").exists()
+    assert (tmp_path / "zero_shot" / "done.json").exists()
+    assert (
+        json.loads((tmp_path / "md0" / "checkpoint" / "state.json").read_text())["step"] == calls[0]
+    )
+    monkeypatch.setattr(pl, "train_dual_encoder", real)
+    results = pl.run_pipeline(
+        replace(
+            ctx,
+            config=pl.with_steps(
+                ctx.config, ("zero_shot", "md0", "ce", "mine", "md1", "augment", "md2")
+            ),
+        ),
+        only=("zero_shot", "md0"),
+    )
+    assert results["md0"]["steps"] == calls[0]  # resumed at the end: no step re-run
+    assert "[zero_shot] done, skipped" in logs
