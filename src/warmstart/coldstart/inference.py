@@ -93,6 +93,10 @@ class ColdStartRecommender:
             raise ValueError("ColdStartRecommender: needs a derived model, not the search supernet")
         self.model = model.eval()
         self.config = config or {}
+        # Item embeddings do not depend on the user: compute the whole table once, so a request
+        # is a gather instead of one EmbeddingBag per feature field.
+        with torch.no_grad():
+            self._item_vectors = model.item_embedding(torch.arange(self.n_items))  # (N, Di)
 
     @property
     def structure(self) -> Structure:
@@ -124,7 +128,11 @@ class ColdStartRecommender:
         self._check_items(items)
         user_vec = self._user_vec(user)  # (1, Du)
         params = self.model.adapt_embedded(
-            user_vec, items, labels, torch.ones_like(items, dtype=torch.bool)
+            user_vec,
+            items,
+            labels,
+            torch.ones_like(items, dtype=torch.bool),
+            item_vectors=self._item_vectors[items],
         )
         return UserState(user_vec[0].numpy().copy(), params[0].numpy().copy(), user)
 
@@ -168,9 +176,9 @@ class ColdStartRecommender:
         user_vec = torch.as_tensor(
             np.stack([s.user_vec for s in batch]).astype(np.float32)
         )  # (U, Du)
-        scores = self.model.predict_embedded(
-            params, user_vec, items[None].expand(len(batch), -1)
-        )  # (U, I)
+        query = items[None].expand(len(batch), -1)  # (U, I)
+        vectors = self._item_vectors[items][None].expand(len(batch), -1, -1)  # (U, I, Di)
+        scores = self.model.predict_embedded(params, user_vec, query, item_vectors=vectors)
         out = scores.numpy().astype(np.float32)
         return out[0] if single else out
 

@@ -281,17 +281,20 @@ class ColdNAS(nn.Module):
         support_items: torch.Tensor,
         support_labels: torch.Tensor,
         support_mask: torch.Tensor,
+        item_vectors: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Support sets -> modulation parameters.
 
         Args:
             user_vec: ``(B, Du)`` user embeddings.
             support_items / support_labels / support_mask: ``(B, S)``.
+            item_vectors: optional ``(B, S, Di)`` precomputed embeddings of ``support_items``
+                (serving caches the item table; training leaves this None).
 
         Returns:
             ``(B, P)`` parameters in ``self.layout`` order, ``mul`` entries already non-negative.
         """
-        e_item = self.item_embedding(support_items)  # (B, S, Di)
+        e_item = self.item_embedding(support_items) if item_vectors is None else item_vectors
         e_user = user_vec[:, None, :].expand(-1, e_item.shape[1], -1)  # (B, S, Du)
         y = self._normalise_labels(support_labels)[..., None]  # (B, S, 1)
         c = nn.functional.leaky_relu(
@@ -341,7 +344,11 @@ class ColdNAS(nn.Module):
         return h
 
     def predict_embedded(
-        self, params: torch.Tensor, user_vec: torch.Tensor, query_items: torch.Tensor
+        self,
+        params: torch.Tensor,
+        user_vec: torch.Tensor,
+        query_items: torch.Tensor,
+        item_vectors: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Score items with given parameters.
 
@@ -349,12 +356,13 @@ class ColdNAS(nn.Module):
             params: ``(B, P)`` from :meth:`adapt_embedded`.
             user_vec: ``(B, Du)`` user embeddings.
             query_items: ``(B, Q)`` item indices.
+            item_vectors: optional ``(B, Q, Di)`` precomputed embeddings of ``query_items``.
 
         Returns:
             ``(B, Q)`` predicted ratings in ``rating_range``.
         """
         gates = self.gates()
-        e_item = self.item_embedding(query_items)  # (B, Q, Di)
+        e_item = self.item_embedding(query_items) if item_vectors is None else item_vectors
         e_user = user_vec[:, None, :].expand(-1, e_item.shape[1], -1)  # (B, Q, Du)
         h = self._modulate(torch.cat([e_item, e_user], dim=-1), 0, params, gates)  # (B, Q, D0)
         for k, layer in enumerate(self.hidden, start=1):
