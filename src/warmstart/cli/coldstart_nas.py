@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from warmstart.cli.options import add_data_dir, resolve_data_dir
+from warmstart.cli.options import add_cache_dir, add_data_dir, resolve_cache_dir, resolve_data_dir
 from warmstart.coldstart.evaluate import aggregate_seeds, evaluate, format_table
 from warmstart.coldstart.structure import Structure
 from warmstart.coldstart.training import (
@@ -38,6 +38,7 @@ DATASETS = ("lastfm-coldnas", "movielens-1m", "movielens-100k", "lastfm-2k", "sy
 def _common(parser: argparse.ArgumentParser, many_seeds: bool = False) -> None:
     parser.add_argument("--dataset", default="lastfm-coldnas", choices=DATASETS)
     add_data_dir(parser)
+    add_cache_dir(parser)
     parser.add_argument(
         "--protocol", choices=("melu", "tanp"), default="melu", help="episode preset (not Last.fm)"
     )
@@ -94,7 +95,9 @@ def _split(args: argparse.Namespace, seed: int) -> EpisodeSplit:
         return synthetic_split(seed=seed)
     from warmstart.data import coldstart_split
 
-    return coldstart_split(args.dataset, resolve_data_dir(args.data_dir), seed, args.protocol)
+    cache_dir = resolve_cache_dir(args.cache_dir, args.no_cache)
+    data_dir = resolve_data_dir(args.data_dir)
+    return coldstart_split(args.dataset, data_dir, seed, args.protocol, cache_dir=cache_dir)
 
 
 def git_sha() -> str:
@@ -155,6 +158,7 @@ def register(commands: argparse._SubParsersAction) -> None:
         "--model", type=Path, required=True, help="model folder (config.json + safetensors)"
     )
     add_data_dir(ev)
+    add_cache_dir(ev)
     ev.add_argument("--threads", type=int, default=2)
     ev.set_defaults(func=run_evaluate)
 
@@ -248,7 +252,11 @@ def run_evaluate(args: argparse.Namespace) -> int:
 
     model, config = load_model(args.model)
     ns = argparse.Namespace(
-        dataset=config["dataset"], protocol=config["protocol"], data_dir=args.data_dir
+        dataset=config["dataset"],
+        protocol=config["protocol"],
+        data_dir=args.data_dir,
+        cache_dir=args.cache_dir,
+        no_cache=args.no_cache,
     )
     split = _split(ns, int(config["seed"]))
 
