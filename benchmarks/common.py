@@ -11,7 +11,6 @@ import argparse
 import json
 import os
 import platform
-import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -20,6 +19,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from warmstart.provenance import git_sha
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
@@ -59,20 +60,6 @@ def percentiles_ms(times_s: np.ndarray) -> dict[str, float]:
     }
 
 
-def _git_sha() -> str:
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"],
-            capture_output=True,
-            text=True,
-            check=True,
-            cwd=Path(__file__).resolve().parent,
-        )
-        return out.stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-
-
 def environment() -> dict[str, Any]:
     """Where the numbers came from."""
     import torch
@@ -85,7 +72,7 @@ def environment() -> dict[str, Any]:
         # Other processes share the CPUs; a load above cpu_count makes timings pessimistic.
         "load_average_1_5_15": list(os.getloadavg()),
         "platform": platform.platform(),
-        "git_sha": _git_sha(),
+        "git_sha": git_sha(),
         "utc": datetime.now(UTC).isoformat(timespec="seconds"),
     }
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import time
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -30,6 +29,7 @@ from warmstart.coldstart.training import (
     predict_tasks,
 )
 from warmstart.data.types import EpisodeSplit
+from warmstart.provenance import git_sha
 
 DATASETS = ("lastfm-coldnas", "movielens-1m", "movielens-100k", "lastfm-2k", "synthetic")
 
@@ -98,21 +98,6 @@ def _split(args: argparse.Namespace, seed: int) -> EpisodeSplit:
     cache_dir = resolve_cache_dir(args.cache_dir, args.no_cache)
     data_dir = resolve_data_dir(args.data_dir)
     return coldstart_split(args.dataset, data_dir, seed, args.protocol, cache_dir=cache_dir)
-
-
-def git_sha() -> str:
-    """The checkout's commit (``unknown`` outside a git work tree)."""
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"],
-            capture_output=True,
-            text=True,
-            check=True,
-            cwd=Path(__file__).parent,
-        )
-        return out.stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
 
 
 def _meta(args: argparse.Namespace, seed: int, preset: Preset) -> dict[str, Any]:
