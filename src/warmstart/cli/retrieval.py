@@ -85,6 +85,7 @@ def _train_torchrun(args: argparse.Namespace, rank: int, world: int) -> int:
     from warmstart.retrieval.mining import labelled_examples
     from warmstart.retrieval.pipeline import (
         corpus_embeddings,
+        cross_batch_args,
         cross_batch_worker,
         fresh_dual,
         train_positives,
@@ -97,17 +98,7 @@ def _train_torchrun(args: argparse.Namespace, rank: int, world: int) -> int:
         model, tokenizer = fresh_dual(ctx)
         frozen = corpus_embeddings(ctx, model, tokenizer)
     folder = args.workdir / f"md0_torchrun{world}"
-    cross_batch_worker(
-        rank,
-        world,
-        ctx.backbone_path,
-        ctx.config.dual,
-        ctx.config.dual_train,
-        examples,
-        ctx.passages,
-        frozen,
-        folder,
-    )
+    cross_batch_worker(rank, world, *cross_batch_args(ctx, examples, frozen, folder))
     if rank == 0:
         print(f"wrote {folder / 'model'}")
     return 0

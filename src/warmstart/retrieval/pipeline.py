@@ -429,6 +429,24 @@ def cross_batch_worker(
         save_encoder(model, tokenizer, folder / "model")
 
 
+def cross_batch_args(
+    ctx: PipelineContext,
+    examples: list[TrainExample],
+    frozen: np.ndarray | None,
+    folder: Path,
+) -> tuple[Any, ...]:
+    """The arguments of ``cross_batch_worker`` after ``rank, world`` (spawned or torchrun)."""
+    return (
+        ctx.backbone_path,
+        ctx.config.dual,
+        ctx.config.dual_train,
+        examples,
+        ctx.passages,
+        frozen,
+        folder,
+    )
+
+
 def step_md0_cross(ctx: PipelineContext) -> dict[str, Any]:
     """MD0 with cross-batch negatives: ``workers`` processes, same per-worker batch size."""
     folder = ctx.workdir / "md0_cross"
@@ -438,17 +456,7 @@ def step_md0_cross(ctx: PipelineContext) -> dict[str, Any]:
     frozen = None if ctx.config.dual.train_passage_tower else corpus
     t0 = time.perf_counter()
     spawn_workers(
-        cross_batch_worker,
-        ctx.config.workers,
-        (
-            ctx.backbone_path,
-            ctx.config.dual,
-            ctx.config.dual_train,
-            examples,
-            ctx.passages,
-            frozen,
-            folder,
-        ),
+        cross_batch_worker, ctx.config.workers, cross_batch_args(ctx, examples, frozen, folder)
     )
     seconds = time.perf_counter() - t0
     model, tokenizer = load_dual(ctx, "md0_cross")
