@@ -11,6 +11,7 @@ from warmstart.retrieval.encoders import (
     CrossEncoderConfig,
     DualEncoder,
     DualEncoderConfig,
+    head_input_spread,
     load_backbone,
     load_encoder,
     pool,
@@ -133,3 +134,42 @@ def test_corpus_cache_hits_and_keys_on_weights(
     with torch.no_grad():
         next(model.passage_tower.parameters()).add_(1.0)
     assert corpus_cache_key(model, texts) != key
+
+
+def test_cross_encoder_pooling_is_validated_and_mean_ignores_padding(tiny_backbone: Path) -> None:
+    with pytest.raises(ValueError, match="pooling"):
+        CrossEncoderConfig(pooling="max")
+    backbone, tok = load_backbone(tiny_backbone)
+    ce = CrossEncoder(backbone, CrossEncoderConfig(head="one_logit", pooling="mean")).eval()
+    qs, ps = ["q one", "q two words"], ["p", "p two three words here and more"]
+    full = score_pairs(ce, tok, qs, ps, batch_size=2)
+    one = np.concatenate([score_pairs(ce, tok, [q], [p]) for q, p in zip(qs, ps, strict=True)])
+    assert np.allclose(full, one, atol=1e-5)
+
+
+class _ConstantFirstToken(torch.nn.Module):
+    """A backbone whose first token state is the same for every input (a collapsed [CLS])."""
+
+    def __init__(self, inner: torch.nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+        self.config = inner.config
+
+    def forward(self, **batch: torch.Tensor):
+        out = self.inner(**batch)
+        hidden = out.last_hidden_state.clone()
+        hidden[:, 0] = 1.0
+        out.last_hidden_state = hidden
+        return out
+
+
+def test_head_input_spread_flags_a_collapsed_cls_state(tiny_backbone: Path) -> None:
+    """The first SciFact CE read a [CLS] state that was the same for every pair (all-MiniLM-L6-v2
+    cut to 3 layers) and never learned; head_input_spread is the check that shows it."""
+    backbone, tok = load_backbone(tiny_backbone)
+    batch = tokenize(tok, ["q one", "q two words", "q"], 32, ["p", "p two", "p three words"])
+    collapsed = CrossEncoder(_ConstantFirstToken(backbone), CrossEncoderConfig(pooling="cls"))
+    assert head_input_spread(collapsed, batch) < 1e-6
+    mean = CrossEncoder(_ConstantFirstToken(backbone), CrossEncoderConfig(pooling="mean"))
+    assert head_input_spread(mean, batch) > 1e-3
+    assert collapsed.training  # the check leaves the mode as it found it

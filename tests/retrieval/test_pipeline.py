@@ -47,6 +47,34 @@ def test_every_step_writes_its_artifacts(finished) -> None:
         assert read_training_set(ctx.workdir / data)
     for step in ("zero_shot", "md0", "md1", "md2", "rerank"):
         assert set(results[step]["test"]) == {"nDCG@10", "MRR@10", "Recall@100"}
+    dev = results["ce"]["dev"]  # CE quality on held-out train queries, never on test
+    assert dev["queries"] == len(pl.dev_split(ctx)[1]) and dev["depth"] == pl.CE_DEV_DEPTH
+    assert set(dev["md0"]) == set(dev["ce_rerank"]) == {"nDCG@10", "MRR@10"}
+    assert results["ce"]["head_input_spread"] >= 0.0
+
+
+def test_scifact_preset_trains_a_ce_that_can_learn() -> None:
+    """All 6 MiniLM layers (the 3-layer [CLS] state is input-independent), listwise over 1
+    positive + 7 of MD0's own top-10 non-positives, MD2's top 50 reranked."""
+    config = pl.PipelineConfig.scifact_cpu()
+    assert config.cross_layers is None
+    assert config.cross_train.cross_loss == "listwise"
+    assert config.cross_train.negatives_per_query == 7
+    assert config.cross_negative_depth is not None
+    assert config.cross_negative_depth > config.cross_train.negatives_per_query
+    assert config.rerank_depth == 50
+
+
+def test_md0_candidates_are_retrieved_again_when_too_shallow(finished) -> None:
+    ctx, _, _ = finished
+    stored = pl.load_candidates(
+        ctx.workdir / "md0" / "candidates_train.safetensors", ctx.collection.queries
+    )
+    k = stored.rows.shape[1]
+    deeper = pl.md0_train_candidates(ctx, k + 3)
+    assert deeper.rows.shape == (len(stored.query_ids), k + 3)
+    assert deeper.query_ids == stored.query_ids
+    assert (deeper.rows[:, :k] == stored.rows).all()  # same retriever, same head
 
 
 def test_mined_negatives_are_below_threshold_and_never_positive(finished) -> None:

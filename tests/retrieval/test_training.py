@@ -19,7 +19,9 @@ from warmstart.retrieval.mining import labelled_examples, positive_rows
 from warmstart.retrieval.training import (
     TrainConfig,
     TrainExample,
+    cross_encoder_groups,
     epoch_batches,
+    listwise_loss,
     sample_negatives,
     train_cross_encoder,
     train_dual_encoder,
@@ -189,6 +191,53 @@ def test_cross_encoder_learns_to_separate_positives(tiny_backbone: Path, tiny_co
     train_cross_encoder(
         ce, tok, data, passages, TrainConfig(epochs=8, batch_size=8, lr=2e-3, negatives_per_query=1)
     )
+    pos = score_pairs(ce, tok, [e.query for e in data], [passages[e.positive] for e in data])
+    neg = score_pairs(
+        ce, tok, [e.query for e in data], [passages[(e.positive + 7) % len(passages)] for e in data]
+    )
+    assert (pos > neg).mean() > 0.7
+
+
+def test_cross_loss_errors_name_the_field() -> None:
+    with pytest.raises(ValueError, match="cross_loss"):
+        TrainConfig(cross_loss="pairwise")
+    with pytest.raises(ValueError, match="listwise"):
+        TrainConfig(cross_loss="listwise", negatives_per_query=0)
+
+
+def test_listwise_loss_is_softmax_cross_entropy_with_the_positive_first() -> None:
+    scores = torch.tensor([[2.0, 1.0, 0.0], [0.0, 3.0, -1.0]])
+    expected = -torch.log_softmax(scores, dim=1)[:, 0].mean()
+    assert torch.allclose(listwise_loss(scores), expected)
+    # the positive (column 0) gets pushed up, every negative down
+    s = scores.clone().requires_grad_(True)
+    listwise_loss(s).backward()
+    assert s.grad is not None
+    assert (s.grad[:, 0] < 0).all() and (s.grad[:, 1:] > 0).all()
+
+
+def test_listwise_groups_put_the_positive_first_and_draw_from_the_pool() -> None:
+    exs = [TrainExample("q", "q", 3, (5, 6, 7)), TrainExample("r", "r", 4)]
+    groups = cross_encoder_groups(exs, 2, 50, np.random.default_rng(0))
+    assert [g[0] for g in groups] == [3, 4]
+    assert set(groups[0][1:]) <= {5, 6, 7} and len(groups[0]) == 3
+    assert 4 not in groups[1][1:] and len(groups[1]) == 3
+
+
+def test_listwise_cross_encoder_learns_to_rank_positives_first(
+    tiny_backbone: Path, tiny_collection
+) -> None:
+    from warmstart.retrieval.encoding import score_pairs
+
+    backbone, tok = load_backbone(tiny_backbone)
+    ce = CrossEncoder(backbone, CrossEncoderConfig(max_length=64))
+    data, passages = examples(tiny_collection), tiny_collection.passages()
+    config = TrainConfig(
+        epochs=8, batch_size=4, lr=2e-3, negatives_per_query=3, cross_loss="listwise"
+    )
+    state = train_cross_encoder(ce, tok, data, passages, config)
+    assert state.step == 8 * (len(data) // 4)
+    assert np.mean(state.losses[-4:]) < np.mean(state.losses[:4])
     pos = score_pairs(ce, tok, [e.query for e in data], [passages[e.positive] for e in data])
     neg = score_pairs(
         ce, tok, [e.query for e in data], [passages[(e.positive + 7) % len(passages)] for e in data]

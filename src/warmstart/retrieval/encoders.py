@@ -97,14 +97,21 @@ class CrossEncoderConfig:
     Attributes:
         head: ``two_class`` (softmax over {irrelevant, relevant}, RocketQA) or ``one_logit``.
         max_length: tokens of ``[CLS] q [SEP] title passage [SEP]``.
+        pooling: what the head reads: ``cls`` (the first token's state, RocketQA) or ``mean``
+            (mask-aware mean of all token states). A sentence-embedding checkpoint such as
+            all-MiniLM-L6-v2 was trained with mean pooling, so its [CLS] state can carry almost
+            no information about the input, most of all when layers are cut off (after its first
+            3 layers every pair's [CLS] state is the same vector, see docs/retrieval.md).
     """
 
     head: str = "two_class"
     max_length: int = 160
+    pooling: str = "cls"
 
     def __post_init__(self) -> None:
         _check_choice("head", self.head, HEADS)
         _check_positive("max_length", self.max_length)
+        _check_choice("pooling", self.pooling, POOLINGS)
 
 
 def pool(hidden: torch.Tensor, mask: torch.Tensor, pooling: str) -> torch.Tensor:
@@ -167,10 +174,14 @@ class CrossEncoder(nn.Module):
         hidden = int(backbone_config.hidden_size)
         self.head = nn.Linear(hidden, 2 if config.head == "two_class" else 1)
 
+    def pooled(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Tokenised pairs (B, T) -> (B, H) vectors the head reads."""
+        hidden = self.backbone(**batch).last_hidden_state  # (B, T, H)
+        return pool(hidden, batch["attention_mask"], self.config.pooling)
+
     def class_logits(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """Tokenised pairs (B, T) -> (B, C) head outputs (C = 2 or 1)."""
-        cls = self.backbone(**batch).last_hidden_state[:, 0]  # (B, H)
-        return self.head(cls)
+        return self.head(self.pooled(batch))
 
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """Tokenised pairs (B, T) -> (B,) relevance logit (log-odds for the 2-class head)."""
@@ -178,6 +189,24 @@ class CrossEncoder(nn.Module):
         if out.shape[-1] == 2:
             return out[:, 1] - out[:, 0]
         return out[:, 0]
+
+
+def head_input_spread(model: CrossEncoder, batch: dict[str, torch.Tensor]) -> float:
+    """How much the head's input varies across the pairs of ``batch`` (eval mode, no grad): the
+    mean over dimensions of the standard deviation across pairs, divided by the root mean square
+    of the entries (scale-free; about 0.3-0.5 for an informative vector). Near 0 the head sees
+    (almost) the same vector for every pair, the backbone gets tiny gradients and the CE learns
+    very slowly: all-MiniLM-L6-v2 cut to 3 layers gives 0.002 with [CLS], 0.5 with all 6."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            v = model.pooled(batch)  # (B, H)
+    finally:
+        model.train(was_training)
+    if v.shape[0] < 2:
+        raise ValueError("head_input_spread: needs at least 2 pairs")
+    return float(v.std(0).mean() / v.pow(2).mean().sqrt().clamp_min(1e-12))
 
 
 def passage_text(title: str, text: str) -> str:

@@ -41,9 +41,11 @@ from warmstart.retrieval.encoders import (
     CrossEncoderConfig,
     DualEncoder,
     DualEncoderConfig,
+    head_input_spread,
     load_backbone,
     load_encoder,
     save_encoder,
+    tokenize,
 )
 from warmstart.retrieval.encoding import encode_corpus_cached, encode_texts
 from warmstart.retrieval.evaluation import evaluate_rows, exact_index, rerank_rows
@@ -84,6 +86,8 @@ STEPS = (
 )
 OPTIONAL_STEPS = ("md0_cross", "no_denoise", "rerank")
 EVAL_DEPTH = 100  # Recall@100 needs 100 hits
+CE_DEV_DEPTH = 20  # the ce step reports how the CE reorders MD0's top 20 of the dev queries
+MIN_HEAD_SPREAD = 0.01  # below this the CE head sees ~one vector for every pair (warned)
 
 
 @dataclass(frozen=True)
@@ -95,6 +99,8 @@ class PipelineConfig:
         dual_train / cross_train: optimisation of each model.
         mining: candidate depth and the two probability thresholds.
         cross_layers: keep only the first N backbone layers in the cross-encoder (None = all).
+        cross_negative_depth: MD0 candidates per train query whose non-positives are the CE's
+            hard negatives (None = ``mining.top_k``, the candidates the md0 step stored).
         dev_fraction: share of train queries held out of CE training to calibrate its scores.
         workers: processes of the cross-batch step (gloo on 127.0.0.1).
         rerank_depth: MD2 candidates the CE reorders.
@@ -110,6 +116,7 @@ class PipelineConfig:
     cross_train: TrainConfig = field(default_factory=TrainConfig)
     mining: MiningConfig = field(default_factory=MiningConfig)
     cross_layers: int | None = None
+    cross_negative_depth: int | None = None
     dev_fraction: float = 0.1
     workers: int = 2
     rerank_depth: int = 50
@@ -132,6 +139,8 @@ class PipelineConfig:
             raise ValueError(f"workers={self.workers}, rerank_depth={self.rerank_depth}: >= 1")
         if self.cross_layers is not None and self.cross_layers < 1:
             raise ValueError(f"cross_layers={self.cross_layers}: must be >= 1 or None")
+        if self.cross_negative_depth is not None and self.cross_negative_depth < 2:
+            raise ValueError(f"cross_negative_depth={self.cross_negative_depth}: >= 2 or None")
 
     @classmethod
     def tiny(cls) -> PipelineConfig:
@@ -155,7 +164,10 @@ class PipelineConfig:
         return cls(
             dual=DualEncoderConfig.minilm(),
             cross=CrossEncoderConfig(max_length=128),  # query + title + ~90 abstract tokens
-            cross_layers=3,  # half the CE cost; the CE dominates the CPU budget
+            # all 6 layers: after the first 3 the [CLS] state is the same for every pair (the
+            # checkpoint was trained with mean pooling), so a 3-layer CE could not learn
+            cross_layers=None,
+            cross_negative_depth=10,  # hard negatives: non-positives of MD0's top 10
             dual_train=TrainConfig(
                 epochs=2,  # query tower only, but ~4 min an epoch on the shared CPU
                 batch_size=32,
@@ -164,12 +176,13 @@ class PipelineConfig:
             ),
             cross_train=TrainConfig(
                 epochs=1,  # the CE is the dominant cost here
-                batch_size=16,
-                lr=1e-4,  # ~100 steps from a bi-encoder checkpoint: 3e-5 left the loss at 0.69
-                negatives_per_query=1,
+                batch_size=4,  # queries a step: 4 x (1 positive + 7 negatives) = 32 pairs
+                lr=1e-4,  # 4e-5: loss only fell late (2.08 -> 1.33), dev rerank 0.562 < MD0 0.790
+                negatives_per_query=7,
+                cross_loss="listwise",
             ),
             mining=MiningConfig(top_k=6),  # CE-scores 6 MD0 candidates per train query
-            rerank_depth=20,
+            rerank_depth=50,
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -471,24 +484,124 @@ def step_md0_cross(ctx: PipelineContext) -> dict[str, Any]:
 # ---------------------------------------------------------------- cross-encoder and mining
 
 
+def md0_train_candidates(ctx: PipelineContext, k: int) -> Candidates:
+    """MD0's top ``k`` of every labelled train query: the stored candidates when deep enough,
+    else retrieved again with the saved MD0 model (queries only; the corpus vectors are cached)."""
+    queries = ctx.collection.queries
+    stored = load_candidates(ctx.workdir / "md0" / "candidates_train.safetensors", queries)
+    if stored.rows.shape[1] >= k:
+        return head_candidates(stored, k)
+    model, tokenizer = load_dual(ctx, "md0")
+    corpus = corpus_embeddings(ctx, model, tokenizer)
+    train = {q: queries[q] for q in ctx.collection.qrels["train"]}
+    return query_candidates(ctx, model, tokenizer, corpus, train, k)
+
+
+def head_candidates(c: Candidates, k: int, query_ids: Sequence[str] | None = None) -> Candidates:
+    """The first ``k`` candidates of each query (of ``query_ids`` only, in their order, if given)."""
+    keep: Sequence[int] = range(len(c.query_ids))
+    if query_ids is not None:
+        where = {q: i for i, q in enumerate(c.query_ids)}
+        keep = [where[q] for q in query_ids]
+    idx = np.asarray(list(keep), dtype=np.int64)
+    return Candidates(
+        [c.query_ids[i] for i in idx],
+        [c.queries[i] for i in idx],
+        c.rows[idx, :k],
+        c.scores[idx, :k],
+    )
+
+
+def dev_rerank_metrics(
+    ctx: PipelineContext,
+    folder: Path,
+    model: CrossEncoder,
+    tokenizer: PreTrainedTokenizerBase,
+    c: Candidates,
+    dev_ids: Sequence[str],
+) -> dict[str, Any]:
+    """nDCG@10 / MRR@10 of MD0's own order vs the CE's order of MD0's top ``CE_DEV_DEPTH`` on
+    the dev queries (held out of CE training; never the test split)."""
+    head = head_candidates(c, CE_DEV_DEPTH, dev_ids)
+    logits = scored_blocks(ctx, folder, model, tokenizer, head)
+    qrels = {q: ctx.collection.qrels["train"][q] for q in dev_ids}
+    doc_ids = ctx.collection.doc_ids
+    keys = ("nDCG@10", "MRR@10")
+    md0 = evaluate_rows(head.query_ids, head.rows, doc_ids, qrels)
+    ce = evaluate_rows(head.query_ids, rerank_rows(head, logits), doc_ids, qrels)
+    return {
+        "queries": len(dev_ids),
+        "depth": head.rows.shape[1],
+        "md0": {k: md0[k] for k in keys},
+        "ce_rerank": {k: ce[k] for k in keys},
+    }
+
+
 def step_ce(ctx: PipelineContext) -> dict[str, Any]:
     folder = ctx.workdir / "ce"
     train_ids, dev_ids = dev_split(ctx)
     positives = train_positives(ctx)
     queries = ctx.collection.queries
-    c = load_candidates(ctx.workdir / "md0" / "candidates_train.safetensors", queries)
-    pool = undenoised_negatives(c, positives)  # MD0's own mistakes (and unlabelled positives)
+    depth = ctx.config.cross_negative_depth or ctx.config.mining.top_k
+    c = md0_train_candidates(ctx, max(depth, CE_DEV_DEPTH))
+    # MD0's own mistakes (and unlabelled positives) in its top ``depth``
+    pool = undenoised_negatives(head_candidates(c, depth), positives)
     train_set = set(train_ids)
     examples = [e for e in labelled_examples(queries, positives, pool) if e.query_id in train_set]
     write_training_set(folder / "train.jsonl", examples)
     model, tokenizer = fresh_cross(ctx)
+    spread = check_head_input(ctx, model, tokenizer, examples)
     t0 = time.perf_counter()
-    train_cross_encoder(
+    state = train_cross_encoder(
         model, tokenizer, examples, ctx.passages, ctx.config.cross_train, workdir=folder
     )
     seconds = time.perf_counter() - t0
     save_encoder(model, tokenizer, folder / "model")
-    return {"train_examples": len(examples), "train_seconds": seconds, "dev_queries": len(dev_ids)}
+    losses = state.losses
+    tenth = max(1, len(losses) // 10)
+    dev = dev_rerank_metrics(ctx, folder / "dev_scores", model, tokenizer, c, dev_ids)
+    ctx.log(f"[ce] dev rerank of MD0 top {CE_DEV_DEPTH}: {json.dumps(dev)}")
+    return {
+        "train_examples": len(examples),
+        "train_seconds": seconds,
+        "steps": state.step,
+        "loss_first_tenth": float(np.mean(losses[:tenth])) if losses else None,
+        "loss_last_tenth": float(np.mean(losses[-tenth:])) if losses else None,
+        "dev_queries": len(dev_ids),
+        "dev": dev,
+        "head_input_spread": spread,
+    }
+
+
+def check_head_input(
+    ctx: PipelineContext,
+    model: CrossEncoder,
+    tokenizer: PreTrainedTokenizerBase,
+    examples: Sequence[TrainExample],
+    n: int = 16,
+) -> float:
+    """Warn when the CE's head input is (nearly) the same for every pair: such a CE learns very
+    slowly (the 3-layer [CLS] cross-encoder of the first SciFact run never left loss 0.69).
+
+    Measured on the positive and first negative of the first ``n`` examples."""
+    chosen = [(e.query, p) for e in examples[:n] for p in (e.positive, *e.negatives[:1])]
+    if len(chosen) < 2:
+        return float("nan")
+    batch = tokenize(
+        tokenizer,
+        [q for q, _ in chosen],
+        model.config.max_length,
+        [ctx.passages[p] for _, p in chosen],
+    )
+    spread = head_input_spread(model, batch)
+    ctx.log(f"[ce] head input spread {spread:.2e} ({model.config.pooling} pooling)")
+    if spread < MIN_HEAD_SPREAD:
+        ctx.log(
+            f"[ce] WARNING: head input spread {spread:.2e} < {MIN_HEAD_SPREAD:g}: the "
+            f"{model.config.pooling!r} vector is nearly the same for every pair, so the CE "
+            "will learn very slowly; keep more layers (cross_layers) or use pooling='mean'"
+        )
+    return spread
 
 
 def load_cross(ctx: PipelineContext) -> tuple[CrossEncoder, PreTrainedTokenizerBase]:

@@ -3,8 +3,10 @@ arXiv 2010.08191).
 
 Dual encoder: softmax cross-entropy of each query over all passages of the (global) batch,
 i.e. in-batch negatives on one process, cross-batch negatives across workers, optionally exact
-large batches on one process by gradient caching. Cross-encoder: 2-class (or 1-logit) relevance
-classification of (query, passage) pairs, negatives sampled from the retriever's own top-k.
+large batches on one process by gradient caching. Cross-encoder: either pointwise 2-class (or
+1-logit) relevance classification of (query, passage) pairs, or listwise softmax cross-entropy over
+one positive and ``negatives_per_query`` negatives of the same query; negatives are sampled from
+the retriever's own top-k.
 
 Both loops checkpoint model + optimizer + step to ``workdir/checkpoint`` (safetensors + JSON) and
 resume from there; batch order and sampled negatives are derived from (seed, epoch, step), so a
@@ -68,6 +70,9 @@ class TrainExample:
         )
 
 
+CROSS_LOSSES = ("pointwise", "listwise")
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """Optimisation settings shared by both loops.
@@ -84,6 +89,11 @@ class TrainConfig:
         max_grad_norm: gradient clipping.
         checkpoint_every: steps between checkpoints.
         seed: batch order and negative sampling.
+        cross_loss: cross-encoder only. ``pointwise``: each (query, passage) pair is classified
+            on its own, ``batch_size`` pairs a step, negatives drawn once. ``listwise``: each
+            query's positive competes with ``negatives_per_query`` negatives of the same query in
+            one softmax (target: the positive), ``batch_size`` queries a step, negatives redrawn
+            every step.
     """
 
     epochs: int = 1
@@ -96,6 +106,7 @@ class TrainConfig:
     max_grad_norm: float = 1.0
     checkpoint_every: int = 50
     seed: int = 0
+    cross_loss: str = "pointwise"
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size", "checkpoint_every"):
@@ -109,6 +120,12 @@ class TrainConfig:
             raise ValueError(f"lr={self.lr}: must be > 0")
         if self.grad_cache_chunk is not None and self.grad_cache_chunk < 1:
             raise ValueError(f"grad_cache_chunk={self.grad_cache_chunk}: must be >= 1 or None")
+        if self.cross_loss not in CROSS_LOSSES:
+            raise ValueError(
+                f"cross_loss={self.cross_loss!r}: allowed values are {', '.join(CROSS_LOSSES)}"
+            )
+        if self.cross_loss == "listwise" and self.negatives_per_query < 1:
+            raise ValueError("cross_loss='listwise' needs negatives_per_query >= 1")
 
 
 @dataclass
@@ -397,6 +414,67 @@ def cross_encoder_pairs(
     return pairs
 
 
+def listwise_loss(scores: torch.Tensor) -> torch.Tensor:
+    """Softmax cross-entropy of (B, 1 + n) scores whose column 0 is each row's positive."""
+    target = torch.zeros(scores.shape[0], dtype=torch.long, device=scores.device)
+    return nn.functional.cross_entropy(scores, target)
+
+
+def cross_encoder_groups(
+    examples: Sequence[TrainExample], n_negatives: int, n_docs: int, rng: np.random.Generator
+) -> list[list[int]]:
+    """Per example, ``[positive, n_negatives sampled negatives]`` (corpus rows)."""
+    return [[ex.positive, *sample_negatives(ex, n_negatives, n_docs, rng)] for ex in examples]
+
+
+def _train_cross_listwise(
+    model: CrossEncoder,
+    tokenizer: PreTrainedTokenizerBase,
+    examples: Sequence[TrainExample],
+    passages: Sequence[str],
+    config: TrainConfig,
+    workdir: Path | None,
+) -> TrainState:
+    group = 1 + config.negatives_per_query
+
+    def step_loss(epoch: int, step: int, rows: np.ndarray) -> torch.Tensor:
+        rng = np.random.default_rng([config.seed, epoch, step])
+        batch = [examples[int(i)] for i in rows]
+        groups = cross_encoder_groups(batch, config.negatives_per_query, len(passages), rng)
+        inputs = tokenize(
+            tokenizer,
+            [ex.query for ex in batch for _ in range(group)],
+            model.config.max_length,
+            [passages[p] for g in groups for p in g],
+        )
+        scores = model(inputs).view(len(batch), group)  # (B, 1 + n), column 0 = positive
+        loss = listwise_loss(scores)
+        loss.backward()
+        return loss.detach()
+
+    return _cross_loop(model, config, len(examples), step_loss, workdir, "cross-encoder (listwise)")
+
+
+def _cross_loop(
+    model: CrossEncoder,
+    config: TrainConfig,
+    n_rows: int,
+    step_loss: StepLoss,
+    workdir: Path | None,
+    desc: str,
+) -> TrainState:
+    """The cross-encoder's loop over ``n_rows`` training rows (pairs or query groups)."""
+    batch = min(config.batch_size, n_rows)
+    return _run_loop(
+        model,
+        config,
+        lambda e: epoch_batches(n_rows, batch, config.seed, e),
+        step_loss,
+        workdir,
+        desc=desc,
+    )
+
+
 def train_cross_encoder(
     model: CrossEncoder,
     tokenizer: PreTrainedTokenizerBase,
@@ -406,10 +484,13 @@ def train_cross_encoder(
     *,
     workdir: Path | None = None,
 ) -> TrainState:
-    """Train the cross-encoder on positives + ``negatives_per_query`` negatives per example."""
-    pairs = cross_encoder_pairs(examples, config.negatives_per_query, len(passages), config.seed)
+    """Train the cross-encoder on positives + ``negatives_per_query`` negatives per example,
+    pointwise or listwise (``config.cross_loss``)."""
     if dist.is_available() and dist.is_initialized():
         raise ValueError("train_cross_encoder runs on one process")
+    if config.cross_loss == "listwise":
+        return _train_cross_listwise(model, tokenizer, examples, passages, config, workdir)
+    pairs = cross_encoder_pairs(examples, config.negatives_per_query, len(passages), config.seed)
 
     def step_loss(epoch: int, step: int, rows: np.ndarray) -> torch.Tensor:
         chosen = [pairs[int(i)] for i in rows]
@@ -423,12 +504,4 @@ def train_cross_encoder(
         loss.backward()
         return loss.detach()
 
-    batch = min(config.batch_size, len(pairs))
-    return _run_loop(
-        model,
-        config,
-        lambda e: epoch_batches(len(pairs), batch, config.seed, e),
-        step_loss,
-        workdir,
-        desc="cross-encoder",
-    )
+    return _cross_loop(model, config, len(pairs), step_loss, workdir, "cross-encoder")
