@@ -11,7 +11,10 @@ A request = adapt to a new user's 20 support interactions, then score 1,000 cand
 
 Latency does not depend on the weight values, so both models are UNTRAINED, built with the
 real feature tables and the paper sizes (ColdNAS: embedding 32, hidden 128/64/32, adaptation
-256, the released Last.fm structure ``add | add | max+add | -``; MAML: embedding 32, MLP 64/64).
+256; MAML: embedding 32, MLP 64/64). ColdNAS structure per dataset: Last.fm the released reference
+structure ``add | add | max+add | -``; ML-1M the one our search found there (seed 0, see
+docs/coldstart.md) ``mul | mul+add | mul+add | max+mul+add``, which scales the input embedding
+and so takes the slower per-user-weight branch of the fc1 shortcut in ``score``.
 The ColdNAS model goes through ``export`` + ``load_recommender`` so the timed path is the
 serving path. One thread (``torch.set_num_threads(1)``), ``torch.no_grad`` where applicable.
 
@@ -43,6 +46,10 @@ CANDIDATES = 1000
 MAML_STEPS = 5  # MeLU's upper setting: the most expensive baseline request
 MAML_MAX_REPEATS = 500  # the baseline is ~10x slower; 500 samples still resolve its p99
 RELEASED_LASTFM = Structure.parse("add|add|max+add|-")
+STRUCTURES = {
+    "lastfm-coldnas": RELEASED_LASTFM,
+    "movielens-1m": Structure.parse("mul|mul+add|mul+add|max+mul+add"),  # found on ML-1M, seed 0
+}
 # Sizes of the official Last.fm benchmark, used when the data directory is absent.
 LASTFM_USERS, LASTFM_ITEMS = 1872, 3846
 
@@ -63,14 +70,16 @@ def tables(
 
 
 def coldnas_recommender(
-    users: FeatureTable, items: FeatureTable, rating_range: tuple[float, float], workdir: Path
+    users: FeatureTable,
+    items: FeatureTable,
+    rating_range: tuple[float, float],
+    workdir: Path,
+    structure: Structure = RELEASED_LASTFM,
 ) -> ColdStartRecommender:
     """Untrained paper-size ColdNAS, exported and loaded back through the serving API."""
     config = PRESETS["paper"].model
     config = type(config).from_dict({**config.to_dict(), "rating_range": rating_range})
-    model = ColdNAS(
-        config, users, items, RELEASED_LASTFM, generator=torch.Generator().manual_seed(0)
-    )
+    model = ColdNAS(config, users, items, structure, generator=torch.Generator().manual_seed(0))
     export(workdir, model, users, items, {"note": "untrained, latency benchmark"})
     return load_recommender(workdir)
 
@@ -179,9 +188,10 @@ def main() -> int:
         users, items, rating_range, source = tables(name, Path(args.data_dir))
         inputs = request_inputs(len(items), rating_range, seed=0)
         with tempfile.TemporaryDirectory() as tmp:
-            ours = coldnas_rows(
-                coldnas_recommender(users, items, rating_range, Path(tmp)), inputs, repeats
-            )
+            structure = STRUCTURES.get(name, RELEASED_LASTFM)
+            rec = coldnas_recommender(users, items, rating_range, Path(tmp), structure)
+            ours = coldnas_rows(rec, inputs, repeats)
+            ours["structure"] = str(structure)
         config = MAMLConfig(local_steps=MAML_STEPS)
         net = MeLUNet(users, items, rating_range, config)
         net.reset_parameters(torch.Generator().manual_seed(0))
@@ -198,6 +208,7 @@ def main() -> int:
         sizes.append(
             {
                 "dataset": name,
+                "ColdNAS structure": ours["structure"],
                 "ColdNAS UserState bytes (fp16)": ours["state_bytes"],
                 "ColdNAS bytes (fp32)": ours["state_bytes_float32"],
                 "MAML adapted weights bytes (fp32)": base["state_bytes_float32"],

@@ -122,3 +122,31 @@ def test_recommender_rejects_supernet(split: types.EpisodeSplit) -> None:
 
     with pytest.raises(ValueError, match="supernet"):
         ColdStartRecommender(build_model(split, TINY, None, 0))
+
+
+@pytest.mark.parametrize("first", ["-", "add", "mul", "mul+add", "min+add"])
+def test_fast_first_layer_matches_model(split: types.EpisodeSplit, first: str) -> None:
+    """The serving shortcut for fc1 (position 0 with only mul/add) equals the model's forward."""
+    config = ColdNASConfig(
+        embedding_dim=8,
+        hidden_sizes=(16, 8),
+        adaptation_dim=16,
+        user_features="on",
+        set_encoder="interaction",
+        encoder_layers=2,
+    )
+    structure = Structure.parse(f"{first}|mul+add|add")
+    model, _ = train_structure(split, structure, config, TrainConfig(epochs=1, lr=1e-2))
+    rec = ColdStartRecommender(model)
+    assert rec._fast_fc1 == (first != "min+add")
+    tasks = split.test[:3]
+    with torch.no_grad():
+        expected = model.eval()(collate_tasks(tasks))
+    states = [rec.adapt(t.support_items, t.support_labels, t.user) for t in tasks]
+    together = rec.score(states, tasks[0].query_items)
+    for i, t in enumerate(tasks):
+        got = rec.score(states[i], t.query_items)
+        np.testing.assert_allclose(
+            got, expected[i, : len(t.query_items)].numpy(), rtol=1e-5, atol=1e-6
+        )
+    np.testing.assert_allclose(together[0], rec.score(states[0], tasks[0].query_items), rtol=1e-6)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -22,9 +24,14 @@ def split() -> types.EpisodeSplit:
     return synthetic_split(n_users=60, n_items=40, interactions_per_user=(15, 25), seed=3)
 
 
-def _model(split: types.EpisodeSplit, structure: Structure | None, seed: int = 0) -> ColdNAS:
+def _model(
+    split: types.EpisodeSplit,
+    structure: Structure | None,
+    seed: int = 0,
+    config: ColdNASConfig = TINY,
+) -> ColdNAS:
     g = torch.Generator().manual_seed(seed)
-    return ColdNAS(TINY, split.dataset.users, split.dataset.items, structure, generator=g)
+    return ColdNAS(config, split.dataset.users, split.dataset.items, structure, generator=g)
 
 
 def test_pad_matches_data_types() -> None:
@@ -47,13 +54,21 @@ def test_config_validation_names_field() -> None:
         ColdNASConfig(mul_activation="exp")
     with pytest.raises(ValueError, match="user_features"):
         ColdNASConfig(user_features="maybe")
+    with pytest.raises(ValueError, match="set_encoder"):
+        ColdNASConfig(set_encoder="deepsets")
+    with pytest.raises(ValueError, match="encoder_layers"):
+        ColdNASConfig(encoder_layers=0)
 
 
 @pytest.mark.parametrize(
     "structure", [Structure.film(), None, Structure.parse("max|min+add|-|max+min+mul+add")]
 )
-def test_batched_equals_per_user(split: types.EpisodeSplit, structure: Structure | None) -> None:
-    model = _model(split, structure).eval()
+@pytest.mark.parametrize("encoder", ["paper", "interaction"])
+def test_batched_equals_per_user(
+    split: types.EpisodeSplit, structure: Structure | None, encoder: str
+) -> None:
+    config = replace(TINY, set_encoder=encoder, encoder_layers=1 if encoder == "paper" else 2)
+    model = _model(split, structure, config=config).eval()
     tasks = split.train[:6]
     with torch.no_grad():
         batched = model(collate_tasks(tasks))

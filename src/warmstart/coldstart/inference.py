@@ -97,6 +97,26 @@ class ColdStartRecommender:
         # is a gather instead of one EmbeddingBag per feature field.
         with torch.no_grad():
             self._item_vectors = model.item_embedding(torch.arange(self.n_items))  # (N, Di)
+            # Same for the user feature table (an EmbeddingBag per field costs ~0.15 ms).
+            n_users = model.user_embedding.n_rows if model.use_user_features else 0
+            self._user_vectors = model.embed_users(torch.arange(n_users))  # (N_u, Du)
+        # Fast path for fc1 when position 0 only shifts/scales its input (no max/min): fc1 is
+        # linear, so fc1([e_item, e_user] * m + a) splits into an item term and a per-user
+        # constant, and without `mul` the item term is a fixed table computed here once.
+        ops0 = set(model.structure.positions[0])
+        # (A supernet's gates blend each op with the identity, so it always takes the model path.)
+        self._fast_fc1 = ops0 <= {"mul", "add"} and model.gate_logits is None
+        self._scale0 = "mul" in ops0
+        fc1 = model.hidden[0]
+        assert isinstance(fc1, torch.nn.Linear)
+        di = self._item_vectors.shape[1]
+        self._w_item = fc1.weight[:, :di].detach()  # (H1, Di)
+        self._w_user = fc1.weight[:, di:].detach()  # (H1, Du)
+        self._fc1_bias = fc1.bias.detach()  # (H1,)
+        with torch.no_grad():
+            self._item_fc1 = (
+                None if self._scale0 else self._item_vectors @ self._w_item.T
+            )  # (N, H1)
 
     @property
     def structure(self) -> Structure:
@@ -139,7 +159,11 @@ class ColdStartRecommender:
     def _user_vec(self, user: int | None) -> torch.Tensor:
         if user is None or not self.model.use_user_features:
             return torch.zeros((1, self.model.user_dim))
-        return self.model.embed_users(torch.tensor([user]))
+        if not 0 <= user < self._user_vectors.shape[0]:
+            raise ValueError(
+                f"user index must lie in [0, {self._user_vectors.shape[0]}), got {user}"
+            )
+        return self._user_vectors[user][None]
 
     def _check_items(self, items: torch.Tensor) -> None:
         if items.numel() and (int(items.min()) < 0 or int(items.max()) >= self.n_items):
@@ -177,10 +201,45 @@ class ColdStartRecommender:
             np.stack([s.user_vec for s in batch]).astype(np.float32)
         )  # (U, Du)
         query = items[None].expand(len(batch), -1)  # (U, I)
-        vectors = self._item_vectors[items][None].expand(len(batch), -1, -1)  # (U, I, Di)
-        scores = self.model.predict_embedded(params, user_vec, query, item_vectors=vectors)
+        if self._fast_fc1:
+            scores = self.model.predict_from_fc1(self._fc1(params, user_vec, items), params, query)
+        else:
+            vectors = self._item_vectors[items][None].expand(len(batch), -1, -1)  # (U, I, Di)
+            scores = self.model.predict_embedded(params, user_vec, query, item_vectors=vectors)
         out = scores.numpy().astype(np.float32)
         return out[0] if single else out
+
+    def _fc1(
+        self, params: torch.Tensor, user_vec: torch.Tensor, items: torch.Tensor
+    ) -> torch.Tensor:
+        """fc1's pre-activation ``(U, I, H1)`` when position 0 has only ``mul``/``add``.
+
+        Same value as ``fc1(modulate_0([e_item, e_user]))``, computed as an item term plus a
+        per-user constant (``W_u (e_user * m_u + a_u) + W_i a_i + b``), so the user half of the
+        input is never expanded to every item.
+        """
+        di = self._w_item.shape[1]
+        n_users = params.shape[0]
+        scale = shift = None
+        for op in ("mul", "add"):
+            sl = self.model.layout.slices.get((0, op))
+            if sl is not None:
+                if op == "mul":
+                    scale = params[:, sl]  # (U, D0)
+                else:
+                    shift = params[:, sl]  # (U, D0)
+        user_in = user_vec if scale is None else user_vec * scale[:, di:]  # (U, Du)
+        const = user_in @ self._w_user.T + self._fc1_bias  # (U, H1)
+        if shift is not None:
+            # W_i a_i + W_u a_u, with W = [W_i, W_u]
+            const = const + shift[:, :di] @ self._w_item.T + shift[:, di:] @ self._w_user.T
+        if scale is None:
+            assert self._item_fc1 is not None
+            item_term = self._item_fc1[items][None].expand(n_users, -1, -1)  # (U, I, H1)
+        else:
+            w = self._w_item[None] * scale[:, None, :di]  # (U, H1, Di): W_i diag(m_i)
+            item_term = torch.matmul(self._item_vectors[items][None], w.transpose(1, 2))
+        return item_term + const[:, None, :]
 
 
 def load_recommender(directory: Path | str) -> ColdStartRecommender:

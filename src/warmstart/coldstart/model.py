@@ -51,6 +51,7 @@ class TableLike(Protocol):
 
 MUL_ACTIVATIONS = ("softplus", "relu")
 USER_FEATURES = ("auto", "on", "off")
+SET_ENCODERS = ("paper", "interaction")
 # Head bias at init, per op: the modulation starts near the identity map (max with a low floor,
 # min with a high ceiling, scale 1, shift 0), so every structure trains from the same function.
 _IDENTITY_BIAS = {"max": -1.0, "min": 1.0, "mul": 0.0, "add": 0.0}
@@ -76,6 +77,15 @@ class ColdNASConfig:
         item_prior: add a per-item prior logit (a buffer the trainer fills from train-split
             users' labels, smoothed popularity) to the output logit, so the network models the
             user-specific residual on top of item popularity. Not in the paper; off by default.
+        set_encoder: what each support pair contributes to the user code. ``"paper"``:
+            ``c_j = LeakyReLU(W_c [e_item_j, e_user, y_j])``. ``"interaction"``: the input also
+            holds ``(y_j - mean_y) * e_item_j``, the item embedding signed by whether the user
+            rated it above or below their own support mean, so the mean-pooled code carries a
+            "taste direction" in item-embedding space (what a per-user linear model fits)
+            instead of having to approximate a product of label and item through one LeakyReLU.
+            Still one forward pass and permutation invariant.
+        encoder_layers: depth of the per-pair encoder (1 in the paper; extra layers are
+            ``Linear(A, A) + LeakyReLU`` before pooling).
     """
 
     embedding_dim: int = 32
@@ -86,8 +96,18 @@ class ColdNASConfig:
     rating_range: tuple[float, float] = (0.0, 1.0)
     user_features: str = "auto"
     item_prior: bool = False
+    set_encoder: str = "paper"
+    encoder_layers: int = 1
 
     def __post_init__(self) -> None:
+        if self.set_encoder not in SET_ENCODERS:
+            raise ValueError(
+                f"ColdNASConfig.set_encoder={self.set_encoder!r}, allowed {SET_ENCODERS}"
+            )
+        if self.encoder_layers < 1:
+            raise ValueError(
+                f"ColdNASConfig.encoder_layers must be >= 1, got {self.encoder_layers}"
+            )
         if self.embedding_dim < 1 or self.adaptation_dim < 1:
             raise ValueError("ColdNASConfig.embedding_dim and adaptation_dim must be >= 1")
         if not self.hidden_sizes or min(self.hidden_sizes) < 1:
@@ -121,7 +141,7 @@ class ColdNASConfig:
         data = dict(data)
         data["hidden_sizes"] = tuple(data["hidden_sizes"])
         data["rating_range"] = tuple(data["rating_range"])
-        return cls(**data)
+        return cls(**data)  # configs written before set_encoder/encoder_layers get the defaults
 
 
 class FeatureEmbedding(nn.Module):
@@ -232,7 +252,15 @@ class ColdNAS(nn.Module):
         in_dim = self.item_embedding.out_dim + self.user_dim
         dims = (in_dim, *config.hidden_sizes)
         self.layout = ModulationLayout.build(self.structure, dims)
-        self.encoder = nn.Linear(in_dim + 1, config.adaptation_dim)  # W_c over [e_item, e_user, y]
+        # W_c over [e_item, e_user, y] (+ (y - mean y) * e_item with the interaction encoder)
+        enc_in = (
+            in_dim + 1 + (self.item_embedding.out_dim if config.set_encoder == "interaction" else 0)
+        )
+        self.encoder = nn.Linear(enc_in, config.adaptation_dim)
+        self.encoder_extra = nn.ModuleList(
+            nn.Linear(config.adaptation_dim, config.adaptation_dim)
+            for _ in range(config.encoder_layers - 1)
+        )
         self.head = nn.Linear(config.adaptation_dim, self.layout.size)
         self.hidden = nn.ModuleList(nn.Linear(a, b) for a, b in itertools.pairwise(dims))
         self.out = nn.Linear(dims[-1], 1)
@@ -251,7 +279,7 @@ class ColdNAS(nn.Module):
                     assert isinstance(bag, nn.EmbeddingBag)
                     nn.init.normal_(bag.weight, 0.0, self.config.init_std, generator=g)
                     bag.weight[-1].zero_()  # the padding row
-            for lin in (self.encoder, self.head, *self.hidden, self.out):
+            for lin in (self.encoder, *self.encoder_extra, self.head, *self.hidden, self.out):
                 nn.init.xavier_uniform_(lin.weight, generator=g)
                 lin.bias.zero_()
             for (_, op), sl in self.layout.slices.items():
@@ -297,10 +325,14 @@ class ColdNAS(nn.Module):
         e_item = self.item_embedding(support_items) if item_vectors is None else item_vectors
         e_user = user_vec[:, None, :].expand(-1, e_item.shape[1], -1)  # (B, S, Du)
         y = self._normalise_labels(support_labels)[..., None]  # (B, S, 1)
-        c = nn.functional.leaky_relu(
-            self.encoder(torch.cat([e_item, e_user, y], dim=-1))
-        )  # (B, S, A)
-        w = support_mask.to(c.dtype)[..., None]  # (B, S, 1)
+        w = support_mask.to(y.dtype)[..., None]  # (B, S, 1)
+        parts = [e_item, e_user, y]
+        if self.config.set_encoder == "interaction":
+            mean_y = (y * w).sum(1, keepdim=True) / w.sum(1, keepdim=True).clamp_min(1.0)
+            parts.append((y - mean_y) * e_item)  # (B, S, Di)
+        c = nn.functional.leaky_relu(self.encoder(torch.cat(parts, dim=-1)))  # (B, S, A)
+        for layer in self.encoder_extra:
+            c = nn.functional.leaky_relu(layer(c))
         pooled = (c * w).sum(1) / w.sum(1).clamp_min(1.0)  # (B, A) masked mean
         return self._activate(self.head(pooled))  # (B, P)
 
@@ -365,7 +397,19 @@ class ColdNAS(nn.Module):
         e_item = self.item_embedding(query_items) if item_vectors is None else item_vectors
         e_user = user_vec[:, None, :].expand(-1, e_item.shape[1], -1)  # (B, Q, Du)
         h = self._modulate(torch.cat([e_item, e_user], dim=-1), 0, params, gates)  # (B, Q, D0)
-        for k, layer in enumerate(self.hidden, start=1):
+        return self.predict_from_fc1(self.hidden[0](h), params, query_items)
+
+    def predict_from_fc1(
+        self, pre1: torch.Tensor, params: torch.Tensor, query_items: torch.Tensor
+    ) -> torch.Tensor:
+        """The rest of the predictor from fc1's pre-activation ``pre1`` ``(B, Q, D1)``.
+
+        Split out so that serving can compute ``pre1`` faster when position 0 allows it
+        (see ``ColdStartRecommender.score``); returns ``(B, Q)`` predictions.
+        """
+        gates = self.gates()
+        h = torch.relu(self._modulate(pre1, 1, params, gates))  # (B, Q, D1)
+        for k, layer in enumerate(self.hidden[1:], start=2):
             h = torch.relu(self._modulate(layer(h), k, params, gates))  # (B, Q, Dk)
         low, high = self.config.rating_range
         logits = self.out(h).squeeze(-1) + self.item_prior[query_items]  # (B, Q)
