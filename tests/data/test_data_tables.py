@@ -100,3 +100,27 @@ def test_bad_header_and_missing_file(tmp_path: Path) -> None:
         load_table_dataset(path)
     with pytest.raises(FileNotFoundError, match=r"nope\.csv"):
         load_table_dataset(tmp_path / "nope.csv")
+
+
+def test_with_id_field_adds_one_value_per_row() -> None:
+    from warmstart.data.synthetic import synthetic_split
+    from warmstart.data.types import FeatureField, FeatureTable
+
+    table = FeatureTable(
+        ids=np.array([10, 20, 30]),
+        fields=(FeatureField("genre", 2, np.array([[0, 1], [1, -1], [0, -1]])),),
+    )
+    out = table.with_id_field()
+    assert [f.name for f in out.fields] == ["genre", "id"]
+    assert out.fields[1].cardinality == 3
+    np.testing.assert_array_equal(out.fields[1].index[:, 0], [0, 1, 2])
+    np.testing.assert_array_equal(out.ids, table.ids)
+    assert out.with_id_field() is out  # idempotent
+
+    from warmstart.cli.coldstart_nas import with_item_ids
+
+    split = synthetic_split(seed=0)
+    with_ids = with_item_ids(split)
+    assert with_ids.test is split.test
+    assert with_ids.dataset.items.fields[-1].name == "id"
+    assert with_ids.meta["item_ids"] is True

@@ -65,6 +65,11 @@ def _common(parser: argparse.ArgumentParser, many_seeds: bool = False) -> None:
     parser.add_argument(
         "--item-prior", action="store_true", help="add the smoothed-popularity prior logit"
     )
+    parser.add_argument(
+        "--item-ids",
+        action="store_true",
+        help="add a one-hot id field to the item features (every method that embeds items)",
+    )
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
@@ -97,7 +102,14 @@ def _split(args: argparse.Namespace, seed: int) -> EpisodeSplit:
 
     cache_dir = resolve_cache_dir(args.cache_dir, args.no_cache)
     data_dir = resolve_data_dir(args.data_dir)
-    return coldstart_split(args.dataset, data_dir, seed, args.protocol, cache_dir=cache_dir)
+    split = coldstart_split(args.dataset, data_dir, seed, args.protocol, cache_dir=cache_dir)
+    return with_item_ids(split) if getattr(args, "item_ids", False) else split
+
+
+def with_item_ids(split: EpisodeSplit) -> EpisodeSplit:
+    """The same episodes over a dataset whose item table also has a one-hot ``id`` field."""
+    dataset = replace(split.dataset, items=split.dataset.items.with_id_field())
+    return replace(split, dataset=dataset, meta={**split.meta, "item_ids": True})
 
 
 def _meta(args: argparse.Namespace, seed: int, preset: Preset) -> dict[str, Any]:
@@ -108,6 +120,7 @@ def _meta(args: argparse.Namespace, seed: int, preset: Preset) -> dict[str, Any]
         "seed": seed,
         "git_sha": git_sha(),
         "preset": args.preset,
+        "item_ids": bool(getattr(args, "item_ids", False)),
         "train": asdict(preset.train),
     }
 

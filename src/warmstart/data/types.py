@@ -86,6 +86,17 @@ class FeatureTable:
         n = len(ids)
         return cls(ids=np.asarray(ids), fields=(FeatureField("id", n, np.arange(n).reshape(n, 1)),))
 
+    def with_id_field(self) -> FeatureTable:
+        """This table plus a one-hot ``id`` field (each row its own value), so a model that
+        embeds features also learns a free vector per entity. For warm items in user cold start
+        (every test item was rated by train users) this is what MF's item factors are; side
+        features alone may not tell two items apart. Unchanged if an ``id`` field exists."""
+        if any(f.name == "id" for f in self.fields):
+            return self
+        n = len(self.ids)
+        id_field = FeatureField("id", n, np.arange(n, dtype=np.int64).reshape(n, 1))
+        return FeatureTable(ids=self.ids, fields=(*self.fields, id_field))
+
 
 @dataclass(frozen=True)
 class RecDataset:
