@@ -51,6 +51,11 @@ def test_every_step_writes_its_artifacts(finished) -> None:
     assert dev["queries"] == len(pl.dev_split(ctx)[1]) and dev["depth"] == pl.CE_DEV_DEPTH
     assert set(dev["md0"]) == set(dev["ce_rerank"]) == {"nDCG@10", "MRR@10"}
     assert results["ce"]["head_input_spread"] >= 0.0
+    rerank = results["rerank"]  # fused with MD2's scores, weight chosen on dev queries only
+    assert set(rerank["test_fused"]) == {"nDCG@10", "MRR@10", "Recall@100"}
+    assert rerank["fusion_weight"] in {float(w) for w in rerank["dev_ndcg10_per_weight"]}
+    best = max(rerank["dev_ndcg10_per_weight"].values())
+    assert rerank["dev_ndcg10_per_weight"][str(rerank["fusion_weight"])] == best
 
 
 def test_scifact_preset_trains_a_ce_that_can_learn() -> None:

@@ -43,6 +43,8 @@ def _config(args: argparse.Namespace) -> Any:
         config = with_steps(config, args.steps.split(","))
     if getattr(args, "cross_layers", None):
         config = replace(config, cross_layers=args.cross_layers)
+    if getattr(args, "cross_epochs", None):
+        config = replace(config, cross_train=replace(config.cross_train, epochs=args.cross_epochs))
     return config
 
 
@@ -229,6 +231,9 @@ def _pipeline_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--preset", choices=PRESETS, default="scifact_cpu")
     parser.add_argument("--backbone", type=Path, default=None, help="default: all-MiniLM-L6-v2")
     parser.add_argument("--cross-layers", type=int, default=None, help="CE keeps N layers")
+    parser.add_argument(
+        "--cross-epochs", type=int, default=None, help="override the preset's CE training epochs"
+    )
 
 
 def register(commands: Any) -> None:

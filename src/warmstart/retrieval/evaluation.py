@@ -40,3 +40,47 @@ def evaluate_rows(
 ) -> dict[str, float]:
     """nDCG@10, MRR@10, Recall@100 of ranked rows against ``qrels``."""
     return evaluate_retrieval(run_from_rows(query_ids, rows, doc_ids), qrels)
+
+
+FUSION_WEIGHTS = tuple(round(0.1 * i, 1) for i in range(11))
+"""Grid of CE weights ``choose_fusion_weight`` tries (0 = retriever order, 1 = CE order)."""
+
+
+def _zscore(x: np.ndarray) -> np.ndarray:
+    """Standardise each row (one query's candidates); a constant row becomes zeros."""
+    x = np.asarray(x, dtype=np.float64)
+    std = x.std(axis=1, keepdims=True)
+    return (x - x.mean(axis=1, keepdims=True)) / np.where(std > 0, std, 1.0)
+
+
+def fuse_scores(dense: np.ndarray, ce: np.ndarray, weight: float) -> np.ndarray:
+    """``(1 - weight) * z(dense) + weight * z(ce)`` per query, both (M, k).
+
+    Each score is standardised within its query's candidates first: dual-encoder similarities and
+    CE logits live on unrelated scales, so a raw sum would let one of them decide alone.
+    """
+    if dense.shape != ce.shape:
+        raise ValueError(f"fuse_scores: dense {dense.shape} and ce {ce.shape} differ")
+    if not 0.0 <= weight <= 1.0:
+        raise ValueError(f"fuse_scores: weight={weight} must lie in [0, 1]")
+    if not (np.isfinite(dense).all() and np.isfinite(ce).all()):
+        raise ValueError("fuse_scores: scores must be finite (NaN or inf found)")
+    return (1.0 - weight) * _zscore(dense) + weight * _zscore(ce)
+
+
+def choose_fusion_weight(
+    candidates: Candidates,
+    ce: np.ndarray,
+    doc_ids: Sequence[str],
+    qrels: Mapping[str, Mapping[str, int]],
+    weights: Sequence[float] = FUSION_WEIGHTS,
+) -> tuple[float, dict[float, float]]:
+    """The CE weight whose fused order has the best nDCG@10 on labelled ``candidates`` (held-out
+    queries, never test), and nDCG@10 per weight. Ties go to the smaller weight (closer to the
+    retriever, which needs no CE call)."""
+    table = {}
+    for w in weights:
+        rows = rerank_rows(candidates, fuse_scores(candidates.scores, ce, w))
+        table[float(w)] = evaluate_rows(candidates.query_ids, rows, doc_ids, qrels)["nDCG@10"]
+    best = max(table, key=lambda w: (table[w], -w))
+    return best, table

@@ -48,7 +48,13 @@ from warmstart.retrieval.encoders import (
     tokenize,
 )
 from warmstart.retrieval.encoding import encode_corpus_cached, encode_texts
-from warmstart.retrieval.evaluation import evaluate_rows, exact_index, rerank_rows
+from warmstart.retrieval.evaluation import (
+    choose_fusion_weight,
+    evaluate_rows,
+    exact_index,
+    fuse_scores,
+    rerank_rows,
+)
 from warmstart.retrieval.mining import (
     Candidates,
     MiningConfig,
@@ -704,10 +710,27 @@ def step_rerank(ctx: PipelineContext) -> dict[str, Any]:
     logits = scored_blocks(ctx, folder / "scores", ce, ce_tok, head)
     rows = np.concatenate([rerank_rows(head, logits), c.rows[:, depth:]], axis=1)
     qrels = ctx.collection.qrels["test"]
+    doc_ids = ctx.collection.doc_ids
+    # Fusion of MD2's and the CE's scores, its weight chosen on the CE's dev queries (never test).
+    _, dev_ids = dev_split(ctx)
+    dev = query_candidates(ctx, model, tokenizer, corpus, _queries(ctx, dev_ids), depth)
+    dev_logits = scored_blocks(ctx, folder / "dev_scores", ce, ce_tok, dev)
+    dev_qrels = {q: ctx.collection.qrels["train"][q] for q in dev_ids}
+    weight, per_weight = choose_fusion_weight(dev, dev_logits, doc_ids, dev_qrels)
+    fused = rerank_rows(head, fuse_scores(head.scores, logits, weight))
+    fused_rows = np.concatenate([fused, c.rows[:, depth:]], axis=1)
+    ctx.log(f"[rerank] fusion weight {weight} (dev nDCG@10 per CE weight {per_weight})")
     return {
-        "test": evaluate_rows(c.query_ids, rows, ctx.collection.doc_ids, qrels),
+        "test": evaluate_rows(c.query_ids, rows, doc_ids, qrels),
+        "test_fused": evaluate_rows(c.query_ids, fused_rows, doc_ids, qrels),
+        "fusion_weight": weight,
+        "dev_ndcg10_per_weight": {str(w): v for w, v in per_weight.items()},
         "depth": depth,
     }
+
+
+def _queries(ctx: PipelineContext, ids: Sequence[str]) -> dict[str, str]:
+    return {q: ctx.collection.queries[q] for q in ids}
 
 
 STEP_FUNCTIONS: dict[str, Callable[[PipelineContext], dict[str, Any]]] = {
