@@ -105,3 +105,23 @@ def test_training_set_round_trip(tmp_path: Path) -> None:
     (tmp_path / "bad.jsonl").write_text('{"query_id": "x"}\n')
     with pytest.raises(ValueError, match=r"bad\.jsonl:1"):
         read_training_set(tmp_path / "bad.jsonl")
+
+
+def test_top1_precision_curve_and_threshold_choice() -> None:
+    from warmstart.retrieval.mining import choose_high_threshold, top1_precision_curve
+
+    # 4 queries; the best candidate's P and whether it is a positive:
+    # q0 0.95 yes, q1 0.85 yes, q2 0.75 no, q3 0.55 yes
+    probs = np.array([[0.95, 0.1], [0.2, 0.85], [0.75, 0.3], [0.55, 0.5]])
+    labels = np.array([[1, 0], [0, 1], [0, 1], [1, 0]])
+    curve = top1_precision_curve(probs, labels, grid=(0.5, 0.7, 0.8, 0.9, 0.96))
+    assert [p["queries"] for p in curve] == [4, 3, 2, 1, 0]
+    assert [p["precision"] for p in curve[:4]] == pytest.approx([0.75, 2 / 3, 1.0, 1.0])
+    assert curve[4]["precision"] is None
+    assert choose_high_threshold(curve, 0.7, min_queries=1) == 0.5
+    assert choose_high_threshold(curve, 0.9, min_queries=1) == 0.8
+    assert choose_high_threshold(curve, 0.9, min_queries=3) is None  # too few queries
+    with pytest.raises(ValueError, match="differ"):
+        top1_precision_curve(probs, labels[:1])
+    with pytest.raises(ValueError, match="pseudo_precision"):
+        MiningConfig(pseudo_precision=1.5)

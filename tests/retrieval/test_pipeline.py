@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from warmstart.retrieval import pipeline as pl
-from warmstart.retrieval.mining import read_training_set
+from warmstart.retrieval.mining import HIGH_GRID, read_training_set
 
 
 def context(
@@ -51,6 +51,10 @@ def test_every_step_writes_its_artifacts(finished) -> None:
     assert dev["queries"] == len(pl.dev_split(ctx)[1]) and dev["depth"] == pl.CE_DEV_DEPTH
     assert set(dev["md0"]) == set(dev["ce_rerank"]) == {"nDCG@10", "MRR@10"}
     assert results["ce"]["head_input_spread"] >= 0.0
+    augment = results["augment"]  # tiny preset: threshold chosen on the dev queries
+    assert [p["threshold"] for p in augment["dev_top1_curve"]] == list(HIGH_GRID)
+    picked = augment["high_chosen_on_dev"]
+    assert augment["high"] == (picked if picked is not None else ctx.config.mining.high)
     rerank = results["rerank"]  # fused with MD2's scores, weight chosen on dev queries only
     assert set(rerank["test_fused"]) == {"nDCG@10", "MRR@10", "Recall@100"}
     assert rerank["fusion_weight"] in {float(w) for w in rerank["dev_ndcg10_per_weight"]}

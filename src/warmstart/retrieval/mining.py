@@ -34,12 +34,17 @@ class MiningConfig:
         low: a non-positive candidate with calibrated P(relevant) < low becomes a negative.
         high: the best candidate of an unlabelled query with P > high becomes its positive.
         max_negatives: cap on the negative pool per query (best-ranked first); None = all.
+        pseudo_precision: if set, ``high`` is chosen from data instead (see
+            ``choose_high_threshold``): the lowest threshold at which the CE's best candidate is a
+            labelled positive for at least this share of held-out labelled queries; ``high`` is
+            the fallback when no threshold reaches it.
     """
 
     top_k: int = 30
     low: float = 0.1
     high: float = 0.9
     max_negatives: int | None = None
+    pseudo_precision: float | None = None
 
     def __post_init__(self) -> None:
         if self.top_k < 1:
@@ -48,6 +53,8 @@ class MiningConfig:
             raise ValueError(f"low={self.low}, high={self.high}: need 0 < low < high < 1")
         if self.max_negatives is not None and self.max_negatives < 1:
             raise ValueError(f"max_negatives={self.max_negatives}: must be >= 1 or None")
+        if self.pseudo_precision is not None and not 0.0 < self.pseudo_precision <= 1.0:
+            raise ValueError(f"pseudo_precision={self.pseudo_precision}: must lie in (0, 1]")
 
 
 @dataclass(frozen=True)
@@ -185,6 +192,47 @@ def pseudo_positives(candidates: Candidates, probs: np.ndarray, high: float) -> 
         for i, qid in enumerate(candidates.query_ids)
         if probs[i, best[i]] > high
     }
+
+
+HIGH_GRID = tuple(round(0.5 + 0.05 * i, 2) for i in range(10))
+"""Thresholds ``choose_high_threshold`` tries: 0.50, 0.55, ..., 0.95."""
+
+
+def top1_precision_curve(
+    probs: np.ndarray, labels: np.ndarray, grid: Sequence[float] = HIGH_GRID
+) -> list[dict[str, float | None]]:
+    """For each threshold t: how many queries' best candidate has P > t and what share of those
+    best candidates are labelled positives (None when no query passes: JSON has no NaN).
+    ``probs`` and ``labels`` (0/1) are (M, k)."""
+    if probs.shape != labels.shape:
+        raise ValueError(f"probs {probs.shape} and labels {labels.shape} differ")
+    best = probs.argmax(axis=1)
+    p_top = probs[np.arange(len(best)), best]
+    y_top = labels[np.arange(len(best)), best]
+    curve = []
+    for t in grid:
+        chosen = p_top > t
+        n = int(chosen.sum())
+        curve.append(
+            {
+                "threshold": float(t),
+                "queries": n,
+                "precision": float(y_top[chosen].mean()) if n else None,
+            }
+        )
+    return curve
+
+
+def choose_high_threshold(
+    curve: Sequence[Mapping[str, float | None]], target: float, min_queries: int = 10
+) -> float | None:
+    """The lowest threshold of ``curve`` whose top-1 precision is >= ``target`` over at least
+    ``min_queries`` queries, or None when none qualifies."""
+    for point in sorted(curve, key=lambda p: float(p["threshold"] or 0.0)):
+        n, precision = point["queries"] or 0, point["precision"]
+        if n >= min_queries and precision is not None and precision >= target:
+            return float(point["threshold"] or 0.0)
+    return None
 
 
 def labelled_examples(
