@@ -275,3 +275,27 @@ def test_load_errors(tmp_path: Path) -> None:
     (tmp_path / "index.json").write_text(json.dumps({**meta, "format_version": 99}))
     with pytest.raises(ValueError, match="format_version"):
         load_index(tmp_path)
+
+
+def test_exact_threaded_split_equals_serial_and_brute_force() -> None:
+    """Large batches are split across threads (one BLAS/topk thread each); same results as the
+    serial path and the float64 reference, and the thread settings are restored afterwards."""
+    import torch
+
+    from warmstart.retrieval import index as index_module
+
+    x, q = _random(500, 16, 6), _random(5 * index_module.MIN_QUERIES_PER_WORKER + 3, 16, 7)
+    index = build_index("exact", 16, block_rows=64, query_block=20)
+    index.add(x)
+    before = torch.get_num_threads()
+    torch.set_num_threads(3)
+    try:
+        scores, ids = index.search(q, 9)  # 3 workers
+        assert torch.get_num_threads() == 3
+        torch.set_num_threads(1)
+        serial_scores, serial_ids = index.search(q, 9)  # 1 thread: the serial path
+    finally:
+        torch.set_num_threads(before)
+    np.testing.assert_array_equal(ids, serial_ids)
+    np.testing.assert_allclose(scores, serial_scores, rtol=1e-6, atol=1e-6)
+    _assert_matches_reference(x, q, scores, ids, 9)

@@ -25,6 +25,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Protocol
@@ -96,6 +98,11 @@ class ExactConfig:
     def __post_init__(self) -> None:
         for name in ("dim", "block_rows", "query_block"):
             _check_positive(name, getattr(self, name))
+
+
+MIN_QUERIES_PER_WORKER = 32
+"""A batch is split across threads only when every thread gets at least this many queries."""
+_PARALLEL_LOCK = threading.Lock()
 
 
 @dataclass(frozen=True)
@@ -260,8 +267,51 @@ class ExactIndex:
         if len(q) == 1:
             scores, ids = self._search_vector(q[0], kk)
             return scores[None], ids[None]
+        workers = min(torch.get_num_threads(), len(q) // MIN_QUERIES_PER_WORKER)
+        if workers >= 2:
+            return self._search_parallel(q, kk, workers)
         with torch.inference_mode():
             return self._search_blocked(q, kk)
+
+    def _search_parallel(
+        self, q: np.ndarray, k: int, workers: int
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Queries split into ``workers`` shares, each searched by ``_search_blocked`` in its own
+        Python thread with single-threaded BLAS and top-k (numpy's GEMM and ``torch.topk``
+        release the GIL).
+
+        Why: with one multi-threaded search, OpenBLAS's threads (the GEMM) and torch's OpenMP
+        threads (``topk``) take turns and each pool's idle threads spin on the cores the other
+        needs; on 2 cores, 1M x 384 and 1,000 queries, that gave 122 queries/s with 2 threads
+        (129 with 1), this split 253 (faiss ``IndexFlatIP`` 260). Thread counts are process-wide
+        settings, so parallel searches hold a lock (each already uses every core).
+        """
+        try:
+            from threadpoolctl import threadpool_limits
+        except ImportError:  # optional: without it, the serial path (correct, slower)
+            with torch.inference_mode():
+                return self._search_blocked(q, k)
+        parts = np.array_split(np.arange(len(q)), workers)
+
+        def run(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+            with torch.inference_mode():
+                return self._search_blocked(q[rows], k)
+
+        with _PARALLEL_LOCK:
+            before = torch.get_num_threads()
+            torch.set_num_threads(1)
+            try:
+                with (
+                    threadpool_limits(limits=1, user_api="blas"),
+                    ThreadPoolExecutor(workers) as ex,
+                ):
+                    results = list(ex.map(run, parts))
+            finally:
+                torch.set_num_threads(before)
+        return (
+            np.concatenate([r[0] for r in results]),
+            np.concatenate([r[1] for r in results]),
+        )
 
     def _search_vector(self, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """One query (D,): matrix-vector products into one (N,) score vector, one partition."""
