@@ -151,3 +151,17 @@ def test_interrupted_training_resumes_from_checkpoint(
     )
     assert results["md0"]["steps"] == calls[0]  # resumed at the end: no step re-run
     assert "[zero_shot] done, skipped" in logs
+
+
+def test_cross_batch_step_makes_as_many_steps_as_md0(
+    tiny_collection, tiny_backbone: Path, tmp_path: Path
+) -> None:
+    """With W workers each optimizer step sees W batches, so equal steps need W x the epochs."""
+    logs: list[str] = []
+    ctx = context(tiny_collection, tiny_backbone, tmp_path, logs)
+    epochs = ctx.config.dual_train.epochs
+    args = pl.cross_batch_args(ctx, [], None, tmp_path / "x", 3)
+    assert args[2].epochs == 3 * epochs
+    assert args[2].batch_size == ctx.config.dual_train.batch_size  # per-worker batch unchanged
+    ctx = context(tiny_collection, tiny_backbone, tmp_path, logs, cross_batch_equal_steps=False)
+    assert pl.cross_batch_args(ctx, [], None, tmp_path / "x", 3)[2].epochs == epochs

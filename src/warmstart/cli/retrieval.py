@@ -100,7 +100,7 @@ def _train_torchrun(args: argparse.Namespace, rank: int, world: int) -> int:
         model, tokenizer = fresh_dual(ctx)
         frozen = corpus_embeddings(ctx, model, tokenizer)
     folder = args.workdir / f"md0_torchrun{world}"
-    cross_batch_worker(rank, world, *cross_batch_args(ctx, examples, frozen, folder))
+    cross_batch_worker(rank, world, *cross_batch_args(ctx, examples, frozen, folder, world))
     if rank == 0:
         print(f"wrote {folder / 'model'}")
     return 0

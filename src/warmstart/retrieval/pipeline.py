@@ -111,6 +111,9 @@ class PipelineConfig:
             hard negatives (None = ``mining.top_k``, the candidates the md0 step stored).
         dev_fraction: share of train queries held out of CE training to calibrate its scores.
         workers: processes of the cross-batch step (gloo on 127.0.0.1).
+        cross_batch_equal_steps: the cross-batch step runs ``workers`` times MD0's epochs, so it
+            makes as many optimizer steps as MD0 (each step sees ``workers`` × the batch); with
+            False it runs MD0's epochs, i.e. ``1 / workers`` of MD0's steps.
         rerank_depth: MD2 candidates the CE reorders.
         steps: steps to run, in pipeline order (optional ones may be left out).
         encode_batch_size / score_batch_size: inference batch sizes.
@@ -127,6 +130,7 @@ class PipelineConfig:
     cross_negative_depth: int | None = None
     dev_fraction: float = 0.1
     workers: int = 2
+    cross_batch_equal_steps: bool = True
     rerank_depth: int = 50
     steps: tuple[str, ...] = STEPS
     encode_batch_size: int = 32
@@ -459,12 +463,16 @@ def cross_batch_args(
     examples: list[TrainExample],
     frozen: np.ndarray | None,
     folder: Path,
+    world: int,
 ) -> tuple[Any, ...]:
     """The arguments of ``cross_batch_worker`` after ``rank, world`` (spawned or torchrun)."""
+    train = ctx.config.dual_train
+    if ctx.config.cross_batch_equal_steps:
+        train = replace(train, epochs=train.epochs * world)
     return (
         ctx.backbone_path,
         ctx.config.dual,
-        ctx.config.dual_train,
+        train,
         examples,
         ctx.passages,
         frozen,
@@ -481,7 +489,9 @@ def step_md0_cross(ctx: PipelineContext) -> dict[str, Any]:
     frozen = None if ctx.config.dual.train_passage_tower else corpus
     t0 = time.perf_counter()
     spawn_workers(
-        cross_batch_worker, ctx.config.workers, cross_batch_args(ctx, examples, frozen, folder)
+        cross_batch_worker,
+        ctx.config.workers,
+        cross_batch_args(ctx, examples, frozen, folder, ctx.config.workers),
     )
     seconds = time.perf_counter() - t0
     model, tokenizer = load_dual(ctx, "md0_cross")
@@ -489,6 +499,8 @@ def step_md0_cross(ctx: PipelineContext) -> dict[str, Any]:
     return {
         "test": evaluate_dual(ctx, model, tokenizer, corpus),
         "workers": ctx.config.workers,
+        "epochs": ctx.config.dual_train.epochs
+        * (ctx.config.workers if ctx.config.cross_batch_equal_steps else 1),
         "train_seconds": seconds,
     }
 
