@@ -164,9 +164,8 @@ class PipelineConfig:
             cross=CrossEncoderConfig(max_length=64),
             dual_train=TrainConfig(epochs=2, batch_size=8, lr=1e-3, checkpoint_every=2),
             cross_train=TrainConfig(epochs=1, batch_size=16, lr=1e-3, checkpoint_every=2),
-            mining=MiningConfig(
-                top_k=5, pseudo_precision=0.5
-            ),  # exercises the dev-chosen threshold
+            # pseudo_precision set so that the tests exercise the dev-chosen threshold
+            mining=MiningConfig(top_k=5, pseudo_precision=0.5),
             rerank_depth=10,
             encode_batch_size=16,
             score_batch_size=16,
@@ -458,6 +457,15 @@ def cross_batch_worker(
         save_encoder(model, tokenizer, folder / "model")
 
 
+def cross_batch_train(config: PipelineConfig, world: int) -> TrainConfig:
+    """MD0's optimisation settings for ``world`` cross-batch workers (``world`` × the epochs when
+    ``cross_batch_equal_steps``, so both make the same number of optimizer steps)."""
+    train = config.dual_train
+    if config.cross_batch_equal_steps:
+        train = replace(train, epochs=train.epochs * world)
+    return train
+
+
 def cross_batch_args(
     ctx: PipelineContext,
     examples: list[TrainExample],
@@ -466,13 +474,10 @@ def cross_batch_args(
     world: int,
 ) -> tuple[Any, ...]:
     """The arguments of ``cross_batch_worker`` after ``rank, world`` (spawned or torchrun)."""
-    train = ctx.config.dual_train
-    if ctx.config.cross_batch_equal_steps:
-        train = replace(train, epochs=train.epochs * world)
     return (
         ctx.backbone_path,
         ctx.config.dual,
-        train,
+        cross_batch_train(ctx.config, world),
         examples,
         ctx.passages,
         frozen,
@@ -499,8 +504,7 @@ def step_md0_cross(ctx: PipelineContext) -> dict[str, Any]:
     return {
         "test": evaluate_dual(ctx, model, tokenizer, corpus),
         "workers": ctx.config.workers,
-        "epochs": ctx.config.dual_train.epochs
-        * (ctx.config.workers if ctx.config.cross_batch_equal_steps else 1),
+        "epochs": cross_batch_train(ctx.config, ctx.config.workers).epochs,
         "train_seconds": seconds,
     }
 
@@ -639,14 +643,23 @@ def load_scaler(ctx: PipelineContext) -> PlattScaler:
     return PlattScaler(raw["a"], raw["b"])
 
 
+def mine_candidates(ctx: PipelineContext) -> tuple[Candidates, dict[str, set[int]], list[str]]:
+    """What ``mine`` scores: MD0's stored top-k of every train query, with each dev query's
+    labelled positives forced in (the calibration needs both classes); also the train positives
+    and the dev query ids."""
+    positives = train_positives(ctx)
+    _, dev_ids = dev_split(ctx)
+    c = load_candidates(
+        ctx.workdir / "md0" / "candidates_train.safetensors", ctx.collection.queries
+    )
+    return with_positives(c, positives, dev_ids), positives, dev_ids
+
+
 def step_mine(ctx: PipelineContext) -> dict[str, Any]:
     """Score MD0's train candidates, calibrate on the dev queries, write MD1 + ablation data."""
     folder = ctx.workdir / "mine"
     queries = ctx.collection.queries
-    positives = train_positives(ctx)
-    _, dev_ids = dev_split(ctx)
-    c = load_candidates(ctx.workdir / "md0" / "candidates_train.safetensors", queries)
-    c = with_positives(c, positives, dev_ids)  # calibration needs both classes
+    c, positives, dev_ids = mine_candidates(ctx)
     model, tokenizer = load_cross(ctx)
     logits = scored_blocks(ctx, folder / "scores", model, tokenizer, c)
     labels = candidate_labels(c, positives)
@@ -725,11 +738,7 @@ def dev_probs_labels(
     scored them (read from its score cache). Each dev query's labelled positives are in its
     candidates (the calibration needs both classes), so top-1 precision here is an upper bound
     of what unlabelled queries get."""
-    queries = ctx.collection.queries
-    positives = train_positives(ctx)
-    _, dev_ids = dev_split(ctx)
-    c = load_candidates(ctx.workdir / "md0" / "candidates_train.safetensors", queries)
-    c = with_positives(c, positives, dev_ids)
+    c, positives, dev_ids = mine_candidates(ctx)
     logits = scored_blocks(ctx, ctx.workdir / "mine" / "scores", ce, tokenizer, c)
     dev = np.isin(np.asarray(c.query_ids), dev_ids)
     probs = load_scaler(ctx)(logits)
