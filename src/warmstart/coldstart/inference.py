@@ -220,14 +220,9 @@ class ColdStartRecommender:
         """
         di = self._w_item.shape[1]
         n_users = params.shape[0]
-        scale = shift = None
-        for op in ("mul", "add"):
-            sl = self.model.layout.slices.get((0, op))
-            if sl is not None:
-                if op == "mul":
-                    scale = params[:, sl]  # (U, D0)
-                else:
-                    shift = params[:, sl]  # (U, D0)
+        slices = self.model.layout.slices
+        scale = params[:, slices[(0, "mul")]] if (0, "mul") in slices else None  # (U, D0)
+        shift = params[:, slices[(0, "add")]] if (0, "add") in slices else None  # (U, D0)
         user_in = user_vec if scale is None else user_vec * scale[:, di:]  # (U, Du)
         const = user_in @ self._w_user.T + self._fc1_bias  # (U, H1)
         if shift is not None:
