@@ -106,7 +106,6 @@ class ColdStartRecommender:
         ops0 = set(model.structure.positions[0])
         # (A supernet's gates blend each op with the identity, so it always takes the model path.)
         self._fast_fc1 = ops0 <= {"mul", "add"} and model.gate_logits is None
-        self._scale0 = "mul" in ops0
         fc1 = model.hidden[0]
         assert isinstance(fc1, torch.nn.Linear)
         di = self._item_vectors.shape[1]
@@ -114,9 +113,8 @@ class ColdStartRecommender:
         self._w_user = fc1.weight[:, di:].detach()  # (H1, Du)
         self._fc1_bias = fc1.bias.detach()  # (H1,)
         with torch.no_grad():
-            self._item_fc1 = (
-                None if self._scale0 else self._item_vectors @ self._w_item.T
-            )  # (N, H1)
+            fixed_items = self._fast_fc1 and "mul" not in ops0
+            self._item_fc1 = self._item_vectors @ self._w_item.T if fixed_items else None  # (N, H1)
 
     @property
     def structure(self) -> Structure:

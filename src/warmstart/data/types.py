@@ -93,8 +93,7 @@ class FeatureTable:
         features alone may not tell two items apart. Unchanged if an ``id`` field exists."""
         if any(f.name == "id" for f in self.fields):
             return self
-        n = len(self.ids)
-        id_field = FeatureField("id", n, np.arange(n, dtype=np.int64).reshape(n, 1))
+        (id_field,) = FeatureTable.one_hot_ids(self.ids).fields
         return FeatureTable(ids=self.ids, fields=(*self.fields, id_field))
 
 

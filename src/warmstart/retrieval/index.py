@@ -33,6 +33,7 @@ from typing import Any, ClassVar, Protocol
 
 import numpy as np
 import torch
+from threadpoolctl import threadpool_limits
 
 __all__ = [
     "KINDS",
@@ -286,11 +287,6 @@ class ExactIndex:
         (129 with 1), this split 253 (faiss ``IndexFlatIP`` 260). Thread counts are process-wide
         settings, so parallel searches hold a lock (each already uses every core).
         """
-        try:
-            from threadpoolctl import threadpool_limits
-        except ImportError:  # optional: without it, the serial path (correct, slower)
-            with torch.inference_mode():
-                return self._search_blocked(q, k)
         parts = np.array_split(np.arange(len(q)), workers)
 
         def run(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -521,7 +521,7 @@ def md0_train_candidates(ctx: PipelineContext, k: int) -> Candidates:
         return head_candidates(stored, k)
     model, tokenizer = load_dual(ctx, "md0")
     corpus = corpus_embeddings(ctx, model, tokenizer)
-    train = {q: queries[q] for q in ctx.collection.qrels["train"]}
+    train = _queries(ctx, list(ctx.collection.qrels["train"]))
     return query_candidates(ctx, model, tokenizer, corpus, train, k)
 
 
@@ -552,7 +552,7 @@ def dev_rerank_metrics(
     the dev queries (held out of CE training; never the test split)."""
     head = head_candidates(c, CE_DEV_DEPTH, dev_ids)
     logits = scored_blocks(ctx, folder, model, tokenizer, head)
-    qrels = {q: ctx.collection.qrels["train"][q] for q in dev_ids}
+    qrels = _dev_qrels(ctx, dev_ids)
     doc_ids = ctx.collection.doc_ids
     keys = ("nDCG@10", "MRR@10")
     md0 = evaluate_rows(head.query_ids, head.rows, doc_ids, qrels)
@@ -770,8 +770,7 @@ def step_rerank(ctx: PipelineContext) -> dict[str, Any]:
     _, dev_ids = dev_split(ctx)
     dev = query_candidates(ctx, model, tokenizer, corpus, _queries(ctx, dev_ids), depth)
     dev_logits = scored_blocks(ctx, folder / "dev_scores", ce, ce_tok, dev)
-    dev_qrels = {q: ctx.collection.qrels["train"][q] for q in dev_ids}
-    weight, per_weight = choose_fusion_weight(dev, dev_logits, doc_ids, dev_qrels)
+    weight, per_weight = choose_fusion_weight(dev, dev_logits, doc_ids, _dev_qrels(ctx, dev_ids))
     fused = rerank_rows(head, fuse_scores(head.scores, logits, weight))
     fused_rows = np.concatenate([fused, c.rows[:, depth:]], axis=1)
     ctx.log(f"[rerank] fusion weight {weight} (dev nDCG@10 per CE weight {per_weight})")
@@ -786,6 +785,11 @@ def step_rerank(ctx: PipelineContext) -> dict[str, Any]:
 
 def _queries(ctx: PipelineContext, ids: Sequence[str]) -> dict[str, str]:
     return {q: ctx.collection.queries[q] for q in ids}
+
+
+def _dev_qrels(ctx: PipelineContext, dev_ids: Sequence[str]) -> dict[str, dict[str, int]]:
+    """Labels of the dev queries (a held-out part of the train split)."""
+    return {q: ctx.collection.qrels["train"][q] for q in dev_ids}
 
 
 STEP_FUNCTIONS: dict[str, Callable[[PipelineContext], dict[str, Any]]] = {
