@@ -17,6 +17,7 @@ from warmstart.metrics import (
     mrr_at_k,
     mse,
     ndcg_at_k,
+    paired_bootstrap,
     rank_order,
     recall_at_k,
 )
@@ -163,3 +164,36 @@ def test_evaluate_retrieval_hand_value_and_missing_query() -> None:
     assert out["Recall@3"] == pytest.approx(0.5 / 2)
     with pytest.raises(ValueError, match="more than once"):
         evaluate_retrieval({"a": ["d1", "d1"]}, qrels)
+
+
+def test_paired_bootstrap_interval_matches_normal_theory() -> None:
+    rng = np.random.default_rng(0)
+    d = rng.normal(0.01, 0.05, size=400)
+    r = paired_bootstrap([d], shared_users=True, n_boot=4000)
+    se = d.std(ddof=1) / np.sqrt(d.size)
+    assert r["delta"] == pytest.approx(d.mean())
+    assert r["se"] == pytest.approx(se, rel=0.1)
+    assert r["lo"] == pytest.approx(d.mean() - 1.96 * se, abs=0.3 * se)
+    assert r["hi"] == pytest.approx(d.mean() + 1.96 * se, abs=0.3 * se)
+    assert r["frac_below_zero"] < 0.01  # mean 0.01 is > 4 standard errors above 0
+
+
+def test_paired_bootstrap_shared_users_average_seeds_first() -> None:
+    rng = np.random.default_rng(1)
+    user_effect = rng.normal(0.0, 0.1, size=200)
+    seeds = [user_effect + rng.normal(0.0, 0.01, size=200) for _ in range(3)]
+    shared = paired_bootstrap(seeds, shared_users=True, n_boot=3000)
+    independent = paired_bootstrap(seeds, shared_users=False, n_boot=3000)
+    assert shared["delta"] == pytest.approx(independent["delta"])
+    # the same users in every seed: resampling them jointly keeps the full user variance, while
+    # independent resampling per seed wrongly averages it down by about sqrt(3)
+    assert shared["se"] == pytest.approx(independent["se"] * np.sqrt(3), rel=0.15)
+
+
+def test_paired_bootstrap_bad_input() -> None:
+    with pytest.raises(ValueError, match="NaN"):
+        paired_bootstrap([np.array([0.1, np.nan])], shared_users=True)
+    with pytest.raises(ValueError, match="equally long"):
+        paired_bootstrap([np.zeros(3), np.zeros(4)], shared_users=True)
+    with pytest.raises(ValueError, match="non-empty"):
+        paired_bootstrap([], shared_users=False)

@@ -169,6 +169,29 @@ def _average_ranks(values: np.ndarray) -> np.ndarray:
     return ranks
 
 
+def coldstart_per_user(preds: Sequence[np.ndarray], labels: Sequence[np.ndarray]) -> np.ndarray:
+    """Cold-start metrics of each user (one array pair per user's query set).
+
+    Args:
+        preds: per user, ``(Q_u,)`` predictions for the query items.
+        labels: per user, ``(Q_u,)`` true query labels.
+
+    Returns:
+        ``(U, 4)`` float64, columns in ``COLDSTART_KEYS`` order (MSE, MAE, nDCG@3, nDCG@5).
+    """
+    if len(preds) != len(labels):
+        raise ValueError(f"got predictions for {len(preds)} users and labels for {len(labels)}")
+    if len(preds) == 0:
+        raise ValueError("coldstart_report: no users")
+    return np.array(
+        [
+            [mse(p, y), mae(p, y), ndcg_at_k(p, y, 3), ndcg_at_k(p, y, 5)]
+            for p, y in zip(preds, labels, strict=True)
+        ],
+        dtype=np.float64,
+    )
+
+
 def coldstart_report(preds: Sequence[np.ndarray], labels: Sequence[np.ndarray]) -> dict[str, float]:
     """Cold-start metrics averaged over users (one array pair per user's query set).
 
@@ -179,17 +202,62 @@ def coldstart_report(preds: Sequence[np.ndarray], labels: Sequence[np.ndarray]) 
     Returns:
         ``{"MSE", "MAE", "nDCG@3", "nDCG@5"}``: each computed per user, then the mean over users.
     """
-    if len(preds) != len(labels):
-        raise ValueError(f"got predictions for {len(preds)} users and labels for {len(labels)}")
-    if len(preds) == 0:
-        raise ValueError("coldstart_report: no users")
-    per_user = np.array(
-        [
-            [mse(p, y), mae(p, y), ndcg_at_k(p, y, 3), ndcg_at_k(p, y, 5)]
-            for p, y in zip(preds, labels, strict=True)
-        ]
-    )  # (U, 4)
+    per_user = coldstart_per_user(preds, labels)  # (U, 4)
     return dict(zip(COLDSTART_KEYS, (float(v) for v in per_user.mean(axis=0)), strict=True))
+
+
+def paired_bootstrap(
+    diffs: Sequence[np.ndarray],
+    shared_users: bool,
+    n_boot: int = 10_000,
+    seed: int = 0,
+) -> dict[str, float]:
+    """Confidence interval of a mean paired difference, resampling users.
+
+    Two methods scored on the same test users give one difference per user (method A's metric
+    minus method B's). With several training seeds there is one such array per seed; the
+    statistic is the mean over seeds of the mean over users.
+
+    Args:
+        diffs: per seed, ``(U_s,)`` per-user differences A - B.
+        shared_users: the seeds scored the same users in the same order (e.g. Last.fm's official
+            tasks): users are resampled jointly, i.e. the per-user differences are first averaged
+            over seeds. Otherwise (a seeded user split per seed) each seed's users are resampled
+            independently.
+        n_boot: bootstrap resamples.
+        seed: seed of the resampling.
+
+    Returns:
+        ``delta`` (the statistic), ``lo`` / ``hi`` (2.5 % / 97.5 % bootstrap percentiles),
+        ``se`` (bootstrap standard error) and ``frac_below_zero`` (share of resamples with a
+        negative statistic: near 1 means A is reliably lower).
+    """
+    arrays = [np.asarray(d, dtype=np.float64) for d in diffs]
+    if not arrays or any(a.ndim != 1 or a.size == 0 for a in arrays):
+        raise ValueError("paired_bootstrap: need one non-empty 1-d array per seed")
+    if any(not np.isfinite(a).all() for a in arrays):
+        raise ValueError("paired_bootstrap: differences contain NaN or inf")
+    if shared_users:
+        if len({a.size for a in arrays}) != 1:
+            raise ValueError("paired_bootstrap: shared_users needs equally long arrays")
+        arrays = [np.mean(arrays, axis=0)]
+    rng = np.random.default_rng(seed)
+    stats = np.zeros(n_boot)
+    for a in arrays:
+        for start in range(0, n_boot, 1000):  # (chunk, U) index blocks keep memory small
+            n = min(1000, n_boot - start)
+            idx = rng.integers(0, a.size, size=(n, a.size))
+            stats[start : start + n] += a[idx].mean(axis=1)
+    stats /= len(arrays)
+    delta = float(np.mean([a.mean() for a in arrays]))
+    lo, hi = np.percentile(stats, [2.5, 97.5])
+    return {
+        "delta": delta,
+        "lo": float(lo),
+        "hi": float(hi),
+        "se": float(stats.std(ddof=1)),
+        "frac_below_zero": float((stats < 0).mean()),
+    }
 
 
 def _query_scores(

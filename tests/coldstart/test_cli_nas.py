@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from warmstart.cli import main
@@ -53,5 +54,14 @@ def test_compare_prints_one_table(tmp_path: Path, capsys: pytest.CaptureFixture[
     out = capsys.readouterr().out
     for name in ("global mean", "fixed FiLM", "ColdNAS"):
         assert name in out
+    assert "Paired differences on the test users" in out
     report = json.loads((tmp_path / "compare.json").read_text())
     assert report["structures"][0]["seed"] == 0
+    users = len(report["test_users"][0])
+    ours = np.array(report["per_user"]["ColdNAS"][0])  # (users, 4)
+    mean = np.array(report["per_user"]["global mean"][0])
+    assert ours.shape == (users, 4) and report["per_user_columns"][0] == "MSE"
+    assert report["per_seed"][0]["ColdNAS"]["MSE"] == pytest.approx(ours[:, 0].mean())
+    paired = report["paired_vs_coldnas"]["global mean"]["MSE"]
+    assert paired["delta"] == pytest.approx(ours[:, 0].mean() - mean[:, 0].mean())
+    assert paired["lo"] <= paired["delta"] <= paired["hi"]

@@ -14,10 +14,18 @@ from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from warmstart.cli.options import add_cache_dir, add_data_dir, resolve_cache_dir, resolve_data_dir
-from warmstart.coldstart.evaluate import aggregate_seeds, evaluate, format_table
+from warmstart.coldstart.evaluate import (
+    aggregate_seeds,
+    evaluate,
+    evaluate_per_user,
+    format_table,
+    paired_table,
+    report_of,
+)
 from warmstart.coldstart.structure import Structure
 from warmstart.coldstart.training import (
     PRESETS,
@@ -29,6 +37,7 @@ from warmstart.coldstart.training import (
     predict_tasks,
 )
 from warmstart.data.types import EpisodeSplit
+from warmstart.metrics import COLDSTART_KEYS
 from warmstart.provenance import git_sha
 
 DATASETS = ("lastfm-coldnas", "movielens-1m", "movielens-100k", "lastfm-2k", "synthetic")
@@ -301,17 +310,19 @@ def _methods(args: argparse.Namespace, seed: int, split: EpisodeSplit) -> list[A
 def run_compare(args: argparse.Namespace) -> int:
     torch.set_num_threads(args.threads)
     per_seed: list[dict[str, dict[str, float]]] = []
+    per_user: dict[str, list[np.ndarray]] = {}
+    test_users: list[list[int]] = []
     structures = []
     for seed in args.seeds:
         split = _split(args, seed)
+        test_users.append([int(t.user) for t in split.test])
         results: dict[str, dict[str, float]] = {}
         for method in _methods(args, seed, split):
             start = time.perf_counter()
             method.fit(split)
-            results[method.name] = {
-                **evaluate(method, split.test),
-                "fit_s": time.perf_counter() - start,
-            }
+            scores = evaluate_per_user(method, split.test)
+            per_user.setdefault(method.name, []).append(scores)
+            results[method.name] = {**report_of(scores), "fit_s": time.perf_counter() - start}
             print(
                 f"seed {seed} {method.name}: MSE {results[method.name]['MSE']:.4f} ({results[method.name]['fit_s']:.0f}s)",
                 flush=True,
@@ -341,6 +352,16 @@ def run_compare(args: argparse.Namespace) -> int:
     print(table)
     for s in structures:
         print(f"ColdNAS structure seed {s['seed']}: K={s['k']} {s['structure']}")
+    paired: dict[str, Any] = {}
+    if "ColdNAS" in per_user and len(per_user) > 1:
+        shared = all(u == test_users[0] for u in test_users)
+        text, paired = paired_table(per_user, "ColdNAS", shared_users=shared)
+        print(
+            "\nPaired differences on the test users (negative MSE / positive nDCG favour ColdNAS; "
+            f"per-user metrics {'averaged over seeds, ' if shared else ''}users resampled "
+            f"{'jointly' if shared else 'within each seed'}, 10,000 bootstraps):"
+        )
+        print(text)
     args.out.mkdir(parents=True, exist_ok=True)
     report = {
         "dataset": args.dataset,
@@ -350,6 +371,10 @@ def run_compare(args: argparse.Namespace) -> int:
         "per_seed": per_seed,
         "structures": structures,
         "table": table,
+        "paired_vs_coldnas": paired,
+        "test_users": test_users,
+        "per_user_columns": list(COLDSTART_KEYS),
+        "per_user": {name: [a.tolist() for a in arrays] for name, arrays in per_user.items()},
     }
     (args.out / "compare.json").write_text(json.dumps(report, indent=2))
     return 0

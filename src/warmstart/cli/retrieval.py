@@ -45,6 +45,8 @@ def _config(args: argparse.Namespace) -> Any:
         config = replace(config, cross_layers=args.cross_layers)
     if getattr(args, "cross_epochs", None):
         config = replace(config, cross_train=replace(config.cross_train, epochs=args.cross_epochs))
+    if getattr(args, "cross_negative_depth", None):
+        config = replace(config, cross_negative_depth=args.cross_negative_depth)
     return config
 
 
@@ -233,6 +235,12 @@ def _pipeline_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cross-layers", type=int, default=None, help="CE keeps N layers")
     parser.add_argument(
         "--cross-epochs", type=int, default=None, help="override the preset's CE training epochs"
+    )
+    parser.add_argument(
+        "--cross-negative-depth",
+        type=int,
+        default=None,
+        help="CE negatives come from MD0's top N (override the preset's 10)",
     )
 
 

@@ -14,7 +14,7 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 
 from warmstart.data.types import EpisodeSplit, Task
-from warmstart.metrics import COLDSTART_KEYS, coldstart_report
+from warmstart.metrics import COLDSTART_KEYS, coldstart_per_user, paired_bootstrap
 
 TABLE_COLUMNS = (*COLDSTART_KEYS, "users")
 """Columns of ``format_table``, in order."""
@@ -36,12 +36,11 @@ class Predictor(Protocol):
     def predict(self, tasks: Sequence[Task]) -> list[np.ndarray]: ...
 
 
-def evaluate(predictor: Predictor, tasks: Sequence[Task]) -> dict[str, float]:
-    """Score a fitted predictor on ``tasks``.
+def evaluate_per_user(predictor: Predictor, tasks: Sequence[Task]) -> np.ndarray:
+    """Per-user metrics of a fitted predictor on ``tasks``.
 
     Returns:
-        ``coldstart_report`` keys (``MSE``, ``MAE``, ``nDCG@3``, ``nDCG@5``) plus ``users``
-        (number of tasks scored).
+        ``(U, 4)``: one row per task, columns ``COLDSTART_KEYS`` (MSE, MAE, nDCG@3, nDCG@5).
     """
     if not tasks:
         raise ValueError("evaluate: no tasks to score")
@@ -56,9 +55,67 @@ def evaluate(predictor: Predictor, tasks: Sequence[Task]) -> dict[str, float]:
                 f"{predictor.name}: user {task.user} has {task.query_items.size} query items, "
                 f"got predictions of shape {np.shape(pred)}"
             )
-    report = coldstart_report(preds, [t.query_labels for t in tasks])
-    report["users"] = float(len(tasks))
+    return coldstart_per_user(preds, [t.query_labels for t in tasks])
+
+
+def report_of(per_user: np.ndarray) -> dict[str, float]:
+    """``evaluate``'s dict from ``evaluate_per_user``'s array (means over users, plus ``users``)."""
+    report = dict(zip(COLDSTART_KEYS, (float(v) for v in per_user.mean(axis=0)), strict=True))
+    report["users"] = float(per_user.shape[0])
     return report
+
+
+def evaluate(predictor: Predictor, tasks: Sequence[Task]) -> dict[str, float]:
+    """Score a fitted predictor on ``tasks``.
+
+    Returns:
+        ``coldstart_report`` keys (``MSE``, ``MAE``, ``nDCG@3``, ``nDCG@5``) plus ``users``
+        (number of tasks scored).
+    """
+    return report_of(evaluate_per_user(predictor, tasks))
+
+
+def paired_table(
+    per_user: Mapping[str, Sequence[np.ndarray]],
+    reference: str,
+    shared_users: bool,
+    metrics: Sequence[str] = ("MSE", "nDCG@3"),
+    n_boot: int = 10_000,
+) -> tuple[str, dict[str, dict[str, dict[str, float]]]]:
+    """Paired comparison of one method against every other, users resampled.
+
+    Args:
+        per_user: method -> per seed ``(U_s, 4)`` arrays from ``evaluate_per_user`` (same users
+            in the same order for every method within a seed).
+        reference: the method compared against the others (e.g. ``"ColdNAS"``).
+        shared_users: every seed scored the same users (see ``paired_bootstrap``).
+        metrics: columns of ``COLDSTART_KEYS`` to compare.
+        n_boot: bootstrap resamples.
+
+    Returns:
+        The text table (one row per other method: ``reference - other`` with its 95 % interval)
+        and the numbers as ``{other: {metric: paired_bootstrap(...)}}``.
+    """
+    if reference not in per_user:
+        raise ValueError(f"paired_table: {reference!r} not among {list(per_user)}")
+    cols = [COLDSTART_KEYS.index(m) for m in metrics]
+    numbers: dict[str, dict[str, dict[str, float]]] = {}
+    lines = []
+    for other, arrays in per_user.items():
+        if other == reference:
+            continue
+        numbers[other] = {}
+        cells = []
+        for m, c in zip(metrics, cols, strict=True):
+            diffs = [
+                ref[:, c] - oth[:, c] for ref, oth in zip(per_user[reference], arrays, strict=True)
+            ]
+            r = paired_bootstrap(diffs, shared_users, n_boot=n_boot)
+            numbers[other][m] = r
+            cells.append(f"{r['delta']:+.4f} [{r['lo']:+.4f}, {r['hi']:+.4f}]")
+        lines.append([other, *cells])
+    header = [f"{reference} minus", *(f"{m} (95% CI)" for m in metrics)]
+    return _aligned(header, lines), numbers
 
 
 def aggregate_seeds(reports: Sequence[Mapping[str, float]]) -> dict[str, tuple[float, float]]:
@@ -102,6 +159,11 @@ def format_table(rows: Mapping[str, Mapping[str, float | tuple[float, float]]]) 
     body = [
         [name, *(_cell(c, metrics[c]) for c in TABLE_COLUMNS)] for name, metrics in rows.items()
     ]
+    return _aligned(header, body)
+
+
+def _aligned(header: list[str], body: list[list[str]]) -> str:
+    """Rows as text: first column left-aligned, the others right-aligned, a rule under the header."""
     widths = [max(len(row[i]) for row in [header, *body]) for i in range(len(header))]
     lines = [
         "  ".join(
