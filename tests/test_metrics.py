@@ -20,6 +20,7 @@ from warmstart.metrics import (
     paired_bootstrap,
     rank_order,
     recall_at_k,
+    retrieval_per_query,
 )
 
 LOG3 = math.log2(3)
@@ -164,6 +165,10 @@ def test_evaluate_retrieval_hand_value_and_missing_query() -> None:
     assert out["Recall@3"] == pytest.approx(0.5 / 2)
     with pytest.raises(ValueError, match="more than once"):
         evaluate_retrieval({"a": ["d1", "d1"]}, qrels)
+    per_query = retrieval_per_query(run, qrels, k_ndcg=3, k_mrr=3, k_recall=3)
+    assert list(per_query) == ["a", "b"]
+    assert per_query["a"] == pytest.approx(((1 / LOG3) / ideal, 0.5, 0.5))
+    assert per_query["b"] == (0.0, 0.0, 0.0)
 
 
 def test_paired_bootstrap_interval_matches_normal_theory() -> None:

@@ -281,6 +281,31 @@ def _query_scores(
     return ndcg, mrr, recall
 
 
+def retrieval_per_query(
+    run: Mapping[str, Sequence[str]],
+    qrels: Mapping[str, Mapping[str, int]],
+    k_ndcg: int = 10,
+    k_mrr: int = 10,
+    k_recall: int = 100,
+) -> dict[str, tuple[float, float, float]]:
+    """Per-query (nDCG@k_ndcg, MRR@k_mrr, Recall@k_recall), for paired comparisons of two runs.
+
+    Same conventions as ``evaluate_retrieval`` (whose means these are): queries without a
+    relevant document are left out, a query missing from ``run`` scores 0.
+    """
+    for name, k in (("k_ndcg", k_ndcg), ("k_mrr", k_mrr), ("k_recall", k_recall)):
+        if k < 1:
+            raise ValueError(f"{name} must be >= 1, got {k}")
+    scores = {
+        qid: _query_scores(qid, list(run.get(qid, ())), judged, k_ndcg, k_mrr, k_recall)
+        for qid, judged in qrels.items()
+        if any(r > 0 for r in judged.values())
+    }
+    if not scores:
+        raise ValueError("evaluate_retrieval: qrels hold no query with a relevant document")
+    return scores
+
+
 def evaluate_retrieval(
     run: Mapping[str, Sequence[str]],
     qrels: Mapping[str, Mapping[str, int]],
@@ -299,17 +324,8 @@ def evaluate_retrieval(
     Returns:
         ``{f"nDCG@{k_ndcg}", f"MRR@{k_mrr}", f"Recall@{k_recall}"}``.
     """
-    for name, k in (("k_ndcg", k_ndcg), ("k_mrr", k_mrr), ("k_recall", k_recall)):
-        if k < 1:
-            raise ValueError(f"{name} must be >= 1, got {k}")
-    scores = [
-        _query_scores(qid, list(run.get(qid, ())), judged, k_ndcg, k_mrr, k_recall)
-        for qid, judged in qrels.items()
-        if any(r > 0 for r in judged.values())
-    ]
-    if not scores:
-        raise ValueError("evaluate_retrieval: qrels hold no query with a relevant document")
-    mean = np.mean(np.array(scores), axis=0)  # (3,)
+    per_query = retrieval_per_query(run, qrels, k_ndcg, k_mrr, k_recall)
+    mean = np.mean(np.array(list(per_query.values())), axis=0)  # (3,)
     return {
         f"nDCG@{k_ndcg}": float(mean[0]),
         f"MRR@{k_mrr}": float(mean[1]),
