@@ -1,9 +1,9 @@
 """MD1 (denoised) vs no-denoise hard negatives over training seeds 1-3 (seed 0 = the pipeline's rows).
 
-Needs a finished pipeline in runs/retrieval/scifact (its mine/*.jsonl training sets) and SciFact
-under ../shared/data. Same training sets, same recipe; only TrainConfig.seed changes (batch order
-and sampled negatives). Writes runs/retrieval/scifact/seeds/<name>_s<seed>/ and prints each test
-row. Usage: python experiments/rocketqa_denoise_seeds.py [threads]
+Needs a finished pipeline in a workdir (default runs/retrieval/scifact; its mine/*.jsonl training
+sets) and SciFact under ../shared/data. Same training sets, same recipe; only TrainConfig.seed changes (batch order
+and sampled negatives). Writes <workdir>/seeds/<name>_s<seed>/ and prints each test row.
+Usage: python experiments/rocketqa_denoise_seeds.py [threads] [workdir]
 """
 
 import json
@@ -20,7 +20,7 @@ from warmstart.retrieval.mining import read_training_set
 
 torch.set_num_threads(int(sys.argv[1]) if len(sys.argv) > 1 else 2)
 coll = load_scifact(Path("../shared/data"))
-work = Path("runs/retrieval/scifact")
+work = Path(sys.argv[2]) if len(sys.argv) > 2 else Path("runs/retrieval/scifact")
 base = pl.PipelineConfig.scifact_cpu()
 out = {}
 for seed in (1, 2, 3):

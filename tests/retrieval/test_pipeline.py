@@ -117,6 +117,30 @@ def test_second_run_skips_every_step(finished) -> None:
     assert all("skipped" in line for line in logs)
 
 
+def test_step_inputs_cover_every_step_in_order() -> None:
+    assert set(pl.STEP_INPUTS) == set(pl.STEPS)
+    for name, (_, upstream) in pl.STEP_INPUTS.items():
+        assert all(pl.STEPS.index(u) < pl.STEPS.index(name) for u in upstream)
+    assert "cross_negative_depth" in pl.step_fields("rerank")  # through ce
+    assert "cross_negative_depth" not in pl.step_fields("no_denoise")
+
+
+def test_done_step_under_another_config_is_refused(finished) -> None:
+    ctx, results, _ = finished
+    saved = (ctx.workdir / "pipeline_config.json").read_text()
+    mining = replace(ctx.config.mining, low=ctx.config.mining.low / 2)
+    with pytest.raises(ValueError, match=r"step 'mine' .*mining\.low"):
+        pl.run_pipeline(replace(ctx, config=replace(ctx.config, mining=mining)))
+    with pytest.raises(ValueError, match=r"step 'ce' .*cross_negative_depth"):
+        pl.run_pipeline(replace(ctx, config=replace(ctx.config, cross_negative_depth=3)))
+    assert (ctx.workdir / "pipeline_config.json").read_text() == saved  # nothing overwritten
+    # a field no artifact depends on: every step is still reused
+    logs: list[str] = []
+    config = replace(ctx.config, score_batch_size=ctx.config.score_batch_size + 1)
+    assert pl.run_pipeline(replace(ctx, config=config, log=logs.append)) == results
+    assert all("skipped" in line for line in logs)
+
+
 def test_interrupted_training_resumes_from_checkpoint(
     tiny_collection, tiny_backbone: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -240,7 +240,7 @@ def _pipeline_options(parser: argparse.ArgumentParser) -> None:
         "--cross-negative-depth",
         type=int,
         default=None,
-        help="CE negatives come from MD0's top N (override the preset's 10)",
+        help="CE negatives come from MD0's top N (override the preset's 50)",
     )
 
 
