@@ -53,6 +53,8 @@ format: setup
 demo: setup data
 	$(VENV)/bin/warmstart coldstart baselines --data-dir $(DATA) --dataset lastfm-coldnas
 	$(VENV)/bin/warmstart coldstart baselines --data-dir $(DATA) --dataset movielens-1m --seeds 0 1 2
+	$(VENV)/bin/warmstart coldstart compare --data-dir $(DATA) --dataset lastfm-coldnas --seeds 0 1 2 \
+		--epochs 60 --lr 3e-4 --weight-decay 3e-3 --threads 1 --no-progress --out runs/demo/coldnas-lastfm
 
 bench: setup data
 	WARMSTART_DATA=$(DATA) $(PY) benchmarks/run_all.py $(BENCH_ARGS)
