@@ -159,3 +159,20 @@ def test_gated_relaxation_matches_definition(op: str) -> None:
         alpha = torch.tensor(a)
         expected = alpha * apply_op(h, op, p) + (1 - alpha) * h
         torch.testing.assert_close(_gated(h, op, p, alpha), expected)
+
+
+def test_user_without_support_pools_to_zero(split: types.EpisodeSplit) -> None:
+    model = _model(split, Structure.film()).eval()
+    batch = collate_tasks(split.train[:3])
+    mask = batch.support_mask.clone()
+    mask[1] = False  # user 1 has no support pair at all
+    user_vec = model.embed_users(batch.users)
+    with torch.no_grad():
+        params = model.adapt_embedded(user_vec, batch.support_items, batch.support_labels, mask)
+        empty = model._activate(model.head(torch.zeros(1, model.config.adaptation_dim)))
+        alone = model.adapt_embedded(
+            user_vec[:1], batch.support_items[:1], batch.support_labels[:1], mask[:1]
+        )
+    torch.testing.assert_close(params[1], empty[0])
+    torch.testing.assert_close(params[0], alone[0])  # packed and dense paths agree
+    assert torch.isfinite(params).all()

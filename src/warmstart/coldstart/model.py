@@ -323,37 +323,43 @@ class ColdNAS(nn.Module):
             ``(B, P)`` parameters in ``self.layout`` order, ``mul`` entries already non-negative.
         """
         b, s = support_items.shape
-        if bool(support_mask.all()):  # no padding: (B, S) as it is
-            rows = torch.arange(b).repeat_interleave(s)
-            flat: torch.Tensor | slice = slice(None)
-        else:  # packed: only real support pairs are encoded (padding is up to ~2x the work)
-            flat = support_mask.reshape(-1).nonzero().squeeze(1)  # (N,) into B * S
-            rows = flat // s  # (N,) user of each pair
-        items = support_items.reshape(-1)[flat]
-        e_item = (
-            self.item_embedding(items)
-            if item_vectors is None
-            else item_vectors.reshape(b * s, -1)[flat]
-        )  # (N, Di)
-        y = self._normalise_labels(support_labels.reshape(-1)[flat])[:, None]  # (N, 1)
-        counts = torch.zeros(b, dtype=y.dtype).index_add_(0, rows, torch.ones_like(y[:, 0]))
-        counts = counts.clamp_min(1.0)[:, None]  # (B, 1); a user without support pools to 0
         # W_c [e_item, e_user, y, ...] with W_c's user columns applied once per user, not once
         # per support pair (same sum; the user part is most of the input width on ML-1M)
-        di, du = e_item.shape[1], user_vec.shape[1]
+        di, du = self.item_embedding.out_dim, user_vec.shape[1]
         weight = self.encoder.weight  # (A, Di + Du + 1 [+ Di])
         per_user = self.encoder.bias + user_vec @ weight[:, di : di + du].T  # (B, A)
-        # index_select: its backward is an index_add, much cheaper than indexing's index_put
-        pre = torch.addmm(per_user.index_select(0, rows), e_item, weight[:, :di].T)
-        pre = pre + y * weight[:, di + du]
-        if self.config.set_encoder == "interaction":
-            mean_y = torch.zeros(b, 1, dtype=y.dtype).index_add_(0, rows, y) / counts
-            centred = y - mean_y.index_select(0, rows)
-            pre = pre + (centred * e_item) @ weight[:, di + du + 1 :].T  # (N, A)
-        c = nn.functional.leaky_relu(pre)  # (N, A)
+        interaction = self.config.set_encoder == "interaction"
+        dense = s > 0 and bool(support_mask.all())
+        if dense:  # no padding (e.g. serving one user): (B, S) as it is
+            e_item = self.item_embedding(support_items) if item_vectors is None else item_vectors
+            y = self._normalise_labels(support_labels)[..., None]  # (B, S, 1)
+            user_part = per_user[:, None, :]  # (B, 1, A), broadcast over S
+            mean_y = y.mean(1, keepdim=True) if interaction else None  # (B, 1, 1)
+        else:  # packed: only real support pairs are encoded (padding is up to ~2x the work)
+            flat = support_mask.reshape(-1).nonzero().squeeze(1)  # (N,) into B * S
+            rows = flat // max(s, 1)  # (N,) user of each pair
+            e_item = (
+                self.item_embedding(support_items.reshape(-1)[flat])
+                if item_vectors is None
+                else item_vectors.reshape(b * s, -1)[flat]
+            )  # (N, Di)
+            y = self._normalise_labels(support_labels.reshape(-1)[flat])[:, None]  # (N, 1)
+            counts = torch.zeros(b, dtype=y.dtype).index_add_(0, rows, torch.ones_like(y[:, 0]))
+            counts = counts.clamp_min(1.0)[:, None]  # (B, 1); a user without support pools to 0
+            # index_select: its backward is an index_add, much cheaper than indexing's index_put
+            user_part = per_user.index_select(0, rows)  # (N, A)
+            mean_y = None
+            if interaction:
+                sums = torch.zeros(b, 1, dtype=y.dtype).index_add_(0, rows, y)
+                mean_y = (sums / counts).index_select(0, rows)  # (N, 1)
+        pre = user_part + e_item @ weight[:, :di].T + y * weight[:, di + du]  # (..., A)
+        if mean_y is not None:
+            pre = pre + ((y - mean_y) * e_item) @ weight[:, di + du + 1 :].T
+        c = nn.functional.leaky_relu(pre)  # (B, S, A) dense, (N, A) packed
         for layer in self.encoder_extra:
             c = nn.functional.leaky_relu(layer(c))
-        pooled = c.new_zeros(b, c.shape[1]).index_add_(0, rows, c) / counts  # (B, A) mean
+        # (B, A) mean over each user's support pairs
+        pooled = c.mean(1) if dense else c.new_zeros(b, c.shape[1]).index_add_(0, rows, c) / counts
         return self._activate(self.head(pooled))  # (B, P)
 
     def _activate(self, raw: torch.Tensor) -> torch.Tensor:
