@@ -202,7 +202,11 @@ def coldstart_report(preds: Sequence[np.ndarray], labels: Sequence[np.ndarray]) 
     Returns:
         ``{"MSE", "MAE", "nDCG@3", "nDCG@5"}``: each computed per user, then the mean over users.
     """
-    per_user = coldstart_per_user(preds, labels)  # (U, 4)
+    return coldstart_means(coldstart_per_user(preds, labels))
+
+
+def coldstart_means(per_user: np.ndarray) -> dict[str, float]:
+    """``coldstart_report`` from ``coldstart_per_user``'s ``(U, 4)`` array: means over users."""
     return dict(zip(COLDSTART_KEYS, (float(v) for v in per_user.mean(axis=0)), strict=True))
 
 

@@ -356,10 +356,14 @@ def run_compare(args: argparse.Namespace) -> int:
     if "ColdNAS" in per_user and len(per_user) > 1:
         shared = all(u == test_users[0] for u in test_users)
         text, paired = paired_table(per_user, "ColdNAS", shared_users=shared)
+        how = (
+            "per-user metrics averaged over seeds, users resampled jointly"
+            if shared
+            else "users resampled within each seed"
+        )
         print(
             "\nPaired differences on the test users (negative MSE / positive nDCG favour ColdNAS; "
-            f"per-user metrics {'averaged over seeds, ' if shared else ''}users resampled "
-            f"{'jointly' if shared else 'within each seed'}, 10,000 bootstraps):"
+            f"{how}, 10,000 bootstraps):"
         )
         print(text)
     args.out.mkdir(parents=True, exist_ok=True)

@@ -14,7 +14,12 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 
 from warmstart.data.types import EpisodeSplit, Task
-from warmstart.metrics import COLDSTART_KEYS, coldstart_per_user, paired_bootstrap
+from warmstart.metrics import (
+    COLDSTART_KEYS,
+    coldstart_means,
+    coldstart_per_user,
+    paired_bootstrap,
+)
 
 TABLE_COLUMNS = (*COLDSTART_KEYS, "users")
 """Columns of ``format_table``, in order."""
@@ -60,7 +65,7 @@ def evaluate_per_user(predictor: Predictor, tasks: Sequence[Task]) -> np.ndarray
 
 def report_of(per_user: np.ndarray) -> dict[str, float]:
     """``evaluate``'s dict from ``evaluate_per_user``'s array (means over users, plus ``users``)."""
-    report = dict(zip(COLDSTART_KEYS, (float(v) for v in per_user.mean(axis=0)), strict=True))
+    report = coldstart_means(per_user)
     report["users"] = float(per_user.shape[0])
     return report
 

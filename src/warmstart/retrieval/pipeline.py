@@ -812,9 +812,10 @@ STEP_FUNCTIONS: dict[str, Callable[[PipelineContext], dict[str, Any]]] = {
 STEP_INPUTS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     # step: (config fields it reads, steps whose artifacts it reads)
     "zero_shot": (("dual", "bf16"), ()),
-    "md0": (("dual", "dual_train", "bf16"), ()),
+    "md0": (("dual", "dual_train", "bf16", "mining.top_k"), ()),  # + its stored top-k
     "md0_cross": (("dual", "dual_train", "bf16", "workers", "cross_batch_equal_steps"), ()),
     "ce": (
+        # (mining.top_k, its negatives' depth when cross_negative_depth is None, via md0)
         ("cross", "cross_train", "cross_layers", "cross_negative_depth", "dev_fraction", "seed"),
         ("md0",),
     ),
