@@ -307,6 +307,36 @@ def _methods(args: argparse.Namespace, seed: int, split: EpisodeSplit) -> list[A
     return [m for m in methods if m.name not in set(args.skip)]
 
 
+def compare_tables(
+    per_seed: list[dict[str, dict[str, float]]],
+    per_user: dict[str, list[np.ndarray]],
+    test_users: list[list[int]],
+) -> tuple[str, str, dict[str, Any]]:
+    """What ``compare`` prints: the mean ± std table over seeds and, when ColdNAS and another
+    method ran, the paired bootstrap of ColdNAS against each (heading + table; "" otherwise)
+    with its numbers. Also used to merge several ``compare.json`` (one process per seed)."""
+    names = list(per_seed[0])
+    rows = {
+        n: aggregate_seeds([{k: v for k, v in r[n].items() if k != "fit_s"} for r in per_seed])
+        for n in names
+    }
+    table = format_table(rows if len(per_seed) > 1 else {n: per_seed[0][n] for n in names})
+    if "ColdNAS" not in per_user or len(per_user) < 2:
+        return table, "", {}
+    shared = all(u == test_users[0] for u in test_users)
+    text, paired = paired_table(per_user, "ColdNAS", shared_users=shared)
+    how = (
+        "per-user metrics averaged over seeds, users resampled jointly"
+        if shared
+        else "users resampled within each seed"
+    )
+    heading = (
+        "\nPaired differences on the test users (negative MSE / positive nDCG favour ColdNAS; "
+        f"{how}, 10,000 bootstraps):"
+    )
+    return table, f"{heading}\n{text}", paired
+
+
 def run_compare(args: argparse.Namespace) -> int:
     torch.set_num_threads(args.threads)
     per_seed: list[dict[str, dict[str, float]]] = []
@@ -340,32 +370,15 @@ def run_compare(args: argparse.Namespace) -> int:
                 print("  gates:\n" + gates_table(method.outcome.gates))
                 print(f"  selected K={method.outcome.k}: {method.outcome.structure}")
         per_seed.append(results)
-    names = list(per_seed[0])
-    rows = {
-        n: aggregate_seeds([{k: v for k, v in r[n].items() if k != "fit_s"} for r in per_seed])
-        for n in names
-    }
-    table = format_table(rows if len(per_seed) > 1 else {n: per_seed[0][n] for n in names})
+    table, paired_text, paired = compare_tables(per_seed, per_user, test_users)
     print(
         f"\n{args.dataset} ({'official tasks' if args.dataset == 'lastfm-coldnas' else args.protocol}), test users, seeds {args.seeds}"
     )
     print(table)
     for s in structures:
         print(f"ColdNAS structure seed {s['seed']}: K={s['k']} {s['structure']}")
-    paired: dict[str, Any] = {}
-    if "ColdNAS" in per_user and len(per_user) > 1:
-        shared = all(u == test_users[0] for u in test_users)
-        text, paired = paired_table(per_user, "ColdNAS", shared_users=shared)
-        how = (
-            "per-user metrics averaged over seeds, users resampled jointly"
-            if shared
-            else "users resampled within each seed"
-        )
-        print(
-            "\nPaired differences on the test users (negative MSE / positive nDCG favour ColdNAS; "
-            f"{how}, 10,000 bootstraps):"
-        )
-        print(text)
+    if paired_text:
+        print(paired_text)
     args.out.mkdir(parents=True, exist_ok=True)
     report = {
         "dataset": args.dataset,
