@@ -30,8 +30,10 @@ from warmstart.coldstart.structure import Structure
 from warmstart.coldstart.training import (
     PRESETS,
     ColdNASPredictor,
+    FitResult,
     FixedStructurePredictor,
     Preset,
+    TrainConfig,
     export,
     gates_table,
     predict_tasks,
@@ -65,6 +67,12 @@ def _common(parser: argparse.ArgumentParser, many_seeds: bool = False) -> None:
     )
     parser.add_argument("--batch-size", type=int, default=None, help="override tasks per step")
     parser.add_argument("--weight-decay", type=float, default=None, help="override Adam L2 penalty")
+    parser.add_argument(
+        "--search-weight-decay",
+        type=float,
+        default=None,
+        help="Adam L2 penalty of the ColdNAS supernet (default: --weight-decay)",
+    )
     parser.add_argument(
         "--episodes",
         choices=("fixed", "resample-tasks", "resample-users"),
@@ -102,6 +110,18 @@ def _preset(args: argparse.Namespace, seed: int) -> Preset:
     return Preset(model, replace(base.train, **overrides), k_values)
 
 
+def _search_config(args: argparse.Namespace, preset: Preset) -> TrainConfig:
+    """The supernet's training settings: the preset's, with ``--search-weight-decay`` if given."""
+    wd = getattr(args, "search_weight_decay", None)
+    return preset.train if wd is None else replace(preset.train, weight_decay=wd)
+
+
+def _supernet_line(search: FitResult) -> str:
+    """The supernet's own validation MSE: a supernet that never left the trivial solution
+    (e.g. max/min clamps collapsed under weight decay) gives meaningless gates."""
+    return f"supernet: best valid MSE {search.best_valid_mse:.4f} at epoch {search.best_epoch}"
+
+
 def _split(args: argparse.Namespace, seed: int) -> EpisodeSplit:
     if args.dataset == "synthetic":
         from warmstart.data.synthetic import synthetic_split
@@ -131,6 +151,7 @@ def _meta(args: argparse.Namespace, seed: int, preset: Preset) -> dict[str, Any]
         "preset": args.preset,
         "item_ids": bool(getattr(args, "item_ids", False)),
         "train": asdict(preset.train),
+        "search_train": asdict(_search_config(args, preset)),
     }
 
 
@@ -186,13 +207,19 @@ def run_search(args: argparse.Namespace) -> int:
     split = _split(args, args.seed)
     out = args.out / f"seed{args.seed}"
     predictor = ColdNASPredictor(
-        preset.model, preset.train, preset.k_values, out, not args.no_progress
+        preset.model,
+        preset.train,
+        preset.k_values,
+        out,
+        not args.no_progress,
+        search_config=_search_config(args, preset),
     )
     start = time.perf_counter()
     predictor.fit(split)
     outcome = predictor.outcome
     assert outcome is not None
     print(f"search + retrain: {time.perf_counter() - start:.1f}s")
+    print(_supernet_line(outcome.search))
     print("supernet gates (best valid epoch):\n" + gates_table(outcome.gates))
     for cand in outcome.candidates:
         print(
@@ -301,7 +328,12 @@ def _methods(args: argparse.Namespace, seed: int, split: EpisodeSplit) -> list[A
         methods.append(MeLUMAML(cfg))
     methods.append(
         ColdNASPredictor(
-            preset.model, preset.train, preset.k_values, out / "coldnas", not args.no_progress
+            preset.model,
+            preset.train,
+            preset.k_values,
+            out / "coldnas",
+            not args.no_progress,
+            search_config=_search_config(args, preset),
         )
     )
     return [m for m in methods if m.name not in set(args.skip)]
@@ -365,8 +397,11 @@ def run_compare(args: argparse.Namespace) -> int:
                         "structure": str(method.outcome.structure),
                         "gates": method.outcome.gates.tolist(),
                         "candidates": method.outcome.candidates,
+                        "supernet_valid_mse": method.outcome.search.best_valid_mse,
+                        "supernet_best_epoch": method.outcome.search.best_epoch,
                     }
                 )
+                print(f"  {_supernet_line(method.outcome.search)}")
                 print("  gates:\n" + gates_table(method.outcome.gates))
                 print(f"  selected K={method.outcome.k}: {method.outcome.structure}")
         per_seed.append(results)

@@ -624,10 +624,14 @@ class ColdNASPredictor:
         out_dir: Path | None = None,
         progress: bool = False,
         name: str = "ColdNAS",
+        search_config: TrainConfig | None = None,
     ) -> None:
         self.name = name
         self.model_config = model_config or PRESETS["paper"].model
         self.train_config = train_config or PRESETS["paper"].train
+        # The supernet may train under its own settings (e.g. without weight decay, which
+        # collapses its max/min clamps, see docs/coldstart.md); retraining uses train_config.
+        self.search_config = search_config or self.train_config
         self.k_values = tuple(k_values)
         self.out_dir = out_dir
         self.progress = progress
@@ -637,8 +641,9 @@ class ColdNASPredictor:
         self.outcome = search_and_retrain(
             split,
             self.model_config,
-            self.train_config,
+            self.search_config,
             self.k_values,
+            retrain_config=self.train_config,
             out_dir=self.out_dir,
             progress=self.progress,
         )
