@@ -53,8 +53,10 @@ format: setup
 demo: setup data
 	$(VENV)/bin/warmstart coldstart baselines --data-dir $(DATA) --dataset lastfm-coldnas
 	$(VENV)/bin/warmstart coldstart baselines --data-dir $(DATA) --dataset movielens-1m --seeds 0 1 2
+	rm -rf runs/demo/coldnas-lastfm  # the demo's own output; starts fresh under the current settings
 	$(VENV)/bin/warmstart coldstart compare --data-dir $(DATA) --dataset lastfm-coldnas --seeds 0 1 2 \
-		--epochs 60 --lr 3e-4 --weight-decay 3e-3 --threads 1 --no-progress --out runs/demo/coldnas-lastfm
+		--epochs 60 --lr 3e-4 --weight-decay 3e-3 --search-weight-decay 0 --threads 1 --no-progress \
+		--out runs/demo/coldnas-lastfm
 
 bench: setup data
 	WARMSTART_DATA=$(DATA) $(PY) benchmarks/run_all.py $(BENCH_ARGS)
