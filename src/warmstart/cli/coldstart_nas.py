@@ -46,6 +46,15 @@ DATASETS = ("lastfm-coldnas", "movielens-1m", "movielens-100k", "lastfm-2k", "sy
 
 
 # ----------------------------------------------------------------------------- options
+def _search_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--search-weight-decay",
+        type=float,
+        default=None,
+        help="Adam L2 penalty of the ColdNAS supernet (default: --weight-decay)",
+    )
+
+
 def _common(parser: argparse.ArgumentParser, many_seeds: bool = False) -> None:
     parser.add_argument("--dataset", default="lastfm-coldnas", choices=DATASETS)
     add_data_dir(parser)
@@ -67,12 +76,6 @@ def _common(parser: argparse.ArgumentParser, many_seeds: bool = False) -> None:
     )
     parser.add_argument("--batch-size", type=int, default=None, help="override tasks per step")
     parser.add_argument("--weight-decay", type=float, default=None, help="override Adam L2 penalty")
-    parser.add_argument(
-        "--search-weight-decay",
-        type=float,
-        default=None,
-        help="Adam L2 penalty of the ColdNAS supernet (default: --weight-decay)",
-    )
     parser.add_argument(
         "--episodes",
         choices=("fixed", "resample-tasks", "resample-users"),
@@ -151,7 +154,12 @@ def _meta(args: argparse.Namespace, seed: int, preset: Preset) -> dict[str, Any]
         "preset": args.preset,
         "item_ids": bool(getattr(args, "item_ids", False)),
         "train": asdict(preset.train),
-        "search_train": asdict(_search_config(args, preset)),
+        # only commands that search (train --structure has no supernet)
+        **(
+            {"search_train": asdict(_search_config(args, preset))}
+            if hasattr(args, "search_weight_decay")
+            else {}
+        ),
     }
 
 
@@ -165,6 +173,7 @@ def register(commands: argparse._SubParsersAction) -> None:
         "search", help="ColdNAS one-shot search + retrain (K chosen on valid users)"
     )
     _common(search)
+    _search_options(search)
     search.add_argument(
         "--k", type=int, nargs="+", default=None, help="K values to retrain (top-K gates)"
     )
@@ -194,6 +203,7 @@ def register(commands: argparse._SubParsersAction) -> None:
         "compare", help="all methods under one protocol over seeds, one table"
     )
     _common(compare, many_seeds=True)
+    _search_options(compare)
     compare.add_argument("--k", type=int, nargs="+", default=None, help="K values for ColdNAS")
     compare.add_argument(
         "--skip", nargs="*", default=[], help="method names to skip (e.g. MeLU-MAML)"
