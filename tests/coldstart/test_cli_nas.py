@@ -17,14 +17,16 @@ COMMON = ["--dataset", "synthetic", "--preset", "tiny", "--no-progress", "--thre
 
 def test_search_then_evaluate(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     args = ["--out", str(tmp_path), "--k", "2", "3", "--weight-decay", "1e-3"]
-    assert main(["coldstart", "search", *COMMON, *args, "--search-weight-decay", "0"]) == 0
+    assert main(["coldstart", "search", *COMMON, *args, "--search-weight-decay", "2e-3"]) == 0
     out = capsys.readouterr().out
     assert "supernet gates" in out and "selected on valid users" in out
     assert "supernet: best valid MSE" in out
     model_dir = tmp_path / "seed0" / "model"
     config = json.loads((model_dir / "config.json").read_text())
     assert config["k"] in (2, 3) and {"git_sha", "seed", "structure", "gates"} <= set(config)
-    assert config["train"]["weight_decay"] == 1e-3 and config["search_train"]["weight_decay"] == 0
+    assert (
+        config["train"]["weight_decay"] == 1e-3 and config["search_train"]["weight_decay"] == 2e-3
+    )
     structure = Structure.from_json((tmp_path / "seed0" / "structure.json").read_text())
     assert load_recommender(model_dir).structure == structure
     assert main(["coldstart", "evaluate", "--model", str(model_dir), "--threads", "1"]) == 0

@@ -152,11 +152,14 @@ def test_resume_refuses_a_different_config(split: types.EpisodeSplit, tmp_path: 
 
 def test_supernet_can_train_under_its_own_config(split: types.EpisodeSplit, tmp_path: Path) -> None:
     retrain = TrainConfig(epochs=2, eval_every=1, lr=3e-3, weight_decay=3e-3)
-    search = dataclasses.replace(retrain, weight_decay=0.0)
+    search = dataclasses.replace(retrain, weight_decay=1e-3)
     coldnas = ColdNASPredictor(TINY, retrain, k_values=(2,), out_dir=tmp_path, search_config=search)
     coldnas.fit(split)
 
     def stored(run: str) -> float:
         return json.loads((tmp_path / run / "last.json").read_text())["config"]["weight_decay"]
 
-    assert stored("search") == 0.0 and stored("retrain-k2") == 3e-3
+    assert stored("search") == 1e-3 and stored("retrain-k2") == 3e-3
+    # by default the supernet trains without weight decay (it collapses the max/min clamps)
+    default = ColdNASPredictor(TINY, retrain).search_config
+    assert default == dataclasses.replace(retrain, weight_decay=0.0)

@@ -50,8 +50,9 @@ def _search_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--search-weight-decay",
         type=float,
-        default=None,
-        help="Adam L2 penalty of the ColdNAS supernet (default: --weight-decay)",
+        default=0.0,
+        help="Adam L2 penalty of the ColdNAS supernet (default 0, as in the reference: weight "
+        "decay collapses its max/min clamps; --weight-decay applies to retraining and FiLM)",
     )
 
 
@@ -114,9 +115,8 @@ def _preset(args: argparse.Namespace, seed: int) -> Preset:
 
 
 def _search_config(args: argparse.Namespace, preset: Preset) -> TrainConfig:
-    """The supernet's training settings: the preset's, with ``--search-weight-decay`` if given."""
-    wd = getattr(args, "search_weight_decay", None)
-    return preset.train if wd is None else replace(preset.train, weight_decay=wd)
+    """The supernet's training settings: the preset's, with L2 ``--search-weight-decay``."""
+    return replace(preset.train, weight_decay=args.search_weight_decay)
 
 
 def _supernet_line(search: FitResult) -> str:

@@ -629,9 +629,11 @@ class ColdNASPredictor:
         self.name = name
         self.model_config = model_config or PRESETS["paper"].model
         self.train_config = train_config or PRESETS["paper"].train
-        # The supernet may train under its own settings (e.g. without weight decay, which
-        # collapses its max/min clamps, see docs/coldstart.md); retraining uses train_config.
-        self.search_config = search_config or self.train_config
+        # The supernet trains under its own settings; by default train_config without weight
+        # decay (the reference's 0): L2 holds its max/min heads at their shared threshold 0, where
+        # min(max(h, 0), 0) = 0 cuts the item off (docs/coldstart.md, Last.fm). Retraining
+        # uses train_config.
+        self.search_config = search_config or replace(self.train_config, weight_decay=0.0)
         self.k_values = tuple(k_values)
         self.out_dir = out_dir
         self.progress = progress
