@@ -70,3 +70,10 @@ def test_compare_prints_one_table(tmp_path: Path, capsys: pytest.CaptureFixture[
     paired = report["paired_vs_coldnas"]["global mean"]["MSE"]
     assert paired["delta"] == pytest.approx(ours[:, 0].mean() - mean[:, 0].mean())
     assert paired["lo"] <= paired["delta"] <= paired["hi"]
+
+
+def test_supernet_trains_without_weight_decay_by_default(tmp_path: Path) -> None:
+    args = ["--out", str(tmp_path), "--k", "2", "--weight-decay", "1e-3"]
+    assert main(["coldstart", "search", *COMMON, *args]) == 0
+    config = json.loads((tmp_path / "seed0" / "model" / "config.json").read_text())
+    assert config["train"]["weight_decay"] == 1e-3 and config["search_train"]["weight_decay"] == 0

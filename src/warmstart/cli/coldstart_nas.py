@@ -50,7 +50,7 @@ def _search_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--search-weight-decay",
         type=float,
-        default=0.0,
+        default=None,
         help="Adam L2 penalty of the ColdNAS supernet (default 0, as in the reference: weight "
         "decay collapses its max/min clamps; --weight-decay applies to retraining and FiLM)",
     )
@@ -114,9 +114,11 @@ def _preset(args: argparse.Namespace, seed: int) -> Preset:
     return Preset(model, replace(base.train, **overrides), k_values)
 
 
-def _search_config(args: argparse.Namespace, preset: Preset) -> TrainConfig:
-    """The supernet's training settings: the preset's, with L2 ``--search-weight-decay``."""
-    return replace(preset.train, weight_decay=args.search_weight_decay)
+def _search_config(args: argparse.Namespace, preset: Preset) -> TrainConfig | None:
+    """The supernet's settings when ``--search-weight-decay`` is given: the preset's with that
+    L2 penalty; None leaves the default to ``ColdNASPredictor`` (the preset's without L2)."""
+    wd = args.search_weight_decay
+    return None if wd is None else replace(preset.train, weight_decay=wd)
 
 
 def _supernet_line(search: FitResult) -> str:
@@ -154,12 +156,6 @@ def _meta(args: argparse.Namespace, seed: int, preset: Preset) -> dict[str, Any]
         "preset": args.preset,
         "item_ids": bool(getattr(args, "item_ids", False)),
         "train": asdict(preset.train),
-        # only commands that search (train --structure has no supernet)
-        **(
-            {"search_train": asdict(_search_config(args, preset))}
-            if hasattr(args, "search_weight_decay")
-            else {}
-        ),
     }
 
 
@@ -238,6 +234,7 @@ def run_search(args: argparse.Namespace) -> int:
     print(f"selected on valid users: K={outcome.k}  structure {outcome.structure}")
     meta = {
         **_meta(args, args.seed, preset),
+        "search_train": asdict(predictor.search_config),
         "k": outcome.k,
         "gates": outcome.gates.tolist(),
         "candidates": outcome.candidates,

@@ -573,7 +573,11 @@ def search_and_retrain(
     out_dir: Path | None = None,
     progress: bool = False,
 ) -> SearchOutcome:
-    """One-shot search, derive top-K for each K, retrain each from scratch, select K on validation."""
+    """One-shot search, derive top-K for each K, retrain each from scratch, select K on validation.
+
+    ``train_config`` trains the supernet (keep its weight decay at 0: L2 collapses the max/min
+    clamps, see ``ColdNASPredictor``), ``retrain_config`` (default: the same) the candidates.
+    """
     retrain_config = retrain_config or train_config
     sub = (lambda name: out_dir / name) if out_dir is not None else (lambda name: None)
     supernet, search = train_structure(
