@@ -13,9 +13,18 @@ export TOKENIZERS_PARALLELISM ?= false
 export HF_HUB_OFFLINE ?= 1
 export TRANSFORMERS_OFFLINE ?= 1
 
-.PHONY: setup data test test-slow test-integration lint format demo bench clean
+.PHONY: setup system-deps data test test-slow test-integration lint format demo bench clean
 
-setup: $(STAMP)
+setup: $(STAMP) system-deps
+
+# redis-server for the Redis tier tests: installed with apt only when missing and run as root;
+# otherwise those tests skip and say how to enable them.
+system-deps:
+	@command -v redis-server >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    (apt-get update -qq && apt-get install -y -qq redis-server >/dev/null) || \
+	      echo "setup: could not install redis-server; the Redis tests will skip"; \
+	  else echo "setup: redis-server missing (not root); the Redis tests will skip"; fi; }
 
 # torch==2.13.0 goes first so no dependency can resolve a bare `torch` to a CUDA build.
 $(STAMP): pyproject.toml

@@ -1,0 +1,364 @@
+"""Stage engine: bounded queues, per-stage workers, micro-batching and deadlines.
+
+Implements the Staged Event-Driven Pipeline of JIZHI (Liu et al., KDD 2021, arXiv 2106.01674),
+after SEDA: a request's work is a chain of stages; each stage has its own bounded input queue,
+its own number of workers and its own executor (the event loop for I/O written as coroutines,
+a bounded thread pool for torch/numpy work, so no model ever runs on the event loop).
+
+Every stage micro-batches: a worker takes the first queued item, then keeps collecting until
+``max_batch`` items or ``max_wait_s`` have passed, and calls the stage function once on the
+list. Each caller awaits its own future; the function must return one result per item (checked),
+and an exception reaches every waiter of the batch. A stage with ``max_batch=1`` is a plain
+per-request stage. Requests carry an absolute deadline (``time.monotonic()`` seconds); a request
+whose deadline has passed is dropped when it reaches a stage, before any compute is spent on it.
+
+Usage::
+
+    pool = ComputePool(workers=2, intra_op_threads=1)
+    stage = Stage("rank", rank_batch, StageConfig(max_batch=32, max_wait_s=0.002), pool)
+    await stage.start()
+    scores = await stage.submit(item, deadline=time.monotonic() + 0.1)
+    await stage.stop()
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import math
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, Generic, TypeVar
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+BatchFn = Callable[[list[Any]], Sequence[Any]] | Callable[[list[Any]], Awaitable[Sequence[Any]]]
+
+
+class Overloaded(Exception):
+    """The request was refused at admission (queue full or predicted wait over the deadline).
+
+    Attributes:
+        retry_after_s: a hint for the client's ``Retry-After``.
+    """
+
+    def __init__(self, message: str, retry_after_s: float = 1.0) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+class DeadlineExceeded(Exception):
+    """The request's deadline passed before a stage could start its work."""
+
+
+class BatchSizeMismatch(RuntimeError):
+    """A stage function returned a different number of results than items it was given."""
+
+
+class ComputePool:
+    """A bounded thread pool for model work with a fixed intra-op thread count.
+
+    torch's intra-op thread count is a process-wide setting, so it is applied once here, when
+    the server builds its pool at start-up, never inside a request.
+
+    Args:
+        workers: threads running model calls concurrently (each call is one batch).
+        intra_op_threads: torch threads each call may use (``None`` leaves torch's setting).
+    """
+
+    def __init__(self, workers: int = 1, intra_op_threads: int | None = 1) -> None:
+        if workers < 1:
+            raise ValueError(f"ComputePool.workers must be >= 1, got {workers}")
+        if intra_op_threads is not None:
+            if intra_op_threads < 1:
+                raise ValueError(
+                    f"ComputePool.intra_op_threads must be >= 1 or None, got {intra_op_threads}"
+                )
+            import torch
+
+            torch.set_num_threads(intra_op_threads)
+        self.workers = workers
+        self.intra_op_threads = intra_op_threads
+        self.executor = ThreadPoolExecutor(workers, thread_name_prefix="ws-compute")
+
+    def shutdown(self) -> None:
+        self.executor.shutdown(wait=True)
+
+
+@dataclass(frozen=True)
+class StageConfig:
+    """How one stage queues, batches and runs.
+
+    Attributes:
+        max_batch: most items per call of the stage function (1 = no batching).
+        max_wait_s: longest a worker waits for more items after the first one.
+        queue_size: bound of the input queue; a full queue refuses new items at once.
+        concurrency: workers (batches in flight at once).
+    """
+
+    max_batch: int = 1
+    max_wait_s: float = 0.0
+    queue_size: int = 1024
+    concurrency: int = 1
+
+    def __post_init__(self) -> None:
+        for name in ("max_batch", "queue_size", "concurrency"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"StageConfig.{name} must be >= 1, got {getattr(self, name)}")
+        if not 0 <= self.max_wait_s < 10:
+            raise ValueError(f"StageConfig.max_wait_s must lie in [0, 10), got {self.max_wait_s}")
+
+
+class Window:
+    """The last ``size`` observations, for quantiles and a mean (bounded memory)."""
+
+    def __init__(self, size: int = 2048) -> None:
+        self._values: deque[float] = deque(maxlen=size)
+
+    def add(self, value: float) -> None:
+        self._values.append(value)
+
+    def __len__(self) -> int:
+        return len(self._values)
+
+    def mean(self) -> float:
+        return sum(self._values) / len(self._values) if self._values else 0.0
+
+    def quantile(self, q: float) -> float:
+        if not self._values:
+            return 0.0
+        ordered = sorted(self._values)
+        return ordered[min(len(ordered) - 1, math.ceil(q * len(ordered)) - 1)]
+
+
+@dataclass
+class StageMetrics:
+    """Counters and windows of one stage (read by /metrics and /v1/stats).
+
+    ``service`` holds seconds per batch call, ``wait`` seconds from submission to the start of
+    the item's batch; ``batch_sizes`` counts calls by batch size.
+    """
+
+    submitted: int = 0
+    completed: int = 0
+    failed: int = 0
+    rejected: int = 0
+    expired: int = 0
+    batch_sizes: dict[int, int] = field(default_factory=dict)
+    service: Window = field(default_factory=Window)
+    wait: Window = field(default_factory=Window)
+
+    def snapshot(self, queue_depth: int, busy: int) -> dict[str, Any]:
+        return {
+            "queue_depth": queue_depth,
+            "busy_workers": busy,
+            "submitted": self.submitted,
+            "completed": self.completed,
+            "failed": self.failed,
+            "rejected": self.rejected,
+            "expired": self.expired,
+            "batch_sizes": dict(sorted(self.batch_sizes.items())),
+            "service_ms": _ms(self.service),
+            "wait_ms": _ms(self.wait),
+        }
+
+
+def _ms(window: Window) -> dict[str, float]:
+    return {
+        "mean": 1e3 * window.mean(),
+        "p50": 1e3 * window.quantile(0.5),
+        "p99": 1e3 * window.quantile(0.99),
+    }
+
+
+@dataclass
+class _Item:
+    value: Any
+    future: asyncio.Future[Any]
+    deadline: float | None
+    enqueued: float
+
+
+class Stage(Generic[T, R]):
+    """One pipeline stage: a bounded queue, ``concurrency`` workers, a batch function.
+
+    Args:
+        name: shown in metrics and errors.
+        fn: ``fn(items) -> results`` with ``len(results) == len(items)``; a coroutine function
+            runs on the event loop (I/O), a plain function in ``pool`` (compute).
+        config: batching and queueing.
+        pool: where plain functions run; required for them (never the event loop).
+        clock: monotonic clock (injectable for tests).
+    """
+
+    def __init__(
+        self,
+        name: str,
+        fn: BatchFn,
+        config: StageConfig | None = None,
+        pool: ComputePool | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.name = name
+        self.fn = fn
+        self.config = config or StageConfig()
+        self._is_async = inspect.iscoroutinefunction(fn)
+        if not self._is_async and pool is None:
+            raise ValueError(f"stage {name!r}: a blocking function needs a ComputePool")
+        self.pool = pool
+        self.clock = clock
+        self.metrics = StageMetrics()
+        self._queue: asyncio.Queue[_Item] | None = None
+        self._workers: list[asyncio.Task[None]] = []
+        self._busy = 0
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def start(self) -> None:
+        if self._workers:
+            return
+        self._queue = asyncio.Queue(self.config.queue_size)
+        self._workers = [
+            asyncio.create_task(self._work(), name=f"stage-{self.name}-{i}")
+            for i in range(self.config.concurrency)
+        ]
+
+    async def stop(self) -> None:
+        """Cancel the workers; items still queued fail with ``Overloaded``."""
+        for w in self._workers:
+            w.cancel()
+        await asyncio.gather(*self._workers, return_exceptions=True)
+        self._workers = []
+        while self._queue is not None and not self._queue.empty():
+            item = self._queue.get_nowait()
+            _fail(item.future, Overloaded(f"stage {self.name!r} stopped"))
+
+    # ------------------------------------------------------------------ submission
+
+    @property
+    def depth(self) -> int:
+        return 0 if self._queue is None else self._queue.qsize()
+
+    @property
+    def busy(self) -> int:
+        return self._busy
+
+    def predicted_wait_s(self, extra: int = 1) -> float:
+        """Expected seconds until ``extra`` newly submitted items are done at this stage.
+
+        Queued items form ``ceil((depth + extra) / max_batch)`` batches shared by the workers;
+        each takes the mean measured service time of a batch (0 until measured). A busy stage
+        adds one batch for the work already in flight.
+        """
+        batches = math.ceil((self.depth + extra) / self.config.max_batch)
+        rounds = math.ceil(batches / self.config.concurrency) + (1 if self._busy else 0)
+        wait = self.config.max_wait_s if self.depth + extra < self.config.max_batch else 0.0
+        return rounds * self.metrics.service.mean() + wait
+
+    async def submit(self, value: T, deadline: float | None = None) -> R:
+        """Queue ``value`` and await its result.
+
+        Raises:
+            Overloaded: the queue is full (or the stage is not running).
+            DeadlineExceeded: the deadline passed before the stage started on it.
+        """
+        if self._queue is None or not self._workers:
+            raise Overloaded(f"stage {self.name!r} is not running")
+        if deadline is not None and self.clock() >= deadline:
+            self.metrics.expired += 1
+            raise DeadlineExceeded(f"deadline passed before stage {self.name!r}")
+        future: asyncio.Future[R] = asyncio.get_running_loop().create_future()
+        try:
+            self._queue.put_nowait(_Item(value, future, deadline, self.clock()))
+        except asyncio.QueueFull:
+            self.metrics.rejected += 1
+            raise Overloaded(
+                f"stage {self.name!r} queue is full ({self.config.queue_size})",
+                retry_after_s=max(1.0, self.predicted_wait_s(0)),
+            ) from None
+        self.metrics.submitted += 1
+        return await future
+
+    # ------------------------------------------------------------------ workers
+
+    async def _work(self) -> None:
+        assert self._queue is not None
+        while True:
+            batch = await self._collect(self._queue)
+            if batch:
+                await self._run(batch)
+
+    async def _collect(self, queue: asyncio.Queue[_Item]) -> list[_Item]:
+        """The next batch: the first item, then whatever arrives within ``max_wait_s``."""
+        items = [await queue.get()]
+        end = self.clock() + self.config.max_wait_s
+        while len(items) < self.config.max_batch:
+            if not queue.empty():
+                items.append(queue.get_nowait())
+                continue
+            remaining = end - self.clock()
+            if remaining <= 0:
+                break
+            try:
+                items.append(await asyncio.wait_for(queue.get(), remaining))
+            except TimeoutError:
+                break
+        return self._live(items)
+
+    def _live(self, items: list[_Item]) -> list[_Item]:
+        """Drop items whose caller went away or whose deadline passed (at the boundary)."""
+        now, live = self.clock(), []
+        for item in items:
+            if item.future.done():  # cancelled by its caller
+                continue
+            if item.deadline is not None and now >= item.deadline:
+                self.metrics.expired += 1
+                _fail(item.future, DeadlineExceeded(f"deadline passed before {self.name!r}"))
+                continue
+            self.metrics.wait.add(now - item.enqueued)
+            live.append(item)
+        return live
+
+    async def _run(self, batch: list[_Item]) -> None:
+        values = [item.value for item in batch]
+        self._busy += 1
+        start = self.clock()
+        try:
+            results = await self._call(values)
+            if len(results) != len(values):
+                raise BatchSizeMismatch(
+                    f"stage {self.name!r}: {len(results)} results for {len(values)} items"
+                )
+        except Exception as err:  # every waiter of the batch gets the error
+            self.metrics.failed += len(batch)
+            for item in batch:
+                _fail(item.future, err)
+            return
+        finally:
+            self._busy -= 1
+            self.metrics.service.add(self.clock() - start)
+            size = len(batch)
+            self.metrics.batch_sizes[size] = self.metrics.batch_sizes.get(size, 0) + 1
+        self.metrics.completed += len(batch)
+        for item, result in zip(batch, results, strict=True):
+            if not item.future.done():
+                item.future.set_result(result)
+
+    async def _call(self, values: list[Any]) -> Sequence[Any]:
+        if self._is_async:
+            return await self.fn(values)  # type: ignore[misc]
+        assert self.pool is not None
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self.pool.executor, self.fn, values)  # type: ignore[arg-type]
+
+    def snapshot(self) -> dict[str, Any]:
+        return {"name": self.name, **self.metrics.snapshot(self.depth, self._busy)}
+
+
+def _fail(future: asyncio.Future[Any], err: BaseException) -> None:
+    if not future.done():
+        future.set_exception(err)

@@ -1,0 +1,275 @@
+"""Stage engine: micro-batching, errors, deadlines, bounded queues (events, never sleeps)."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+import pytest
+
+from warmstart.serving.engine import (
+    BatchSizeMismatch,
+    ComputePool,
+    DeadlineExceeded,
+    Overloaded,
+    Stage,
+    StageConfig,
+)
+
+TIMEOUT = 10.0  # safety net only: every wait below ends on an event long before this
+
+
+def run(coro_fn: Callable[[], Coroutine[Any, Any, Any]]) -> Any:
+    return asyncio.run(asyncio.wait_for(coro_fn(), TIMEOUT))
+
+
+@pytest.fixture
+def pool():
+    p = ComputePool(workers=2, intra_op_threads=None)
+    yield p
+    p.shutdown()
+
+
+class Gate:
+    """A batch function that blocks its first call until released, recording every batch."""
+
+    def __init__(self, fn: Callable[[list[Any]], list[Any]] = lambda xs: [2 * x for x in xs]):
+        self.fn = fn
+        self.entered = threading.Event()
+        self.release = threading.Event()
+        self.batches: list[list[Any]] = []
+
+    def __call__(self, items: list[Any]) -> list[Any]:
+        self.batches.append(list(items))
+        if len(self.batches) == 1:
+            self.entered.set()
+            assert self.release.wait(TIMEOUT)
+        return self.fn(items)
+
+    async def wait_entered(self) -> None:
+        await asyncio.to_thread(self.entered.wait, TIMEOUT)
+
+
+def test_batched_results_equal_unbatched(pool):
+    async def main():
+        stage = Stage("double", lambda xs: [2 * x for x in xs], StageConfig(8, 0.001, 256), pool)
+        await stage.start()
+        out = await asyncio.gather(*(stage.submit(i) for i in range(100)))
+        await stage.stop()
+        return out, stage.metrics
+
+    out, metrics = run(main)
+    assert out == [2 * i for i in range(100)]
+    assert sum(size * n for size, n in metrics.batch_sizes.items()) == 100
+    assert max(metrics.batch_sizes) <= 8
+    assert metrics.completed == 100 and metrics.failed == 0
+
+
+def test_queued_items_form_one_batch_while_the_worker_is_busy(pool):
+    gate = Gate()
+
+    async def main():
+        stage = Stage("g", gate, StageConfig(max_batch=16, max_wait_s=0.0), pool)
+        await stage.start()
+        first = asyncio.create_task(stage.submit(0))
+        await gate.wait_entered()
+        rest = [asyncio.create_task(stage.submit(i)) for i in range(1, 6)]
+        while stage.depth < 5:  # let the tasks enqueue (no sleep: yield to the loop)
+            await asyncio.sleep(0)
+        gate.release.set()
+        out = [await first, *(await asyncio.gather(*rest))]
+        await stage.stop()
+        return out
+
+    assert run(main) == [0, 2, 4, 6, 8, 10]
+    assert gate.batches == [[0], [1, 2, 3, 4, 5]]
+
+
+def test_full_batch_does_not_wait_for_max_wait(pool):
+    async def main():
+        stage = Stage("b", lambda xs: xs, StageConfig(max_batch=4, max_wait_s=9.0), pool)
+        await stage.start()
+        # would take 9 s if the batcher waited for max_wait after the batch was full
+        out = await asyncio.wait_for(asyncio.gather(*(stage.submit(i) for i in range(4))), 5)
+        await stage.stop()
+        return out, stage.metrics.batch_sizes
+
+    out, sizes = run(main)
+    assert out == [0, 1, 2, 3] and sizes == {4: 1}
+
+
+def test_an_error_reaches_every_waiter_of_the_batch(pool):
+    def fn(xs):
+        if "bad" in xs:
+            raise ValueError("bad item in batch")
+        return xs
+
+    gate = Gate(fn)
+
+    async def main():
+        stage = Stage("e", gate, StageConfig(max_batch=8), pool)
+        await stage.start()
+        first = asyncio.create_task(stage.submit("ok"))
+        await gate.wait_entered()
+        batch = [asyncio.create_task(stage.submit(x)) for x in ("a", "bad", "c")]
+        while stage.depth < 3:
+            await asyncio.sleep(0)
+        gate.release.set()
+        results = await asyncio.gather(first, *batch, return_exceptions=True)
+        after = await stage.submit("later")  # the stage keeps working
+        await stage.stop()
+        return results, after
+
+    results, after = run(main)
+    assert results[0] == "ok" and after == "later"
+    assert all(isinstance(r, ValueError) for r in results[1:])
+
+
+def test_wrong_result_count_fails_every_waiter(pool):
+    async def main():
+        stage = Stage("m", lambda xs: xs[:-1], StageConfig(max_batch=4, max_wait_s=1.0), pool)
+        await stage.start()
+        results = await asyncio.gather(*(stage.submit(i) for i in range(4)), return_exceptions=True)
+        await stage.stop()
+        return results
+
+    assert all(isinstance(r, BatchSizeMismatch) for r in run(main))
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_expired_request_is_dropped_at_the_stage_boundary(pool):
+    gate, clock = Gate(), FakeClock()
+
+    async def main():
+        stage = Stage("d", gate, StageConfig(max_batch=8), pool, clock=clock)
+        await stage.start()
+        first = asyncio.create_task(stage.submit(1))
+        await gate.wait_entered()
+        late = asyncio.create_task(stage.submit(2, deadline=clock.now + 0.05))
+        fine = asyncio.create_task(stage.submit(3, deadline=clock.now + 10))
+        while stage.depth < 2:
+            await asyncio.sleep(0)
+        clock.now += 1.0  # the first deadline passes while the item waits in the queue
+        gate.release.set()
+        results = await asyncio.gather(first, late, fine, return_exceptions=True)
+        with pytest.raises(DeadlineExceeded):  # already late at submission: refused at once
+            await stage.submit(4, deadline=clock.now - 1)
+        await stage.stop()
+        return results, stage.metrics.expired
+
+    (r1, r2, r3), expired = run(main)
+    assert r1 == 2 and r3 == 6 and isinstance(r2, DeadlineExceeded)
+    assert gate.batches == [[1], [3]]  # the expired item never reached the function
+    assert expired == 2
+
+
+def test_full_queue_rejects_at_once_and_loses_no_future(pool):
+    gate = Gate()
+
+    async def main():
+        stage = Stage("q", gate, StageConfig(max_batch=1, queue_size=2), pool)
+        await stage.start()
+        tasks = [asyncio.create_task(stage.submit(0))]
+        await gate.wait_entered()
+        tasks += [asyncio.create_task(stage.submit(i)) for i in (1, 2)]
+        while stage.depth < 2:
+            await asyncio.sleep(0)
+        with pytest.raises(Overloaded) as info:
+            await stage.submit(3)
+        gate.release.set()
+        out = await asyncio.gather(*tasks)
+        await stage.stop()
+        return out, info.value, stage.metrics
+
+    out, err, metrics = run(main)
+    assert out == [0, 2, 4]
+    assert err.retry_after_s >= 1.0 and metrics.rejected == 1 and metrics.completed == 3
+
+
+def test_cancelled_caller_is_skipped(pool):
+    gate = Gate()
+
+    async def main():
+        stage = Stage("c", gate, StageConfig(max_batch=8), pool)
+        await stage.start()
+        first = asyncio.create_task(stage.submit(0))
+        await gate.wait_entered()
+        gone = asyncio.create_task(stage.submit(1))
+        kept = asyncio.create_task(stage.submit(2))
+        while stage.depth < 2:
+            await asyncio.sleep(0)
+        gone.cancel()
+        gate.release.set()
+        out = await asyncio.gather(first, kept)
+        await stage.stop()
+        return out
+
+    assert run(main) == [0, 4]
+    assert gate.batches == [[0], [2]]
+
+
+def test_coroutine_stage_runs_on_the_loop_and_blocking_needs_a_pool():
+    async def fetch(xs):
+        await asyncio.sleep(0)
+        return [x + 1 for x in xs]
+
+    async def main():
+        stage = Stage("io", fetch, StageConfig(max_batch=4))
+        await stage.start()
+        out = await asyncio.gather(*(stage.submit(i) for i in range(6)))
+        snap = stage.snapshot()
+        await stage.stop()
+        return out, snap
+
+    out, snap = run(main)
+    assert out == [1, 2, 3, 4, 5, 6]
+    assert snap["completed"] == 6 and snap["name"] == "io"
+    with pytest.raises(ValueError, match="ComputePool"):
+        Stage("blocking", lambda xs: xs)
+
+
+def test_stopped_stage_refuses_and_config_is_validated(pool):
+    async def main():
+        stage = Stage("s", lambda xs: xs, pool=pool)
+        with pytest.raises(Overloaded, match="not running"):
+            await stage.submit(1)
+
+    run(main)
+    with pytest.raises(ValueError, match="max_batch"):
+        StageConfig(max_batch=0)
+    with pytest.raises(ValueError, match="max_wait_s"):
+        StageConfig(max_wait_s=-1)
+
+
+def test_predicted_wait_grows_with_queue_depth(pool):
+    gate = Gate()
+
+    async def main():
+        stage = Stage("p", gate, StageConfig(max_batch=2, queue_size=64), pool)
+        await stage.start()
+        stage.metrics.service.add(0.010)  # as if one batch had been measured at 10 ms
+        empty = stage.predicted_wait_s()
+        first = asyncio.create_task(stage.submit(0))
+        await gate.wait_entered()
+        rest = [asyncio.create_task(stage.submit(i)) for i in range(1, 9)]
+        while stage.depth < 8:
+            await asyncio.sleep(0)
+        loaded = stage.predicted_wait_s()
+        gate.release.set()
+        await asyncio.gather(first, *rest)
+        await stage.stop()
+        return empty, loaded
+
+    empty, loaded = run(main)
+    assert empty == pytest.approx(0.010)
+    # 9 items in 2-item batches = 5 batches + the one in flight
+    assert loaded == pytest.approx(6 * 0.010)
