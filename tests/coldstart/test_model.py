@@ -176,3 +176,23 @@ def test_user_without_support_pools_to_zero(split: types.EpisodeSplit) -> None:
     torch.testing.assert_close(params[1], empty[0])
     torch.testing.assert_close(params[0], alone[0])  # packed and dense paths agree
     assert torch.isfinite(params).all()
+
+
+@pytest.mark.parametrize("encoder", ["paper", "interaction"])
+@pytest.mark.parametrize("precomputed", [False, True])
+def test_zero_support_pairs_give_the_no_information_state(
+    split: types.EpisodeSplit, encoder: str, precomputed: bool
+) -> None:
+    """``S == 0`` (a new user with no interaction) is a valid input, also with cached vectors."""
+    config = replace(TINY, set_encoder=encoder)
+    model = _model(split, Structure.parse("max+add|mul|-|min+mul+add"), config=config).eval()
+    users = torch.tensor([0, 1])
+    items = torch.zeros((2, 0), dtype=torch.int64)
+    labels = torch.zeros((2, 0))
+    mask = torch.zeros((2, 0), dtype=torch.bool)
+    vectors = model.item_embedding(items) if precomputed else None  # (2, 0, Di)
+    with torch.no_grad():
+        params = model.adapt_embedded(model.embed_users(users), items, labels, mask, vectors)
+        empty = model._activate(model.head(torch.zeros(1, model.config.adaptation_dim)))
+    assert params.shape == (2, model.layout.size)
+    torch.testing.assert_close(params, empty.expand(2, -1))

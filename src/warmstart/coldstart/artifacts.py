@@ -1,9 +1,10 @@
 """Saving and loading trained ColdNAS models: safetensors weights + JSON config.
 
 A model directory holds ``config.json`` (architecture, structure, seed, git SHA, anything the
-trainer records), ``model.safetensors`` (weights) and ``features.safetensors`` (the user/item
-feature index matrices), so a model can be loaded and served without the dataset or the trainer.
-Nothing here is unpickled.
+trainer records), ``model.safetensors`` (weights), ``features.safetensors`` (the user/item
+feature index matrices), ``ids.json`` (the raw user and item ids of every dense row, int or str)
+and, when the dataset has them, ``items.json`` (item titles, years, genres for display), so a
+model can be loaded and served without the dataset or the trainer. Nothing here is unpickled.
 """
 
 from __future__ import annotations
@@ -17,12 +18,15 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
+from warmstart.coldstart.catalog import IdMap, ItemInfo
 from warmstart.coldstart.model import ColdNAS, ColdNASConfig, TableLike
 from warmstart.coldstart.structure import Structure
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 FEATURES_FILE = "features.safetensors"
+IDS_FILE = "ids.json"
+ITEM_INFO_FILE = "items.json"
 
 
 @dataclass(frozen=True)
@@ -78,13 +82,44 @@ def _table_from(
     return StoredTable(ids=ids, fields=built)
 
 
+def id_maps_of(users: TableLike, items: TableLike) -> tuple[IdMap, IdMap]:
+    """The raw-id maps of two feature tables (their ``ids``; rows ``0..N-1`` when absent)."""
+
+    def one(table: TableLike, entity: str) -> IdMap:
+        ids = getattr(table, "ids", None)
+        n = int(table.fields[0].index.shape[0]) if table.fields else 0
+        return IdMap(range(n) if ids is None else np.asarray(ids).tolist(), entity)
+
+    return one(users, "user"), one(items, "item")
+
+
 def save_model(
-    directory: Path, model: ColdNAS, users: TableLike, items: TableLike, meta: dict[str, Any]
+    directory: Path,
+    model: ColdNAS,
+    users: TableLike,
+    items: TableLike,
+    meta: dict[str, Any],
+    item_info: ItemInfo | None = None,
 ) -> None:
-    """Write ``model`` (fixed structure) with its feature tables and ``meta`` into ``directory``."""
+    """Write ``model`` (fixed structure) with its feature tables and ``meta`` into ``directory``.
+
+    The tables' raw ids go to ``ids.json``; ``item_info`` (one row per item) to ``items.json``.
+    """
     if model.searching:
         raise ValueError("save_model: save a derived (fixed-structure) model, not the supernet")
+    user_ids, item_ids = id_maps_of(users, items)
+    if item_info is not None and len(item_info) != len(item_ids):
+        raise ValueError(
+            f"save_model: item_info has {len(item_info)} rows, the item table {len(item_ids)}"
+        )
     directory.mkdir(parents=True, exist_ok=True)
+    ids = {"users": user_ids.to_json(), "items": item_ids.to_json()}
+    (directory / IDS_FILE).write_text(json.dumps(ids))
+    info_path = directory / ITEM_INFO_FILE
+    if item_info is not None:
+        info_path.write_text(json.dumps(item_info.to_json()))
+    elif info_path.exists():
+        info_path.unlink()  # a stale file from an earlier model in this folder
     user_t, user_fields = _table_tensors("users", users)
     item_t, item_fields = _table_tensors("items", items)
     save_file({**user_t, **item_t}, str(directory / FEATURES_FILE))
@@ -99,16 +134,54 @@ def save_model(
     (directory / CONFIG_FILE).write_text(json.dumps(config, indent=2, default=str))
 
 
+def model_directory(directory: Path) -> Path:
+    """``directory`` if it holds a model, else its ``model/`` subfolder (what ``compare`` and
+    ``search`` write beside their checkpoints); the error lists the model folders found below."""
+    for candidate in (directory, directory / "model"):
+        if (candidate / CONFIG_FILE).is_file():
+            return candidate
+    found = sorted(str(p.parent) for p in directory.glob(f"**/{CONFIG_FILE}"))[:6]
+    hint = f"; model folders below it: {', '.join(found)}" if found else ""
+    if (directory / "last.json").is_file() or (directory / "best.safetensors").is_file():
+        hint += "; this is a training checkpoint folder, the exported model is the run's model/"
+    raise FileNotFoundError(
+        f"{directory / CONFIG_FILE}: no ColdNAS model config (expected {CONFIG_FILE}){hint}"
+    )
+
+
 def read_config(directory: Path) -> dict[str, Any]:
-    path = directory / CONFIG_FILE
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no ColdNAS model config (expected {CONFIG_FILE})")
+    path = model_directory(directory) / CONFIG_FILE
     data: dict[str, Any] = json.loads(path.read_text())
     return data
 
 
+def load_id_maps(directory: Path) -> tuple[IdMap, IdMap]:
+    """``(user ids, item ids)`` of a model directory; models saved before ``ids.json`` existed
+    fall back to the integer ids kept in ``features.safetensors`` (rows when there are none)."""
+    directory = model_directory(directory)
+    path = directory / IDS_FILE
+    if path.is_file():
+        data = json.loads(path.read_text())
+        return IdMap.from_json(data["users"]), IdMap.from_json(data["items"])
+    config = read_config(directory)
+    tensors = load_file(str(directory / FEATURES_FILE))
+    users = _table_from("users", config["user_fields"], tensors)
+    items = _table_from("items", config["item_fields"], tensors)
+    return id_maps_of(users, items)
+
+
+def load_item_info(directory: Path) -> ItemInfo | None:
+    """The ``items.json`` display metadata, or None when the dataset had none."""
+    path = model_directory(directory) / ITEM_INFO_FILE
+    return ItemInfo.from_json(json.loads(path.read_text())) if path.is_file() else None
+
+
 def load_model(directory: Path) -> tuple[ColdNAS, dict[str, Any]]:
-    """Load a model written by :func:`save_model`; returns it in eval mode with its config dict."""
+    """Load a model written by :func:`save_model`; returns it in eval mode with its config dict.
+
+    ``directory`` may also be the folder above it (a run folder whose ``model/`` holds it).
+    """
+    directory = model_directory(directory)
     config = read_config(directory)
     tensors = load_file(str(directory / FEATURES_FILE))
     users = _table_from("users", config["user_fields"], tensors)

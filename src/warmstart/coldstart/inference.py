@@ -20,7 +20,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from warmstart.coldstart.artifacts import load_model
+from warmstart.coldstart.artifacts import load_id_maps, load_item_info, load_model
+from warmstart.coldstart.catalog import IdMap, ItemInfo
 from warmstart.coldstart.model import ColdNAS
 from warmstart.coldstart.structure import Structure
 
@@ -80,26 +81,127 @@ class UserState:
         return cls(values[:n_user].copy(), values[n_user:].copy(), int(user) if flags & 1 else None)
 
 
+Support = tuple[Sequence[int] | np.ndarray, Sequence[float] | np.ndarray]
+"""One user's support set: ``(rows, labels)``, both ``(S,)``; ``S == 0`` is allowed."""
+
+
+def as_rows(values: Any, n: int, arg: str, allow_empty: bool = True) -> np.ndarray:
+    """Validate dense row indices: ``(S,)`` int64, each in ``[0, n)``.
+
+    Integer dtypes are taken as they are; floats only when exactly integral (``1.0`` is row 1,
+    ``1.7`` is an error, never truncated: JSON decoders hand out floats). Raises ``ValueError``
+    naming ``arg``, the bad value and the allowed range, before any compute.
+    """
+    try:
+        a = np.asarray(values)
+    except ValueError as err:  # ragged nested lists
+        raise ValueError(f"{arg}: expected a flat list of item row indices ({err})") from None
+    if a.ndim != 1:
+        raise ValueError(f"{arg}: expected a 1-D list of item row indices, got shape {a.shape}")
+    if a.size == 0:
+        if not allow_empty:
+            raise ValueError(f"{arg}: empty; pass at least one item row index in [0, {n})")
+        return np.zeros(0, dtype=np.int64)
+    if a.dtype.kind == "f":
+        bad = ~np.isfinite(a) | (a != np.round(a))
+        if bad.any():
+            i = int(np.argmax(bad))
+            raise ValueError(
+                f"{arg}[{i}] = {a[i]!r}: item indices must be integers in [0, {n}) "
+                "(a float is accepted only when exactly integral)"
+            )
+    elif a.dtype.kind not in "iu":
+        raise ValueError(
+            f"{arg}: item indices must be integers in [0, {n}), got dtype {a.dtype} "
+            f"(first value {a[0]!r}; raw dataset ids go through item_ids.to_rows or *_ids methods)"
+        )
+    rows = a.astype(np.int64)
+    out = (rows < 0) | (rows >= n)
+    if out.any():
+        i = int(np.argmax(out))
+        raise ValueError(f"{arg}[{i}] = {rows[i]}: item indices must lie in [0, {n})")
+    return rows
+
+
+def as_labels(values: Any, size: int, rating_range: tuple[float, float], arg: str) -> np.ndarray:
+    """Validate support labels: ``(size,)`` float32, finite, within ``rating_range``."""
+    try:
+        a = np.asarray(values)
+    except ValueError as err:
+        raise ValueError(f"{arg}: expected a flat list of labels ({err})") from None
+    if a.ndim != 1:
+        raise ValueError(f"{arg}: expected a 1-D list of labels, got shape {a.shape}")
+    if a.size and a.dtype.kind not in "biuf":
+        raise ValueError(f"{arg}: labels must be numbers, got dtype {a.dtype} (first {a[0]!r})")
+    if a.size != size:
+        raise ValueError(f"{arg}: {a.size} labels for {size} support items")
+    low, high = rating_range
+    y = a.astype(np.float64)
+    bad = ~np.isfinite(y) | (y < low) | (y > high)
+    if bad.any():
+        i = int(np.argmax(bad))
+        raise ValueError(
+            f"{arg}[{i}] = {a[i]!r}: labels must be finite and lie in [{low:g}, {high:g}] "
+            "(the model's rating range)"
+        )
+    return y.astype(np.float32)
+
+
 class ColdStartRecommender:
     """A trained ColdNAS model behind a small adapt/score API (CPU, no gradients).
+
+    Dense rows (``0..n_items-1``) are the hot path; ``item_ids``/``user_ids`` map a dataset's
+    raw ids to rows and back, and the ``*_ids`` methods take raw ids directly. Every method
+    validates its input before any compute and raises ``ValueError`` naming the argument, the
+    bad value and the allowed range.
+
+    Immutable after construction and safe to share between threads: no call writes to the
+    object, and no call changes a process-wide setting (the intra-op thread count is the
+    process's, chosen by the application, e.g. the CLI's ``--threads``).
 
     Args:
         model: a fixed-structure ``ColdNAS``.
         config: the model directory's ``config.json`` contents (kept as ``self.config``).
+        item_ids / user_ids: raw-id maps (default: raw id = row).
+        item_info: display metadata of the items (title, year, genres), if the dataset has it.
     """
 
-    def __init__(self, model: ColdNAS, config: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        model: ColdNAS,
+        config: dict[str, Any] | None = None,
+        item_ids: IdMap | None = None,
+        user_ids: IdMap | None = None,
+        item_info: ItemInfo | None = None,
+    ) -> None:
         if model.searching:
             raise ValueError("ColdStartRecommender: needs a derived model, not the search supernet")
         self.model = model.eval()
-        self.config = config or {}
+        self.config = dict(config or {})
+        n_items = model.item_embedding.n_rows
+        n_users = model.user_embedding.n_rows
+        self.item_ids = item_ids if item_ids is not None else IdMap(range(n_items), "item")
+        self.user_ids = user_ids if user_ids is not None else IdMap(range(n_users), "user")
+        for name, ids, n in (
+            ("item_ids", self.item_ids, n_items),
+            ("user_ids", self.user_ids, n_users),
+        ):
+            if len(ids) != n:
+                raise ValueError(
+                    f"ColdStartRecommender: {name} has {len(ids)} ids, the model {n} rows"
+                )
+        if item_info is not None and len(item_info) != n_items:
+            raise ValueError(
+                f"ColdStartRecommender: item_info has {len(item_info)} rows, the model {n_items}"
+            )
+        self.item_info = item_info
         # Item embeddings do not depend on the user: compute the whole table once, so a request
         # is a gather instead of one EmbeddingBag per feature field.
         with torch.no_grad():
-            self._item_vectors = model.item_embedding(torch.arange(self.n_items))  # (N, Di)
+            self._item_vectors = model.item_embedding(torch.arange(n_items))  # (N, Di)
             # Same for the user feature table (an EmbeddingBag per field costs ~0.15 ms).
-            n_users = model.user_embedding.n_rows if model.use_user_features else 0
-            self._user_vectors = model.embed_users(torch.arange(n_users))  # (N_u, Du)
+            n_vec = n_users if model.use_user_features else 0
+            self._user_vectors = model.embed_users(torch.arange(n_vec))  # (N_u, Du)
         # Fast path for fc1 when position 0 only shifts/scales its input (no max/min): fc1 is
         # linear, so fc1([e_item, e_user] * m + a) splits into an item term and a per-user
         # constant, and without `mul` the item term is a fixed table computed here once.
@@ -115,6 +217,12 @@ class ColdStartRecommender:
         with torch.no_grad():
             fixed_items = self._fast_fc1 and "mul" not in ops0
             self._item_fc1 = self._item_vectors @ self._w_item.T if fixed_items else None  # (N, H1)
+        self._frozen = True
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if getattr(self, "_frozen", False):
+            raise AttributeError(f"ColdStartRecommender is immutable after loading (set {name!r})")
+        super().__setattr__(name, value)
 
     @property
     def structure(self) -> Structure:
@@ -124,7 +232,53 @@ class ColdStartRecommender:
     def n_items(self) -> int:
         return self.model.item_embedding.n_rows
 
-    @torch.no_grad()
+    @property
+    def n_users(self) -> int:
+        return self.model.user_embedding.n_rows
+
+    @property
+    def rating_range(self) -> tuple[float, float]:
+        low, high = self.model.config.rating_range
+        return float(low), float(high)
+
+    # ----------------------------------------------------------------------------- validation
+    def _check_user(self, user: Any, arg: str = "user") -> int | None:
+        if user is None:
+            return None
+        if isinstance(user, np.generic):
+            user = user.item()
+        if isinstance(user, float) and user.is_integer():
+            user = int(user)
+        if isinstance(user, bool) or not isinstance(user, int) or not 0 <= user < self.n_users:
+            raise ValueError(
+                f"{arg} = {user!r}: user index must be None (a user unknown to the feature "
+                f"table) or an integer in [0, {self.n_users})"
+            )
+        return user
+
+    def _check_support(self, support: Any, arg: str) -> tuple[np.ndarray, np.ndarray]:
+        if not isinstance(support, (tuple, list)) or len(support) != 2:
+            raise ValueError(f"{arg}: expected a (rows, labels) pair, got {type(support).__name__}")
+        rows = as_rows(support[0], self.n_items, f"{arg} rows")
+        labels = as_labels(support[1], rows.size, self.rating_range, f"{arg} labels")
+        return rows, labels
+
+    def _check_states(self, states: Sequence[UserState], arg: str = "states") -> None:
+        size, du = self.model.layout.size, self.model.user_dim
+        bad = [
+            i
+            for i, s in enumerate(states)
+            if not isinstance(s, UserState)
+            or s.params.shape != (size,)
+            or s.user_vec.shape != (du,)
+        ]
+        if bad:
+            raise ValueError(
+                f"{arg}: states {bad[:5]} do not match this model ({size} parameters, "
+                f"user vector of {du}); adapt them with this model"
+            )
+
+    # ----------------------------------------------------------------------------- adaptation
     def adapt(
         self,
         support_items: Sequence[int] | np.ndarray,
@@ -134,83 +288,186 @@ class ColdStartRecommender:
         """Run the adaptation network on one user's support set.
 
         Args:
-            support_items: ``(S,)`` dense item indices the user interacted with.
-            support_labels: ``(S,)`` their ratings/labels.
-            user: dense user index, for models that embed user features; ``None`` for a user
+            support_items: ``(S,)`` dense item rows the user interacted with; ``S == 0`` (a new
+                user with no interaction) gives the model's no-information state: the pooled
+                support code is 0, so the parameters are those the hypernetwork gives an empty
+                set (the same for every such user), and predictions rest on the item side (and
+                the user's features when ``user`` is given).
+            support_labels: ``(S,)`` their ratings/labels, finite, within ``rating_range``.
+            user: dense user row, for models that embed user features; ``None`` for a user
                 unknown to the feature table (its feature embedding is then zero).
         """
-        items = torch.as_tensor(np.asarray(support_items, dtype=np.int64))[None]  # (1, S)
-        labels = torch.as_tensor(np.asarray(support_labels, dtype=np.float32))[None]  # (1, S)
-        if items.shape != labels.shape:
-            raise ValueError(f"adapt: {items.shape[1]} support items but {labels.shape[1]} labels")
-        self._check_items(items)
-        user_vec = self._user_vec(user)  # (1, Du)
-        params = self.model.adapt_embedded(
-            user_vec,
-            items,
-            labels,
-            torch.ones_like(items, dtype=torch.bool),
-            item_vectors=self._item_vectors[items],
-        )
-        return UserState(user_vec[0].numpy().copy(), params[0].numpy().copy(), user)
+        rows = as_rows(support_items, self.n_items, "support_items")
+        labels = as_labels(support_labels, rows.size, self.rating_range, "support_labels")
+        return self._adapt_checked([(rows, labels)], [self._check_user(user)])[0]
 
-    def _user_vec(self, user: int | None) -> torch.Tensor:
-        if user is None or not self.model.use_user_features:
-            return torch.zeros((1, self.model.user_dim))
-        if not 0 <= user < self._user_vectors.shape[0]:
-            raise ValueError(
-                f"user index must lie in [0, {self._user_vectors.shape[0]}), got {user}"
-            )
-        return self._user_vectors[user][None]
+    def adapt_many(
+        self, supports: Sequence[Support], users: Sequence[int | None] | None = None
+    ) -> list[UserState]:
+        """:meth:`adapt` for many users in one padded forward pass.
 
-    def _check_items(self, items: torch.Tensor) -> None:
-        if items.numel() and (int(items.min()) < 0 or int(items.max()) >= self.n_items):
-            raise ValueError(
-                f"item indices must lie in [0, {self.n_items}), got [{int(items.min())}, {int(items.max())}]"
-            )
+        Args:
+            supports: one ``(rows, labels)`` pair per user; sizes may differ, empty allowed.
+            users: dense user rows (or None each), same length; default all None.
+
+        Returns:
+            One ``UserState`` per support set, same order (``[]`` for ``[]``).
+        """
+        checked = [self._check_support(s, f"supports[{i}]") for i, s in enumerate(supports)]
+        who = [None] * len(checked) if users is None else list(users)
+        if len(who) != len(checked):
+            raise ValueError(f"users: {len(who)} users for {len(checked)} support sets")
+        who = [self._check_user(u, f"users[{i}]") for i, u in enumerate(who)]
+        return self._adapt_checked(checked, who) if checked else []
 
     @torch.no_grad()
+    def _adapt_checked(
+        self, supports: list[tuple[np.ndarray, np.ndarray]], users: list[int | None]
+    ) -> list[UserState]:
+        b, s = len(supports), max(r.size for r, _ in supports)
+        items = np.zeros((b, s), dtype=np.int64)
+        labels = np.zeros((b, s), dtype=np.float32)
+        mask = np.zeros((b, s), dtype=bool)
+        for i, (r, y) in enumerate(supports):
+            items[i, : r.size], labels[i, : r.size], mask[i, : r.size] = r, y, True
+        item_t = torch.from_numpy(items)  # (B, S)
+        user_vec = self._user_vecs(users)  # (B, Du)
+        params = self.model.adapt_embedded(
+            user_vec,
+            item_t,
+            torch.from_numpy(labels),
+            torch.from_numpy(mask),
+            item_vectors=self._item_vectors[item_t],
+        )  # (B, P)
+        uv, pv = user_vec.numpy(), params.numpy()
+        return [UserState(uv[i].copy(), pv[i].copy(), u) for i, u in enumerate(users)]
+
+    def _user_vecs(self, users: list[int | None]) -> torch.Tensor:
+        """``(B, Du)`` feature embeddings (zero for None, or without user features)."""
+        out = torch.zeros((len(users), self.model.user_dim))
+        if self.model.use_user_features:
+            for i, u in enumerate(users):
+                if u is not None:
+                    out[i] = self._user_vectors[u]
+        return out
+
+    # ----------------------------------------------------------------------------- scoring
     def score(
         self, states: UserState | Sequence[UserState], item_ids: Sequence[int] | np.ndarray
     ) -> np.ndarray:
-        """Predicted ratings of ``item_ids`` for one or many adapted users.
+        """Predicted ratings of the same items for one or many adapted users.
 
         Args:
-            states: one state, or a list of U states.
-            item_ids: ``(I,)`` dense item indices scored for every user.
+            states: one state, or a non-empty list of U states.
+            item_ids: ``(I,)`` dense item rows scored for every user, ``I >= 1``.
 
         Returns:
             ``(I,)`` for a single state, else ``(U, I)`` float32.
         """
         single = isinstance(states, UserState)
         batch = [states] if isinstance(states, UserState) else list(states)
-        items = torch.as_tensor(np.asarray(item_ids, dtype=np.int64)).reshape(-1)  # (I,)
-        self._check_items(items)
-        size = self.model.layout.size
-        bad = [
-            i
-            for i, s in enumerate(batch)
-            if s.params.size != size or s.user_vec.size != self.model.user_dim
+        if not batch:
+            raise ValueError("states: empty; pass one UserState or a non-empty list of them")
+        self._check_states(batch)
+        items = torch.from_numpy(as_rows(item_ids, self.n_items, "item_ids", allow_empty=False))
+        out = self._score_checked(batch, items)  # (U, I)
+        return out[0] if single else out
+
+    def score_many(
+        self, states: Sequence[UserState], candidates: Sequence[Sequence[int] | np.ndarray]
+    ) -> list[np.ndarray]:
+        """Each user's own candidate rows scored in one padded forward pass.
+
+        Args:
+            states: U adapted users.
+            candidates: U lists of dense item rows (lengths may differ, each ``>= 1``).
+
+        Returns:
+            U float32 arrays, ``out[u][j]`` the predicted rating of ``candidates[u][j]``.
+        """
+        states = list(states)
+        if len(candidates) != len(states):
+            raise ValueError(f"candidates: {len(candidates)} lists for {len(states)} states")
+        self._check_states(states)
+        rows = [
+            as_rows(c, self.n_items, f"candidates[{i}]", allow_empty=False)
+            for i, c in enumerate(candidates)
         ]
-        if bad:
-            raise ValueError(f"score: states {bad} do not match this model ({size} parameters)")
-        params = torch.as_tensor(np.stack([s.params for s in batch]).astype(np.float32))  # (U, P)
-        user_vec = torch.as_tensor(
-            np.stack([s.user_vec for s in batch]).astype(np.float32)
-        )  # (U, Du)
-        query = items[None].expand(len(batch), -1)  # (U, I)
+        if not rows:
+            return []
+        width = max(r.size for r in rows)
+        padded = np.zeros((len(rows), width), dtype=np.int64)  # pad with item 0, sliced away
+        for i, r in enumerate(rows):
+            padded[i, : r.size] = r
+        out = self._score_checked(states, torch.from_numpy(padded))  # (U, W)
+        return [out[i, : r.size].copy() for i, r in enumerate(rows)]
+
+    @torch.no_grad()
+    def _score_checked(self, states: list[UserState], items: torch.Tensor) -> np.ndarray:
+        """Scores ``(U, I)`` of ``items`` (``(I,)`` shared by all users, or ``(U, I)``)."""
+        params = torch.from_numpy(np.stack([s.params for s in states]).astype(np.float32))
+        user_vec = torch.from_numpy(np.stack([s.user_vec for s in states]).astype(np.float32))
+        query = items[None].expand(len(states), -1) if items.dim() == 1 else items  # (U, I)
         if self._fast_fc1:
             scores = self.model.predict_from_fc1(self._fc1(params, user_vec, items), params, query)
         else:
-            vectors = self._item_vectors[items][None].expand(len(batch), -1, -1)  # (U, I, Di)
+            vectors = self._item_vectors[query]  # (U, I, Di)
             scores = self.model.predict_embedded(params, user_vec, query, item_vectors=vectors)
-        out = scores.numpy().astype(np.float32)
-        return out[0] if single else out
+        return scores.numpy().astype(np.float32)
+
+    # ----------------------------------------------------------------------------- raw ids
+    def adapt_ids(
+        self,
+        item_ids: Sequence[Any],
+        labels: Sequence[float] | np.ndarray,
+        user_id: Any = None,
+    ) -> UserState:
+        """:meth:`adapt` with the dataset's raw item ids (and raw user id, or None)."""
+        user = None if user_id is None else int(self.user_ids.to_rows([user_id], "user_id")[0])
+        return self.adapt(self.item_ids.to_rows(item_ids, "item_ids"), labels, user)
+
+    def adapt_many_ids(
+        self, supports: Sequence[tuple[Sequence[Any], Any]], user_ids: Sequence[Any] | None = None
+    ) -> list[UserState]:
+        """:meth:`adapt_many` with raw item ids (and raw user ids, each may be None)."""
+        rows = [
+            (self.item_ids.to_rows(items, f"supports[{i}] item ids"), labels)
+            for i, (items, labels) in enumerate(supports)
+        ]
+        users = None
+        if user_ids is not None:
+            users = [
+                None if u is None else int(self.user_ids.to_rows([u], f"user_ids[{i}]")[0])
+                for i, u in enumerate(user_ids)
+            ]
+        return self.adapt_many(rows, users)
+
+    def score_ids(self, state: UserState, item_ids: Sequence[Any]) -> np.ndarray:
+        """:meth:`score` of one state on raw item ids: ``(I,)``."""
+        return self.score(state, self.item_ids.to_rows(item_ids, "item_ids"))
+
+    def score_many_ids(
+        self, states: Sequence[UserState], candidates: Sequence[Sequence[Any]]
+    ) -> list[np.ndarray]:
+        """:meth:`score_many` with raw item ids."""
+        rows = [self.item_ids.to_rows(c, f"candidates[{i}]") for i, c in enumerate(candidates)]
+        return self.score_many(states, rows)
+
+    def describe(self, rows: Sequence[int] | np.ndarray) -> list[dict[str, Any]]:
+        """For display: ``{"row", "id", ...title/year/genres when known}`` of each item row."""
+        checked = as_rows(rows, self.n_items, "rows")
+        raw = self.item_ids.to_raw(checked)
+        info = self.item_info
+        return [
+            {"row": int(r), "id": i, **(info.record(int(r)) if info is not None else {})}
+            for r, i in zip(checked, raw, strict=True)
+        ]
 
     def _fc1(
         self, params: torch.Tensor, user_vec: torch.Tensor, items: torch.Tensor
     ) -> torch.Tensor:
-        """fc1's pre-activation ``(U, I, H1)`` when position 0 has only ``mul``/``add``.
+        """fc1's pre-activation ``(U, I, H1)`` when position 0 has only ``mul``/``add``;
+        ``items`` is ``(I,)`` (the same items for every user) or ``(U, I)``.
 
         Same value as ``fc1(modulate_0([e_item, e_user]))``, computed as an item term plus a
         per-user constant (``W_u (e_user * m_u + a_u) + W_i a_i + b``), so the user half of the
@@ -228,14 +485,24 @@ class ColdStartRecommender:
             const = const + shift[:, :di] @ self._w_item.T + shift[:, di:] @ self._w_user.T
         if scale is None:
             assert self._item_fc1 is not None
-            item_term = self._item_fc1[items][None].expand(n_users, -1, -1)  # (U, I, H1)
+            item_term = self._item_fc1[items]  # (I, H1) or (U, I, H1)
+            if items.dim() == 1:  # the items every user scores: one gather, a broadcast view
+                item_term = item_term[None].expand(n_users, -1, -1)  # (U, I, H1)
         else:
             w = self._w_item[None] * scale[:, None, :di]  # (U, H1, Di): W_i diag(m_i)
-            item_term = torch.matmul(self._item_vectors[items][None], w.transpose(1, 2))
+            vectors = self._item_vectors[items]  # (I, Di) or (U, I, Di)
+            item_term = torch.matmul(
+                vectors if items.dim() == 2 else vectors[None], w.transpose(1, 2)
+            )
         return item_term + const[:, None, :]
 
 
 def load_recommender(directory: Path | str) -> ColdStartRecommender:
-    """Load a model directory written by the trainer (``config.json`` + safetensors)."""
-    model, config = load_model(Path(directory))
-    return ColdStartRecommender(model, config)
+    """Load a model directory written by the trainer (``config.json``, safetensors, id maps).
+
+    ``directory`` may also be a run folder whose ``model/`` subfolder holds the model.
+    """
+    directory = Path(directory)
+    model, config = load_model(directory)
+    user_ids, item_ids = load_id_maps(directory)
+    return ColdStartRecommender(model, config, item_ids, user_ids, load_item_info(directory))

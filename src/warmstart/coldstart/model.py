@@ -321,6 +321,9 @@ class ColdNAS(nn.Module):
 
         Returns:
             ``(B, P)`` parameters in ``self.layout`` order, ``mul`` entries already non-negative.
+            A user with no support pair (``S == 0``, or an all-False mask row) gets the
+            no-information state: its pooled code is 0, so its parameters are
+            ``activate(head.bias)``, the same for every such user.
         """
         b, s = support_items.shape
         # W_c [e_item, e_user, y, ...] with W_c's user columns applied once per user, not once
@@ -341,7 +344,8 @@ class ColdNAS(nn.Module):
             e_item = (
                 self.item_embedding(support_items.reshape(-1)[flat])
                 if item_vectors is None
-                else item_vectors.reshape(b * s, -1)[flat]
+                # explicit width: a (B, 0, Di) tensor has no size to infer -1 from
+                else item_vectors.reshape(b * s, item_vectors.shape[-1])[flat]
             )  # (N, Di)
             y = self._normalise_labels(support_labels.reshape(-1)[flat])[:, None]  # (N, 1)
             counts = torch.zeros(b, dtype=y.dtype).index_add_(0, rows, torch.ones_like(y[:, 0]))

@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 from warmstart.coldstart.artifacts import save_model, state_to_cpu
 from warmstart.coldstart.model import ColdNAS, ColdNASConfig
 from warmstart.coldstart.structure import OPS, Structure
-from warmstart.data.types import EpisodeSplit, FeatureTable, Task, TaskBatch, collate_tasks
+from warmstart.data.types import EpisodeSplit, Task, TaskBatch, collate_tasks
 
 TRAIN_EPISODES = ("fixed", "resample-tasks", "resample-users")
 MIN_POOL = 4  # smallest user history turned into a training episode (support >= 2, query >= 1)
@@ -698,11 +698,9 @@ class FixedStructurePredictor:
         return predict_tasks(self.model, tasks)
 
 
-def export(
-    directory: Path, model: ColdNAS, users: FeatureTable, items: FeatureTable, meta: dict[str, Any]
-) -> None:
-    """Save a trained model for :func:`warmstart.coldstart.inference.load_recommender`."""
-    save_model(directory, model, users, items, meta)
+export = save_model
+"""Save a trained model for :func:`warmstart.coldstart.inference.load_recommender` (the
+trainer's name for ``artifacts.save_model``: weights, config, raw id maps, item display info)."""
 
 
 def fit_summary(result: FitResult) -> dict[str, Any]:
