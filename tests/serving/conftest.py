@@ -1,4 +1,4 @@
-"""Fixtures for the serving tests: a real redis-server on a free loopback port."""
+"""Fixtures for the serving tests: a real redis-server on a free loopback port, tiny models."""
 
 from __future__ import annotations
 
@@ -7,7 +7,9 @@ import socket
 import subprocess
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -88,3 +90,52 @@ def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
     server.start()
     yield server
     server.stop()
+
+
+# --------------------------------------------------------------------------- tiny models
+
+
+@dataclass(frozen=True)
+class TinyArtifacts:
+    coldnas: Path
+    mf: Path
+    split: Any
+
+
+def write_tiny_artifacts(folder: Path) -> TinyArtifacts:
+    """A 1-epoch ColdNAS model and an ALS model on one synthetic split, exported for serving."""
+    import numpy as np
+    import torch
+
+    from warmstart.coldstart.baselines import fit_als
+    from warmstart.coldstart.mf_inference import export_mf
+    from warmstart.coldstart.model import ColdNASConfig
+    from warmstart.coldstart.structure import Structure
+    from warmstart.coldstart.training import TrainConfig, export, train_structure
+    from warmstart.data.synthetic import synthetic_split
+
+    torch.set_num_threads(1)
+    split = synthetic_split(n_users=60, n_items=50, interactions_per_user=(15, 25), seed=3)
+    config = ColdNASConfig(embedding_dim=8, hidden_sizes=(16, 8, 8), adaptation_dim=16)
+    model, _ = train_structure(
+        split, Structure.parse("mul+add|-|-|-"), config, TrainConfig(epochs=1)
+    )
+    export(folder / "coldnas", model, split.dataset.users, split.dataset.items, {"seed": 3})
+    inter = split.train_interactions()
+    als = fit_als(
+        inter["user"].to_numpy(),
+        inter["item"].to_numpy(),
+        inter["label"].to_numpy(),
+        (split.dataset.n_users, split.dataset.n_items),
+        dim=4,
+        l2=5.0,
+        sweeps=5,
+        rng=np.random.default_rng(0),
+    )
+    export_mf(folder / "mf", als, 10.0, split.dataset.items.ids, split.dataset.rating_range)
+    return TinyArtifacts(folder / "coldnas", folder / "mf", split)
+
+
+@pytest.fixture(scope="session")
+def tiny_artifacts(tmp_path_factory: pytest.TempPathFactory) -> TinyArtifacts:
+    return write_tiny_artifacts(tmp_path_factory.mktemp("serving-models"))

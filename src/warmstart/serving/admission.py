@@ -1,0 +1,97 @@
+"""Admission control and load shedding (JIZHI, after SEDA's adaptive shedding).
+
+At admission, the wait a new request would see is predicted from the queue depths and measured
+batch service times of the stages on its path (``Stage.predicted_wait_s``). If the prediction
+exceeds the request's deadline the request is refused at once (``Overloaded`` → HTTP 503 with
+``Retry-After``) instead of joining a queue it cannot leave in time; if it exceeds a fraction of
+the deadline the pipeline degrades first (fewer candidates, no rerank) and says so. A cap on
+requests in flight bounds memory under any load.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from warmstart.serving.engine import Overloaded, Stage
+
+
+@dataclass(frozen=True)
+class AdmissionConfig:
+    """Attributes:
+    deadline_ms: default per-request deadline (a request may ask for less).
+    degrade_at: degrade when the predicted time exceeds this fraction of the deadline.
+    max_in_flight: requests admitted and not yet answered, at most.
+    shed: ``False`` turns prediction-based shedding off (queues still bound memory).
+    """
+
+    deadline_ms: float = 100.0
+    degrade_at: float = 0.5
+    max_in_flight: int = 512
+    shed: bool = True
+
+    def __post_init__(self) -> None:
+        if self.deadline_ms <= 0:
+            raise ValueError(f"AdmissionConfig.deadline_ms must be > 0, got {self.deadline_ms}")
+        if not 0 < self.degrade_at <= 1:
+            raise ValueError(
+                f"AdmissionConfig.degrade_at must lie in (0, 1], got {self.degrade_at}"
+            )
+        if self.max_in_flight < 1:
+            raise ValueError(
+                f"AdmissionConfig.max_in_flight must be >= 1, got {self.max_in_flight}"
+            )
+
+
+@dataclass(frozen=True)
+class Ticket:
+    """An admitted request: whether to degrade, and the predicted time at admission."""
+
+    degrade: bool
+    predicted_s: float
+
+
+class Admission:
+    """Decides, per request, admit / degrade / reject; counts what it decided."""
+
+    def __init__(self, config: AdmissionConfig | None = None) -> None:
+        self.config = config or AdmissionConfig()
+        self.in_flight = 0
+        self.admitted = 0
+        self.degraded = 0
+        self.rejected = 0
+
+    def predict_s(self, stages: Sequence[Stage]) -> float:
+        return sum(stage.predicted_wait_s() for stage in stages)
+
+    def admit(self, full: Sequence[Stage], degraded: Sequence[Stage], budget_s: float) -> Ticket:
+        """Admit a request whose full path is ``full`` and degraded path ``degraded``.
+
+        Raises:
+            Overloaded: too many in flight, or even the degraded path cannot meet ``budget_s``.
+        """
+        if self.in_flight >= self.config.max_in_flight:
+            self.rejected += 1
+            raise Overloaded(f"{self.in_flight} requests in flight (limit)", retry_after_s=1.0)
+        predicted = self.predict_s(full)
+        degrade = self.config.shed and predicted > self.config.degrade_at * budget_s
+        if degrade:
+            predicted = self.predict_s(degraded)
+            if predicted > budget_s:
+                self.rejected += 1
+                raise Overloaded(
+                    f"predicted {1e3 * predicted:.0f} ms exceeds the {1e3 * budget_s:.0f} ms deadline",
+                    retry_after_s=float(max(1, math.ceil(predicted))),
+                )
+            self.degraded += 1
+        self.admitted += 1
+        return Ticket(degrade, predicted)
+
+    def snapshot(self) -> dict[str, float]:
+        return {
+            "in_flight": self.in_flight,
+            "admitted": self.admitted,
+            "degraded": self.degraded,
+            "rejected": self.rejected,
+        }

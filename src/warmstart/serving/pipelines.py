@@ -1,0 +1,344 @@
+"""The two serving pipelines as chains of stages (JIZHI's staged event-driven pipeline).
+
+``recommend`` (the industrial two-stage shape)::
+
+    request ─► lookup (tiered store, I/O pool) ─► adapt (ColdNAS adapt_many + MF ridge fit,
+    micro-batched; written back to the store) ─► candidates (MF top-N over the ALS item factors,
+    exact index, micro-batched) ─► rank (ColdNAS score_many, micro-batched) ─► exclude rated ─► top-k
+
+A known user with no new interactions skips adaptation (its record comes from the store); new
+interactions re-adapt and overwrite the record. ``search``::
+
+    query ─► encode (micro-batched) ─► index search (batched) ─► rerank (optional, micro-batched) ─► top-k
+
+Each pipeline owns its stages (no global state) so several can run side by side, and a model
+reload swaps in a new pipeline while the old one finishes its in-flight requests.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from warmstart.serving.admission import Admission, AdmissionConfig, Ticket
+from warmstart.serving.engine import ComputePool, Stage, StageConfig
+from warmstart.serving.models import RecommendModels, UserRecord
+from warmstart.serving.store import TieredStore
+
+_NO_ROWS = np.zeros(0, dtype=np.int64)
+
+
+def top_k(scores: np.ndarray, k: int) -> np.ndarray:
+    """Positions of the ``k`` largest ``scores``, best first (stable for ties)."""
+    k = min(k, scores.size)
+    if k <= 0:
+        return _NO_ROWS
+    part = np.argpartition(-scores, k - 1)[:k] if k < scores.size else np.arange(scores.size)
+    return part[np.argsort(-scores[part], kind="stable")]
+
+
+# --------------------------------------------------------------------------- recommend
+
+
+@dataclass(frozen=True)
+class RecommendConfig:
+    """Attributes:
+    n_candidates: MF candidates ranked by ColdNAS (the default N).
+    degraded_candidates: N under load (see admission).
+    lookup / adapt / candidates / rank: each stage's batching and queueing.
+    admission: deadlines and shedding.
+    """
+
+    n_candidates: int = 500
+    degraded_candidates: int = 100
+    lookup: StageConfig = field(default_factory=lambda: StageConfig(64, 0.0, 2048, 2))
+    adapt: StageConfig = field(default_factory=lambda: StageConfig(32, 0.001, 2048, 1))
+    candidates: StageConfig = field(default_factory=lambda: StageConfig(64, 0.001, 2048, 1))
+    rank: StageConfig = field(default_factory=lambda: StageConfig(32, 0.001, 2048, 1))
+    admission: AdmissionConfig = field(default_factory=AdmissionConfig)
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.degraded_candidates <= self.n_candidates:
+            raise ValueError(
+                "RecommendConfig: need 1 <= degraded_candidates <= n_candidates, got "
+                f"{self.degraded_candidates} and {self.n_candidates}"
+            )
+
+
+@dataclass(frozen=True)
+class RecommendRequest:
+    """One request in dense rows (the HTTP layer maps raw ids).
+
+    Attributes:
+        user_id: key of a known user in the store, or ``None`` for an anonymous new user.
+        items / ratings: ``(S,)`` the user's support interactions (may be empty).
+        k: results wanted.
+        exclude: ``(E,)`` rows never to return (rated items are always excluded).
+        n_candidates: override of the configured N.
+        deadline_ms: override of the configured deadline.
+    """
+
+    user_id: str | None = None
+    items: np.ndarray = field(default_factory=lambda: _NO_ROWS)
+    ratings: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
+    k: int = 10
+    exclude: np.ndarray = field(default_factory=lambda: _NO_ROWS)
+    n_candidates: int | None = None
+    deadline_ms: float | None = None
+
+
+@dataclass(frozen=True)
+class Recommendation:
+    """Top-k rows with predicted ratings; how the user state was obtained; any degradation."""
+
+    rows: np.ndarray
+    scores: np.ndarray
+    state: str  # "adapted" | "cached" | "cold" (unknown user without interactions)
+    n_candidates: int
+    degraded: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class _Adapt:
+    key: bytes | None
+    items: np.ndarray
+    ratings: np.ndarray
+
+
+class RecommendPipeline:
+    """The recommend stages over one set of models; see the module docstring.
+
+    Args:
+        models: ranking + candidate models and the item id map.
+        store: the tiered store of user records.
+        compute: thread pool for model stages.
+        io: thread pool for store lookups (blocking I/O off the event loop).
+    """
+
+    def __init__(
+        self,
+        models: RecommendModels,
+        store: TieredStore,
+        compute: ComputePool,
+        io: ComputePool,
+        config: RecommendConfig | None = None,
+    ) -> None:
+        self.models = models
+        self.store = store
+        self.config = config or RecommendConfig()
+        c = self.config
+        self.lookup: Stage[bytes, UserRecord | None] = Stage(
+            "lookup", self._lookup_batch, c.lookup, io
+        )
+        self.adapt: Stage[_Adapt, UserRecord] = Stage("adapt", self._adapt_batch, c.adapt, compute)
+        self.candidates: Stage[tuple[np.ndarray, int], np.ndarray] = Stage(
+            "candidates", self._candidates_batch, c.candidates, compute
+        )
+        self.rank: Stage[tuple[Any, np.ndarray], np.ndarray] = Stage(
+            "rank", self._rank_batch, c.rank, compute
+        )
+        self.admission = Admission(c.admission)
+
+    @property
+    def stages(self) -> list[Stage[Any, Any]]:
+        return [self.lookup, self.adapt, self.candidates, self.rank]
+
+    async def start(self) -> None:
+        for s in self.stages:
+            await s.start()
+
+    async def stop(self) -> None:
+        for s in self.stages:
+            await s.stop()
+
+    # ------------------------------------------------------------------ batch functions
+
+    def _lookup_batch(self, keys: list[bytes]) -> list[UserRecord | None]:
+        return [None if v is None else UserRecord.from_bytes(v) for v in self.store.get_many(keys)]
+
+    def _adapt_batch(self, reqs: list[_Adapt]) -> list[UserRecord]:
+        supports = [(r.items, r.ratings) for r in reqs]
+        states = self.models.ranker.adapt_many(supports)
+        rows = self.models.candidates.fit_users(supports)
+        records = [
+            UserRecord(s, row, r.items) for s, row, r in zip(states, rows, reqs, strict=True)
+        ]
+        known = [(r.key, rec.to_bytes()) for r, rec in zip(reqs, records, strict=True) if r.key]
+        self.store.put_many(known)
+        return records
+
+    def _candidates_batch(self, reqs: list[tuple[np.ndarray, int]]) -> list[np.ndarray]:
+        users = np.stack([row for row, _ in reqs])
+        _, rows = self.models.candidates.candidates(users, max(n for _, n in reqs))
+        return [r[:n] for r, (_, n) in zip(rows, reqs, strict=True)]
+
+    def _rank_batch(self, reqs: list[tuple[Any, np.ndarray]]) -> list[np.ndarray]:
+        return self.models.ranker.score_many([s for s, _ in reqs], [c for _, c in reqs])
+
+    # ------------------------------------------------------------------ one request
+
+    def _paths(self, req: RecommendRequest) -> list[Stage[Any, Any]]:
+        first: list[Stage[Any, Any]] = (
+            [self.lookup] if req.user_id is not None and req.items.size == 0 else []
+        )
+        return [*first, self.adapt, self.candidates, self.rank]
+
+    def admit(self, req: RecommendRequest) -> tuple[Ticket, float]:
+        """Admission decision and the absolute deadline (``time.monotonic()``)."""
+        budget = 1e-3 * (req.deadline_ms or self.config.admission.deadline_ms)
+        path = self._paths(req)
+        ticket = self.admission.admit(path, path, budget)
+        return ticket, time.monotonic() + budget
+
+    async def recommend(self, req: RecommendRequest) -> Recommendation:
+        """Run one request through the stages (raises ``Overloaded`` / ``DeadlineExceeded``)."""
+        ticket, deadline = self.admit(req)
+        self.admission.in_flight += 1
+        try:
+            return await self._recommend(req, ticket, deadline)
+        finally:
+            self.admission.in_flight -= 1
+
+    async def _recommend(
+        self, req: RecommendRequest, ticket: Ticket, deadline: float
+    ) -> Recommendation:
+        key = None if req.user_id is None else b"user:" + req.user_id.encode()
+        record, state = None, "adapted"
+        if key is not None and req.items.size == 0:
+            record = await self.lookup.submit(key, deadline)
+            state = "cached" if record is not None else "cold"
+        elif req.items.size == 0:
+            state = "cold"
+        if record is None:
+            record = await self.adapt.submit(_Adapt(key, req.items, req.ratings), deadline)
+        n, degraded = req.n_candidates or self.config.n_candidates, []
+        if ticket.degrade and n > self.config.degraded_candidates:
+            n = self.config.degraded_candidates
+            degraded.append(f"n_candidates={n}")
+        excluded = np.union1d(record.rated, req.exclude)
+        n_total = min(n + excluded.size, self.models.candidates.n_items)
+        cands = await self.candidates.submit((record.mf_row, n_total), deadline)
+        cands = cands[~np.isin(cands, excluded)][:n]
+        scores = await self.rank.submit((record.state, cands), deadline)
+        best = top_k(np.asarray(scores), req.k)
+        return Recommendation(
+            cands[best], np.asarray(scores)[best], state, cands.size, tuple(degraded)
+        )
+
+    def snapshot(self) -> dict[str, Any]:
+        return {
+            "stages": [s.snapshot() for s in self.stages],
+            "admission": self.admission.snapshot(),
+            "store": self.store.snapshot(),
+        }
+
+
+# --------------------------------------------------------------------------- search
+
+
+@dataclass(frozen=True)
+class SearchConfig:
+    """Attributes:
+    rerank_n: hits reranked by the cross-encoder when a request asks for rerank.
+    encode / search / rerank: each stage's batching and queueing.
+    admission: deadlines and shedding (degrading skips the rerank).
+    """
+
+    rerank_n: int = 20
+    encode: StageConfig = field(default_factory=lambda: StageConfig(32, 0.002, 2048, 1))
+    search: StageConfig = field(default_factory=lambda: StageConfig(64, 0.0, 2048, 1))
+    rerank: StageConfig = field(default_factory=lambda: StageConfig(8, 0.002, 512, 1))
+    admission: AdmissionConfig = field(default_factory=AdmissionConfig)
+
+
+@dataclass(frozen=True)
+class SearchRequest:
+    query: str
+    k: int = 10
+    rerank: bool = False
+    deadline_ms: float | None = None
+
+
+@dataclass(frozen=True)
+class SearchResult:
+    hits: list[Any]  # retrieval.inference.Hit
+    reranked: bool
+    degraded: tuple[str, ...] = ()
+
+
+class SearchPipeline:
+    """Encode → index → optional rerank, over one loaded ``Retriever``."""
+
+    def __init__(
+        self, retriever: Any, compute: ComputePool, config: SearchConfig | None = None
+    ) -> None:
+        self.retriever = retriever
+        self.config = config or SearchConfig()
+        c = self.config
+        self.encode: Stage[str, np.ndarray] = Stage("encode", self._encode_batch, c.encode, compute)
+        self.search_stage: Stage[tuple[np.ndarray, int], list[Any]] = Stage(
+            "search", self._search_batch, c.search, compute
+        )
+        self.rerank: Stage[tuple[str, list[Any]], list[Any]] = Stage(
+            "rerank", self._rerank_batch, c.rerank, compute
+        )
+        self.admission = Admission(c.admission)
+
+    @property
+    def can_rerank(self) -> bool:
+        return getattr(self.retriever, "cross", None) is not None
+
+    @property
+    def stages(self) -> list[Stage[Any, Any]]:
+        return [self.encode, self.search_stage, self.rerank]
+
+    async def start(self) -> None:
+        for s in self.stages:
+            await s.start()
+
+    async def stop(self) -> None:
+        for s in self.stages:
+            await s.stop()
+
+    def _encode_batch(self, texts: list[str]) -> list[np.ndarray]:
+        return list(self.retriever.encode_queries(texts))
+
+    def _search_batch(self, reqs: list[tuple[np.ndarray, int]]) -> list[list[Any]]:
+        hits = self.retriever.search(np.stack([e for e, _ in reqs]), max(k for _, k in reqs))
+        return [h[:k] for h, (_, k) in zip(hits, reqs, strict=True)]
+
+    def _rerank_batch(self, reqs: list[tuple[str, list[Any]]]) -> list[list[Any]]:
+        many = getattr(self.retriever, "rerank_many", None)
+        if many is not None:
+            return list(many([q for q, _ in reqs], [h for _, h in reqs]))
+        return [self.retriever.rerank(q, h) for q, h in reqs]
+
+    async def run(self, req: SearchRequest) -> SearchResult:
+        if req.rerank and not self.can_rerank:
+            raise ValueError("rerank: this retriever has no cross-encoder")
+        budget = 1e-3 * (req.deadline_ms or self.config.admission.deadline_ms)
+        base: list[Stage[Any, Any]] = [self.encode, self.search_stage]
+        full = [*base, self.rerank] if req.rerank else base
+        ticket = self.admission.admit(full, base, budget)
+        deadline = time.monotonic() + budget
+        self.admission.in_flight += 1
+        try:
+            emb = await self.encode.submit(req.query, deadline)
+            depth = max(req.k, self.config.rerank_n) if req.rerank else req.k
+            hits = await self.search_stage.submit((emb, depth), deadline)
+            if req.rerank and ticket.degrade:
+                return SearchResult(hits[: req.k], False, ("rerank skipped",))
+            if req.rerank:
+                hits = await self.rerank.submit((req.query, hits[: self.config.rerank_n]), deadline)
+            return SearchResult(hits[: req.k], req.rerank)
+        finally:
+            self.admission.in_flight -= 1
+
+    def snapshot(self) -> dict[str, Any]:
+        return {
+            "stages": [s.snapshot() for s in self.stages],
+            "admission": self.admission.snapshot(),
+        }
