@@ -423,11 +423,9 @@ class ColdNAS(nn.Module):
         Returns:
             ``(B, Q)`` predicted ratings in ``rating_range``.
         """
-        gates = self.gates()
-        e_item = self.item_embedding(query_items) if item_vectors is None else item_vectors
-        e_user = user_vec[:, None, :].expand(-1, e_item.shape[1], -1)  # (B, Q, Du)
-        h = self._modulate(torch.cat([e_item, e_user], dim=-1), 0, params, gates)  # (B, Q, D0)
-        return self.predict_from_fc1(self.hidden[0](h), params, query_items)
+        low, high = self.config.rating_range
+        logits = self.logits_embedded(params, user_vec, query_items, item_vectors)
+        return low + (high - low) * torch.sigmoid(logits)  # (B, Q)
 
     def predict_from_fc1(
         self, pre1: torch.Tensor, params: torch.Tensor, query_items: torch.Tensor
@@ -437,13 +435,33 @@ class ColdNAS(nn.Module):
         Split out so that serving can compute ``pre1`` faster when position 0 allows it
         (see ``ColdStartRecommender.score``); returns ``(B, Q)`` predictions.
         """
+        low, high = self.config.rating_range
+        return low + (high - low) * torch.sigmoid(self.logits_from_fc1(pre1, params, query_items))
+
+    def logits_from_fc1(
+        self, pre1: torch.Tensor, params: torch.Tensor, query_items: torch.Tensor
+    ) -> torch.Tensor:
+        """``(B, Q)`` output logits (before the sigmoid) from fc1's pre-activation: what a
+        ranking loss trains and what ranks items without float32 saturation ties."""
         gates = self.gates()
         h = torch.relu(self._modulate(pre1, 1, params, gates))  # (B, Q, D1)
         for k, layer in enumerate(self.hidden[1:], start=2):
             h = torch.relu(self._modulate(layer(h), k, params, gates))  # (B, Q, Dk)
-        low, high = self.config.rating_range
-        logits = self.out(h).squeeze(-1) + self.item_prior[query_items]  # (B, Q)
-        return low + (high - low) * torch.sigmoid(logits)  # (B, Q)
+        return self.out(h).squeeze(-1) + self.item_prior[query_items]  # (B, Q)
+
+    def logits_embedded(
+        self,
+        params: torch.Tensor,
+        user_vec: torch.Tensor,
+        query_items: torch.Tensor,
+        item_vectors: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Like :meth:`predict_embedded` but returns the ``(B, Q)`` logits."""
+        gates = self.gates()
+        e_item = self.item_embedding(query_items) if item_vectors is None else item_vectors
+        e_user = user_vec[:, None, :].expand(-1, e_item.shape[1], -1)  # (B, Q, Du)
+        h = self._modulate(torch.cat([e_item, e_user], dim=-1), 0, params, gates)  # (B, Q, D0)
+        return self.logits_from_fc1(self.hidden[0](h), params, query_items)
 
     def predict(
         self, params: torch.Tensor, users: torch.Tensor, query_items: torch.Tensor

@@ -10,10 +10,10 @@ as copies, and every selection (epoch, K, structure) uses validation users only.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -347,6 +347,25 @@ def _load_checkpoint(
 
 
 # --------------------------------------------------------------------------------- training
+class Objective(Protocol):
+    """What ``fit`` minimises and selects epochs by (default: query MSE, the paper's loss).
+
+    ``loss`` returns the scalar training loss of a batch (``gen`` is the trainer's generator,
+    for objectives that sample, e.g. negatives); ``valid_score`` scores the valid tasks, lower
+    is better (``FitResult.best_valid_mse`` then holds it). See ``coldstart/ranking.py``.
+    """
+
+    name: str
+
+    def loss(self, model: ColdNAS, batch: TaskBatch, gen: torch.Generator) -> torch.Tensor: ...
+
+    def valid_score(self, model: ColdNAS, batch: TaskBatch) -> float: ...
+
+
+ObjectiveFactory = Callable[[EpisodeSplit], Objective]
+"""Builds an ``Objective`` for a split (e.g. popularity counts for negative sampling)."""
+
+
 def fit(
     model: ColdNAS,
     train_tasks: Sequence[Task],
@@ -357,8 +376,10 @@ def fit(
     stop_after: int | None = None,
     desc: str = "train",
     pools: EpisodePools | None = None,
+    objective: Objective | None = None,
 ) -> FitResult:
-    """Train ``model`` on query MSE; keep (a copy of) the best-validation weights.
+    """Train ``model`` on query MSE (or ``objective``); keep (a copy of) the best-validation
+    weights.
 
     Resumes from ``checkpoint_dir/last.*`` when present; the result equals an uninterrupted run
     with the same seed. ``stop_after`` stops (with a checkpoint) after that many epochs in total,
@@ -372,6 +393,7 @@ def fit(
     opt = _optimizer(model, config)
     state: dict[str, Any] = {
         "config": asdict(config),
+        "objective": objective.name if objective is not None else "mse",
         "epoch": 0,
         "best_epoch": 0,
         "best_valid_mse": float("inf"),
@@ -380,10 +402,13 @@ def fit(
     best = state_to_cpu(model)
     if checkpoint_dir is not None and (checkpoint_dir / "last.json").is_file():
         state = _load_checkpoint(checkpoint_dir, model, opt, gen)
-        if state.get("config") != asdict(config):
+        if state.get("config") != asdict(config) or state.get("objective", "mse") != (
+            objective.name if objective is not None else "mse"
+        ):
             raise ValueError(
                 f"{checkpoint_dir / 'last.json'}: checkpoint was written with a different training "
-                f"config {state.get('config')}; use another --out folder or delete it"
+                f"config {state.get('config')} (objective {state.get('objective', 'mse')}); use "
+                "another --out folder or delete it"
             )
         best_path = checkpoint_dir / "best.safetensors"
         best = load_file(str(best_path)) if best_path.is_file() else state_to_cpu(model)
@@ -393,10 +418,14 @@ def fit(
         if pools is not None:
             train = pools.sample(np.random.default_rng((config.seed, epoch)))
         assert train is not None
-        loss = _train_epoch(model, opt, train, config.batch_size, gen)
+        loss = _train_epoch(model, opt, train, config.batch_size, gen, objective)
         done = epoch + 1
         if done % config.eval_every == 0 or done == config.epochs:
-            mse = valid_mse(model, valid)
+            mse = (
+                valid_mse(model, valid)
+                if objective is None or valid is None
+                else objective.valid_score(model, valid)
+            )
             state["history"].append({"epoch": done, "train_loss": loss, "valid_mse": mse})
             bar.set_postfix(loss=f"{loss:.4f}", valid=f"{mse:.4f}")
             if valid is None or mse < state["best_valid_mse"]:
@@ -444,13 +473,18 @@ def _train_epoch(
     train: TaskBatch,
     batch_size: int,
     gen: torch.Generator,
+    objective: Objective | None = None,
 ) -> float:
     """One shuffled pass; returns the mean task loss."""
     order = torch.randperm(len(train), generator=gen)
     total = 0.0
     for start in range(0, len(train), batch_size):
         batch = select(train, order[start : start + batch_size])
-        loss = per_task_mse(model(batch), batch).mean()
+        loss = (
+            per_task_mse(model(batch), batch).mean()
+            if objective is None
+            else objective.loss(model, batch, gen)
+        )
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -547,6 +581,7 @@ def train_structure(
     checkpoint_dir: Path | None = None,
     progress: bool = False,
     desc: str = "train",
+    objective: Objective | None = None,
 ) -> tuple[ColdNAS, FitResult]:
     """Train a fixed structure (or the supernet when ``structure is None``) on ``split``."""
     model = build_model(split, model_config, structure, train_config.seed)
@@ -560,6 +595,7 @@ def train_structure(
         progress,
         desc=desc,
         pools=pools,
+        objective=objective,
     )
     return model, result
 
@@ -572,6 +608,7 @@ def search_and_retrain(
     retrain_config: TrainConfig | None = None,
     out_dir: Path | None = None,
     progress: bool = False,
+    objective: Objective | None = None,
 ) -> SearchOutcome:
     """One-shot search, derive top-K for each K, retrain each from scratch, select K on validation.
 
@@ -581,7 +618,7 @@ def search_and_retrain(
     retrain_config = retrain_config or train_config
     sub = (lambda name: out_dir / name) if out_dir is not None else (lambda name: None)
     supernet, search = train_structure(
-        split, None, model_config, train_config, sub("search"), progress, "search"
+        split, None, model_config, train_config, sub("search"), progress, "search", objective
     )
     assert search.best_gates is not None
     gates = search.best_gates
@@ -599,6 +636,7 @@ def search_and_retrain(
             sub(f"retrain-k{k}"),
             progress,
             f"retrain K={k}",
+            objective,
         )
         candidates.append(
             {
@@ -629,8 +667,10 @@ class ColdNASPredictor:
         progress: bool = False,
         name: str = "ColdNAS",
         search_config: TrainConfig | None = None,
+        objective: ObjectiveFactory | None = None,
     ) -> None:
         self.name = name
+        self.objective = objective  # built from the split in fit (None: query MSE)
         self.model_config = model_config or PRESETS["paper"].model
         self.train_config = train_config or PRESETS["paper"].train
         # The supernet trains under its own settings; by default train_config without weight
@@ -652,6 +692,7 @@ class ColdNASPredictor:
             retrain_config=self.train_config,
             out_dir=self.out_dir,
             progress=self.progress,
+            objective=None if self.objective is None else self.objective(split),
         )
 
     def predict(self, tasks: Sequence[Task]) -> list[np.ndarray]:
@@ -671,7 +712,9 @@ class FixedStructurePredictor:
         out_dir: Path | None = None,
         progress: bool = False,
         name: str = "fixed FiLM",
+        objective: ObjectiveFactory | None = None,
     ) -> None:
+        self.objective = objective  # built from the split in fit (None: query MSE)
         self.model_config = model_config or PRESETS["paper"].model
         self.structure = structure or Structure.film(self.model_config.n_positions)
         self.train_config = train_config or PRESETS["paper"].train
@@ -690,6 +733,7 @@ class FixedStructurePredictor:
             self.out_dir,
             self.progress,
             self.name,
+            None if self.objective is None else self.objective(split),
         )
 
     def predict(self, tasks: Sequence[Task]) -> list[np.ndarray]:
