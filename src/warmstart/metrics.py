@@ -115,6 +115,20 @@ def mrr_at_k(pred: np.ndarray, labels: np.ndarray, k: int) -> float:
     return 0.0 if hits.size == 0 else 1.0 / float(hits[0] + 1)
 
 
+def hit_rate_at_k(pred: np.ndarray, labels: np.ndarray, k: int) -> float:
+    """1.0 when at least one relevant item (label > 0) is ranked within the top ``k``, else 0.
+
+    Args:
+        pred: ``(N,)`` scores; ranked with the stable tie rule of ``rank_order``.
+        labels: ``(N,)`` relevance over all candidates.
+        k: cut-off, ``k >= 1``.
+    """
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    p, y = _pair(pred, labels)
+    return float(_binary(y)[rank_order(p)][:k].any())
+
+
 def recall_at_k(pred: np.ndarray, labels: np.ndarray, k: int) -> float:
     """Share of the relevant items (label > 0) ranked within the top ``k``.
 

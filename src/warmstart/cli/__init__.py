@@ -18,7 +18,11 @@ GROUPS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     (
         "coldstart",
         "cold-start recommendation: baselines, ColdNAS search/train/evaluate",
-        ("warmstart.cli.coldstart_baselines", "warmstart.cli.coldstart_nas"),
+        (
+            "warmstart.cli.coldstart_baselines",
+            "warmstart.cli.coldstart_nas",
+            "warmstart.cli.coldstart_topk",
+        ),
     ),
     ("retrieval", "dense passage retrieval (RocketQA)", ("warmstart.cli.retrieval",)),
 )

@@ -86,6 +86,7 @@ def paired_table(
     shared_users: bool,
     metrics: Sequence[str] = ("MSE", "nDCG@3"),
     n_boot: int = 10_000,
+    keys: Sequence[str] = COLDSTART_KEYS,
 ) -> tuple[str, dict[str, dict[str, dict[str, float]]]]:
     """Paired comparison of one method against every other, users resampled.
 
@@ -94,8 +95,9 @@ def paired_table(
             in the same order for every method within a seed).
         reference: the method compared against the others (e.g. ``"ColdNAS"``).
         shared_users: every seed scored the same users (see ``paired_bootstrap``).
-        metrics: columns of ``COLDSTART_KEYS`` to compare.
+        metrics: columns of ``keys`` to compare.
         n_boot: bootstrap resamples.
+        keys: the column names of the per-user arrays (``topk`` passes its own).
 
     Returns:
         The text table (one row per other method: ``reference - other`` with its 95 % interval)
@@ -103,7 +105,7 @@ def paired_table(
     """
     if reference not in per_user:
         raise ValueError(f"paired_table: {reference!r} not among {list(per_user)}")
-    cols = [COLDSTART_KEYS.index(m) for m in metrics]
+    cols = [list(keys).index(m) for m in metrics]
     numbers: dict[str, dict[str, dict[str, float]]] = {}
     lines = []
     for other, arrays in per_user.items():
@@ -150,7 +152,10 @@ def _cell(column: str, value: float | tuple[float, float]) -> str:
     return f"{mean:.4f}" if not isinstance(value, tuple) else f"{mean:.4f} ± {std:.4f}"
 
 
-def format_table(rows: Mapping[str, Mapping[str, float | tuple[float, float]]]) -> str:
+def format_table(
+    rows: Mapping[str, Mapping[str, float | tuple[float, float]]],
+    columns: Sequence[str] = TABLE_COLUMNS,
+) -> str:
     """A plain-text table: one row per method, columns MSE, MAE, nDCG@3, nDCG@5, users.
 
     Args:
@@ -160,10 +165,8 @@ def format_table(rows: Mapping[str, Mapping[str, float | tuple[float, float]]]) 
     Returns:
         The table as a string (no trailing newline), columns aligned.
     """
-    header = ["method", *TABLE_COLUMNS]
-    body = [
-        [name, *(_cell(c, metrics[c]) for c in TABLE_COLUMNS)] for name, metrics in rows.items()
-    ]
+    header = ["method", *columns]
+    body = [[name, *(_cell(c, metrics[c]) for c in columns)] for name, metrics in rows.items()]
     return _aligned(header, body)
 
 
