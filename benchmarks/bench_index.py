@@ -119,7 +119,8 @@ def exact_rows(
         row: dict[str, Any] = {"case": "single query" if nq == 1 else f"batch of {nq}"}
         for t in thread_counts:
             with threads(t):  # interleave: ours then faiss at the same thread count
-                row[f"ours_t{t}"] = qps_case(ours, queries, nq, repeats)
+                # ours takes its thread count as a policy (t >= 2: split across its own workers)
+                row[f"ours_t{t}"] = qps_case(ours.with_threads(t), queries, nq, repeats)
                 row[f"faiss_t{t}"] = qps_case(flat, queries, nq, repeats)
         for side in ("ours", "faiss"):
             by_threads = {t: row[f"{side}_t{t}"] for t in thread_counts}

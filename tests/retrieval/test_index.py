@@ -278,24 +278,32 @@ def test_load_errors(tmp_path: Path) -> None:
 
 
 def test_exact_threaded_split_equals_serial_and_brute_force() -> None:
-    """Large batches are split across threads (one BLAS/topk thread each); same results as the
-    serial path and the float64 reference, and the thread settings are restored afterwards."""
+    """An index with a thread policy splits large batches across its own worker threads; same
+    results as the serial path and the float64 reference, and no thread setting changes."""
+    import threadpoolctl
     import torch
 
     from warmstart.retrieval import index as index_module
 
     x, q = _random(500, 16, 6), _random(5 * index_module.MIN_QUERIES_PER_WORKER + 3, 16, 7)
-    index = build_index("exact", 16, block_rows=64, query_block=20)
-    index.add(x)
-    before = torch.get_num_threads()
-    torch.set_num_threads(3)
-    try:
-        scores, ids = index.search(q, 9)  # 3 workers
-        assert torch.get_num_threads() == 3
-        torch.set_num_threads(1)
-        serial_scores, serial_ids = index.search(q, 9)  # 1 thread: the serial path
-    finally:
-        torch.set_num_threads(before)
-    np.testing.assert_array_equal(ids, serial_ids)
-    np.testing.assert_allclose(scores, serial_scores, rtol=1e-6, atol=1e-6)
-    _assert_matches_reference(x, q, scores, ids, 9)
+    serial = build_index("exact", 16, block_rows=64, query_block=20)
+    serial.add(x)
+    assert isinstance(serial, ExactIndex) and serial.threads is None
+    before = (torch.get_num_threads(), threadpoolctl.threadpool_info())
+    for threads in (1, 3):
+        index = serial.with_threads(threads)
+        scores, ids = index.search(q, 9)  # 3: split in 3 worker threads; 1: serial in torch
+        serial_scores, serial_ids = serial.search(q, 9)
+        np.testing.assert_array_equal(ids, serial_ids)
+        np.testing.assert_allclose(scores, serial_scores, rtol=1e-6, atol=1e-6)
+        _assert_matches_reference(x, q, scores, ids, 9)
+        _, one_i = index.search(q[:1], 9)  # the single-query path under a policy
+        np.testing.assert_array_equal(one_i, serial_ids[:1])
+    assert (torch.get_num_threads(), threadpoolctl.threadpool_info()) == before
+
+
+def test_thread_policy_is_validated() -> None:
+    with pytest.raises(ValueError, match="threads=0"):
+        build_index("exact", 4, threads=0)
+    with pytest.raises(ValueError, match="threads"):
+        load_index(Path("."), threads=-1)

@@ -20,6 +20,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
+from warmstart.checkpoint import optimizer_state_tensors, restore_optimizer_state
 from warmstart.coldstart.artifacts import save_model, state_to_cpu
 from warmstart.coldstart.model import ColdNAS, ColdNASConfig
 from warmstart.coldstart.structure import OPS, Structure
@@ -310,9 +311,7 @@ def _save_checkpoint(
     """Write ``last.safetensors`` (weights, Adam moments, RNG) and ``last.json`` atomically-ish."""
     tensors = {f"model.{k}": v for k, v in state_to_cpu(model).items()}
     opt_state = opt.state_dict()
-    for idx, slots in opt_state["state"].items():
-        for name, value in slots.items():
-            tensors[f"opt.{idx}.{name}"] = torch.as_tensor(value).detach().clone().contiguous()
+    tensors.update(optimizer_state_tensors(opt, prefix="opt."))
     tensors["rng"] = gen.get_state()
     directory.mkdir(parents=True, exist_ok=True)
     save_file(tensors, str(directory / "last.safetensors.tmp"))
@@ -336,12 +335,7 @@ def _load_checkpoint(
     meta: dict[str, Any] = json.loads((directory / "last.json").read_text())
     tensors = load_file(str(directory / "last.safetensors"))
     model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
-    slots: dict[int, dict[str, torch.Tensor]] = {}
-    for key, value in tensors.items():
-        if key.startswith("opt."):
-            _, idx, name = key.split(".", 2)
-            slots.setdefault(int(idx), {})[name] = value
-    opt.load_state_dict({"state": slots, "param_groups": meta.pop("param_groups")})
+    restore_optimizer_state(opt, tensors, prefix="opt.", param_groups=meta.pop("param_groups"))
     gen.set_state(tensors["rng"])
     return meta
 

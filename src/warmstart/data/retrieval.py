@@ -60,8 +60,11 @@ class RetrievalCollection:
         return {qid: self.queries[qid] for qid in self.qrels[split]}
 
     def passages(self) -> list[str]:
-        """``title + " " + text`` per document, the usual text to embed."""
-        return [f"{t} {x}".strip() for t, x in zip(self.titles, self.texts, strict=True)]
+        """Each document as the encoders read it (``retrieval.text.passage_text``: title, a space,
+        then the body), the same function serving uses."""
+        from warmstart.retrieval.text import passage_text
+
+        return [passage_text(t, x) for t, x in zip(self.titles, self.texts, strict=True)]
 
 
 def load_scifact(data_dir: Path) -> RetrievalCollection:

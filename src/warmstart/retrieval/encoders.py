@@ -22,6 +22,22 @@ from safetensors.torch import load_model, save_model
 from torch import nn
 from transformers import AutoConfig, AutoModel, AutoTokenizer, PreTrainedTokenizerBase
 
+from warmstart.retrieval.text import passage_text, tokenize
+
+__all__ = [
+    "CrossEncoder",
+    "CrossEncoderConfig",
+    "DualEncoder",
+    "DualEncoderConfig",
+    "head_input_spread",
+    "load_backbone",
+    "load_encoder",
+    "passage_text",
+    "pool",
+    "save_encoder",
+    "tokenize",
+]
+
 POOLINGS = ("cls", "mean")
 SIMILARITIES = ("dot", "cosine")
 TOWERS = ("shared", "separate")
@@ -209,11 +225,6 @@ def head_input_spread(model: CrossEncoder, batch: dict[str, torch.Tensor]) -> fl
     return float(v.std(0).mean() / v.pow(2).mean().sqrt().clamp_min(1e-12))
 
 
-def passage_text(title: str, text: str) -> str:
-    """Passage input as the towers see it: title then body."""
-    return f"{title} {text}".strip()
-
-
 def load_backbone(path: Path) -> tuple[nn.Module, PreTrainedTokenizerBase]:
     """Backbone and tokenizer from a local folder (never the hub).
 
@@ -226,25 +237,6 @@ def load_backbone(path: Path) -> tuple[nn.Module, PreTrainedTokenizerBase]:
     model = AutoModel.from_pretrained(path, local_files_only=True)
     tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
     return model, tokenizer
-
-
-def tokenize(
-    tokenizer: PreTrainedTokenizerBase,
-    texts: list[str],
-    max_length: int,
-    pairs: list[str] | None = None,
-) -> dict[str, torch.Tensor]:
-    """Pad/truncate texts (or text pairs, only the second truncated) into (B, T) tensors."""
-    return dict(
-        tokenizer(
-            texts,
-            pairs,
-            padding=True,
-            truncation="only_second" if pairs is not None else True,
-            max_length=max_length,
-            return_tensors="pt",
-        )
-    )
 
 
 def save_encoder(

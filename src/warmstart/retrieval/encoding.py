@@ -19,7 +19,8 @@ from torch import nn
 from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerBase
 
-from warmstart.retrieval.encoders import CrossEncoder, DualEncoder, tokenize
+from warmstart.retrieval.encoders import CrossEncoder, DualEncoder
+from warmstart.retrieval.text import tokenize
 
 
 def length_sorted_batches(lengths: Sequence[int], batch_size: int) -> Iterator[list[int]]:

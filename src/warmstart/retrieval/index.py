@@ -16,6 +16,9 @@ Conventions:
     * ANN kinds (``ivf``, ``hnsw``) can find fewer than ``k`` hits; missing slots hold id ``-1``
       and score ``-inf`` (``exact`` and ``flat`` always fill every slot).
     * Vectors must be finite; NaN or infinity raises ``ValueError``.
+    * Threads: a constructor argument (``build_index(..., threads=n)``, ``load_index(path,
+      threads=n)``), applied to that index's calls only; nothing process-wide is ever changed
+      (``retrieval.threads`` says what is isolated how).
     * Saved indexes are a directory: ``index.json`` plus ``vectors.npy`` (exact) or
       ``index.faiss`` (faiss kinds). Nothing is pickled.
 """
@@ -33,7 +36,8 @@ from typing import Any, ClassVar, Protocol
 
 import numpy as np
 import torch
-from threadpoolctl import threadpool_limits
+
+from warmstart.retrieval.threads import check_threads, intra_op_threads
 
 __all__ = [
     "KINDS",
@@ -103,7 +107,16 @@ class ExactConfig:
 
 MIN_QUERIES_PER_WORKER = 32
 """A batch is split across threads only when every thread gets at least this many queries."""
-_PARALLEL_LOCK = threading.Lock()
+
+
+def _matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray, in_torch: bool) -> None:
+    """``out[...] = a @ b`` in numpy's BLAS, or in torch (MKL) with ``in_torch``."""
+    if in_torch:
+        if a.ndim == 1:  # one query: a (1, D) @ (D, n) product into the (n,) slice, as a view
+            a, out = a[None], out.reshape(1, -1)
+        torch.matmul(torch.from_numpy(a), torch.from_numpy(b), out=torch.from_numpy(out))
+    else:
+        np.matmul(a, b, out=out)
 
 
 @dataclass(frozen=True)
@@ -214,20 +227,31 @@ def _check_k(k: int, ntotal: int) -> int:
 class ExactIndex:
     """Exact inner-product search by blocked matrix products and per-block top-k.
 
-    The corpus is stored as blocks of ``block_rows`` rows (transposed, (D, rows)). Each corpus block is multiplied with
-    each query block (one GEMM), ``torch.topk`` keeps the block's best ``k`` and a running merge
-    keeps the overall best ``k``: no full sort, the corpus is read once, and the score block
-    stays in cache. A single query uses matrix-vector products into one score vector and one
-    ``np.argpartition``.
+    The corpus is stored as blocks of ``block_rows`` rows (transposed, (D, rows)). Each corpus
+    block is multiplied with each query block (one GEMM), ``torch.topk`` keeps the block's best
+    ``k`` and a running merge keeps the overall best ``k``: no full sort, the corpus is read once,
+    and the score block stays in cache. A single query uses matrix-vector products into one score
+    vector and one ``np.argpartition``.
+
+    Thread policy (``threads``, see ``retrieval.threads``): ``None`` (default) searches in the
+    calling thread with the process's settings (numpy's BLAS for the products) and changes
+    nothing. ``n`` runs each search with ``n`` threads and nothing else: a batch of at least
+    ``2 * MIN_QUERIES_PER_WORKER`` queries is split across the index's own pool of ``n`` worker
+    threads, each searching its share with one intra-op thread; smaller batches run in the
+    calling thread limited to ``n``. With a policy the products run in torch (MKL), whose thread
+    count can be limited per thread; numpy's OpenBLAS count is process-wide and never touched.
     """
 
-    def __init__(self, config: ExactConfig) -> None:
+    def __init__(self, config: ExactConfig, threads: int | None = None) -> None:
         self.config = config
+        self.threads = check_threads(threads)
         # each block (D, <= block_rows) float32, C-contiguous: transposed, so that one query is
         # a row-vector x matrix product (BLAS gemv "N": streams the block once, accumulating the
         # block's scores in L1), measurably faster here than dot products row by row.
         self._blocks: list[np.ndarray] = []
         self._ntotal = 0
+        self._pool: ThreadPoolExecutor | None = None
+        self._pool_lock = threading.Lock()
 
     @property
     def ntotal(self) -> int:
@@ -236,6 +260,12 @@ class ExactIndex:
     @property
     def dim(self) -> int:
         return self.config.dim
+
+    def with_threads(self, threads: int | None) -> ExactIndex:
+        """The same vectors (shared, not copied) under another thread policy."""
+        other = ExactIndex(self.config, threads)
+        other._blocks, other._ntotal = list(self._blocks), self._ntotal
+        return other
 
     def add(self, vectors: np.ndarray) -> None:
         """Append vectors.
@@ -265,71 +295,80 @@ class ExactIndex:
         """
         q = _as_matrix(queries, self.dim, "queries")
         kk = _check_k(k, self._ntotal)
-        if len(q) == 1:
-            scores, ids = self._search_vector(q[0], kk)
-            return scores[None], ids[None]
-        workers = min(torch.get_num_threads(), len(q) // MIN_QUERIES_PER_WORKER)
+        if self.threads is None:  # the process's settings, numpy's BLAS
+            if len(q) == 1:
+                scores, ids = self._search_vector(q[0], kk, in_torch=False)
+                return scores[None], ids[None]
+            with torch.inference_mode():
+                return self._search_blocked(q, kk, in_torch=False)
+        workers = min(self.threads, len(q) // MIN_QUERIES_PER_WORKER)
         if workers >= 2:
             return self._search_parallel(q, kk, workers)
-        with torch.inference_mode():
-            return self._search_blocked(q, kk)
+        with intra_op_threads(self.threads), torch.inference_mode():
+            if len(q) == 1:
+                scores, ids = self._search_vector(q[0], kk, in_torch=True)
+                return scores[None], ids[None]
+            return self._search_blocked(q, kk, in_torch=True)
+
+    def _executor(self) -> ThreadPoolExecutor:
+        with self._pool_lock:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="exact-index")
+            return self._pool
 
     def _search_parallel(
         self, q: np.ndarray, k: int, workers: int
     ) -> tuple[np.ndarray, np.ndarray]:
-        """Queries split into ``workers`` shares, each searched by ``_search_blocked`` in its own
-        Python thread with single-threaded BLAS and top-k (numpy's GEMM and ``torch.topk``
-        release the GIL).
+        """Queries split into ``workers`` shares, each searched by ``_search_blocked`` in one of
+        the index's own worker threads with one intra-op thread (GEMM and top-k in torch, which
+        release the GIL); the calling thread waits.
 
-        Why: with one multi-threaded search, OpenBLAS's threads (the GEMM) and torch's OpenMP
-        threads (``topk``) take turns and each pool's idle threads spin on the cores the other
-        needs; on 2 cores, 1M x 384 and 1,000 queries, that gave 122 queries/s with 2 threads
-        (129 with 1), this split 253 (faiss ``IndexFlatIP`` 260). Thread counts are process-wide
-        settings, so parallel searches hold a lock (each already uses every core).
+        Why: with one multi-threaded search, the GEMM's BLAS threads and torch's OpenMP threads
+        (``topk``) take turns and each pool's idle threads spin on the cores the other needs; on
+        2 cores, 1M x 384 and 1,000 queries, that gave 122 queries/s with 2 threads (129 with
+        1), a split into single-threaded shares 253 (faiss ``IndexFlatIP`` 260; measured when
+        the shares still ran numpy's GEMM under process-wide limits, see docs/indexes.md). The
+        limits here are per worker thread (``intra_op_threads``), so no other thread of the
+        process sees them, and searches from several caller threads may share the pool.
         """
         parts = np.array_split(np.arange(len(q)), workers)
 
         def run(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-            with torch.inference_mode():
-                return self._search_blocked(q[rows], k)
+            with intra_op_threads(1), torch.inference_mode():
+                return self._search_blocked(q[rows], k, in_torch=True)
 
-        with _PARALLEL_LOCK:
-            before = torch.get_num_threads()
-            torch.set_num_threads(1)
-            try:
-                with (
-                    threadpool_limits(limits=1, user_api="blas"),
-                    ThreadPoolExecutor(workers) as ex,
-                ):
-                    results = list(ex.map(run, parts))
-            finally:
-                torch.set_num_threads(before)
+        results = list(self._executor().map(run, parts))
         return (
             np.concatenate([r[0] for r in results]),
             np.concatenate([r[1] for r in results]),
         )
 
-    def _search_vector(self, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    def _search_vector(
+        self, q: np.ndarray, k: int, *, in_torch: bool
+    ) -> tuple[np.ndarray, np.ndarray]:
         """One query (D,): matrix-vector products into one (N,) score vector, one partition."""
         scores = np.empty(self._ntotal, dtype=np.float32)
         offset = 0
         for block in self._blocks:
             n = block.shape[1]
-            np.dot(q, block, out=scores[offset : offset + n])
+            _matmul(q, block, scores[offset : offset + n], in_torch)
             offset += n
         ids = np.argpartition(scores, -k)[-k:] if k < self._ntotal else np.arange(self._ntotal)
         ids = ids[np.argsort(-scores[ids], kind="stable")]
         return scores[ids], ids.astype(np.int64)
 
-    def _search_blocked(self, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    def _search_blocked(
+        self, q: np.ndarray, k: int, *, in_torch: bool
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Queries (M, D): each corpus block is read once and scored against every query block.
 
         The GEMM runs in numpy (OpenBLAS: faster than MKL's on AMD CPUs) into a reused score
-        buffer. Each query keeps its best ``k`` so far and their minimum (``floor``); a query
-        whose best score in the block does not beat its floor cannot gain a hit there, so only
-        the other rows go through ``torch.topk`` and the (rows, 2k) merge. A row max costs a
-        fraction of a top-k (1M x 384, 256 queries, one thread: GEMM alone 153 q/s, + topk of every
-        row 130, + row max 149), and after the first blocks most rows are skipped.
+        buffer, or in torch with ``in_torch`` (a thread policy: MKL's count is per thread). Each
+        query keeps its best ``k`` so far and their minimum (``floor``); a query whose best score
+        in the block does not beat its floor cannot gain a hit there, so only the other rows go
+        through ``torch.topk`` and the (rows, 2k) merge. A row max costs a fraction of a top-k
+        (1M x 384, 256 queries, one thread: GEMM alone 153 q/s, + topk of every row 130, + row
+        max 149), and after the first blocks most rows are skipped.
         """
         qb = self.config.query_block
         best_v = torch.full((len(q), k), -math.inf)
@@ -342,7 +381,7 @@ class ExactIndex:
             for s in range(0, len(q), qb):
                 qs = q[s : s + qb]
                 scores = buf[: len(qs) * n].reshape(len(qs), n)
-                np.matmul(qs, block, out=scores)  # (m, D) @ (D, n)
+                _matmul(qs, block, scores, in_torch)  # (m, D) @ (D, n)
                 block_scores = torch.from_numpy(scores)
                 rows = torch.nonzero(block_scores.amax(dim=1) > floor[s : s + qb]).squeeze(1)
                 if rows.numel() == 0:
@@ -375,9 +414,9 @@ class ExactIndex:
         _write_meta(path, self.config, ntotal=self._ntotal)
 
     @classmethod
-    def _load(cls, path: Path, config: ExactConfig) -> ExactIndex:
+    def _load(cls, path: Path, config: ExactConfig, threads: int | None = None) -> ExactIndex:
         vectors = np.load(path / _VECTORS_FILE, allow_pickle=False, mmap_mode="r")
-        index = cls(config)
+        index = cls(config, threads)
         for s in range(0, len(vectors), config.block_rows):
             index.add(np.asarray(vectors[s : s + config.block_rows]))
         return index
@@ -407,8 +446,14 @@ class FaissIndex:
     the data size); later adds only assign vectors to the trained cells.
     """
 
-    def __init__(self, config: FlatConfig | IVFConfig | HNSWConfig, raw: Any = None) -> None:
+    def __init__(
+        self,
+        config: FlatConfig | IVFConfig | HNSWConfig,
+        raw: Any = None,
+        threads: int | None = None,
+    ) -> None:
         self.config = config
+        self.threads = check_threads(threads)
         self._faiss = _faiss()
         self._raw = raw if raw is not None else self._create()
 
@@ -474,7 +519,15 @@ class FaissIndex:
         """Top-``k`` rows by inner product; see the module docstring for clipping and padding."""
         q = _as_matrix(queries, self.dim, "queries")
         kk = _check_k(k, self.ntotal)
-        scores, ids = self._raw.search(q, kk)
+        if self.threads is None:
+            scores, ids = self._raw.search(q, kk)
+        else:  # faiss's OpenMP thread count, for the calling thread only, restored after
+            before = self._faiss.omp_get_max_threads()
+            self._faiss.omp_set_num_threads(self.threads)
+            try:
+                scores, ids = self._raw.search(q, kk)
+            finally:
+                self._faiss.omp_set_num_threads(before)
         scores = np.where(ids < 0, -np.inf, scores).astype(np.float32)
         return scores, ids.astype(np.int64)
 
@@ -488,8 +541,10 @@ class FaissIndex:
         _write_meta(path, self.config, ntotal=self.ntotal)
 
     @classmethod
-    def _load(cls, path: Path, config: FlatConfig | IVFConfig | HNSWConfig) -> FaissIndex:
-        index = cls(config, raw=_faiss().read_index(str(path / _FAISS_FILE)))
+    def _load(
+        cls, path: Path, config: FlatConfig | IVFConfig | HNSWConfig, threads: int | None = None
+    ) -> FaissIndex:
+        index = cls(config, raw=_faiss().read_index(str(path / _FAISS_FILE)), threads=threads)
         if isinstance(config, IVFConfig):
             index._raw.nprobe = config.nprobe
         if isinstance(config, HNSWConfig):
@@ -500,13 +555,17 @@ class FaissIndex:
 # --------------------------------------------------------------------------- build / save / load
 
 
-def build_index(kind: str, dim: int, **params: Any) -> ExactIndex | FaissIndex:
+def build_index(
+    kind: str, dim: int, *, threads: int | None = None, **params: Any
+) -> ExactIndex | FaissIndex:
     """Create an empty index.
 
     Args:
         kind: ``exact`` (ours, blocked GEMM + top-k), ``flat`` (faiss IndexFlatIP), ``ivf``
             (faiss IndexIVFFlat) or ``hnsw`` (faiss IndexHNSWFlat).
         dim: vector dimension D.
+        threads: thread policy of its searches (None: the process's settings, changed by
+            nothing; n: n threads for this index's calls only, see ``retrieval.threads``).
         **params: kind-specific settings: exact ``block_rows``, ``query_block``; ivf ``nlist``,
             ``nprobe``; hnsw ``m``, ``ef_construction``, ``ef_search``.
 
@@ -515,8 +574,8 @@ def build_index(kind: str, dim: int, **params: Any) -> ExactIndex | FaissIndex:
     """
     config = _make_config(kind, dim, params)
     if isinstance(config, ExactConfig):
-        return ExactIndex(config)
-    return FaissIndex(config)
+        return ExactIndex(config, threads)
+    return FaissIndex(config, threads=threads)
 
 
 def _write_meta(path: Path, config: AnyConfig, *, ntotal: int) -> None:
@@ -529,13 +588,14 @@ def _write_meta(path: Path, config: AnyConfig, *, ntotal: int) -> None:
     (path / _META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
 
 
-def load_index(path: Path) -> ExactIndex | FaissIndex:
-    """Load an index written by ``save``.
+def load_index(path: Path, threads: int | None = None) -> ExactIndex | FaissIndex:
+    """Load an index written by ``save`` (``threads``: its thread policy, see ``build_index``).
 
     Raises:
         FileNotFoundError: ``path`` has no ``index.json``.
         ValueError: unsupported format version, unknown kind, or a size mismatch.
     """
+    check_threads(threads)
     path = Path(path)
     meta_file = path / _META_FILE
     if not meta_file.is_file():
@@ -547,9 +607,9 @@ def load_index(path: Path) -> ExactIndex | FaissIndex:
     config = _make_config(meta["kind"], params.pop("dim"), params)
     index: ExactIndex | FaissIndex
     if isinstance(config, ExactConfig):
-        index = ExactIndex._load(path, config)
+        index = ExactIndex._load(path, config, threads)
     else:
-        index = FaissIndex._load(path, config)
+        index = FaissIndex._load(path, config, threads)
     if index.ntotal != meta["ntotal"]:
         raise ValueError(f"{meta_file}: ntotal {meta['ntotal']} but {index.ntotal} vectors found")
     return index

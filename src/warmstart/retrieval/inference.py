@@ -8,25 +8,28 @@ Imports model classes and the index only (never training code). A retriever fold
     docs.jsonl    one {"id", "title", "text"} per index row
     cross/        optional cross-encoder for ``rerank``
 
-Methods are safe for concurrent readers: the (stateful) fast tokenizers are guarded by a lock,
-the models run in ``inference_mode`` and never change after loading.
+Methods are safe for concurrent readers: the (stateful) fast tokenizers are guarded by a lock
+(``retrieval.text.tokenize``), the models run in ``inference_mode`` and never change after
+loading. Text goes through the same functions as in training (``retrieval.text.passage_text``,
+``retrieval.encoding.encode_texts`` / ``score_pairs``), so serving cannot drift from training.
+The thread policy is a constructor argument (``threads``), never a process-wide setting.
 """
 
 from __future__ import annotations
 
 import json
-import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 from transformers import PreTrainedTokenizerBase
 
 from warmstart.retrieval.encoders import CrossEncoder, DualEncoder, load_encoder, save_encoder
-from warmstart.retrieval.encoding import length_sorted_batches
+from warmstart.retrieval.encoding import encode_texts, score_pairs
 from warmstart.retrieval.index import VectorIndex, load_index
+from warmstart.retrieval.text import passage_text
+from warmstart.retrieval.threads import check_threads, intra_op_threads
 
 
 @dataclass(frozen=True)
@@ -82,7 +85,18 @@ def _read_documents(path: Path) -> list[Document]:
 
 
 class Retriever:
-    """Query encoder + index (+ cross-encoder); see the module docstring for the folder layout."""
+    """Query encoder + index (+ cross-encoder); see the module docstring for the folder layout.
+
+    Args:
+        batch_size: texts (queries, or query-passage pairs) per forward pass.
+        threads: thread policy of every call (``retrieval.threads``): None (default) uses the
+            process's settings and changes nothing; ``n`` runs this object's encoding and
+            reranking with ``n`` intra-op threads in the calling thread only. ``Retriever.load``
+            gives the index the same policy.
+
+    Raises:
+        ValueError: the document count differs from the index size.
+    """
 
     def __init__(
         self,
@@ -92,18 +106,32 @@ class Retriever:
         documents: Sequence[Document],
         cross: tuple[CrossEncoder, PreTrainedTokenizerBase] | None = None,
         batch_size: int = 32,
+        threads: int | None = None,
     ) -> None:
+        if len(documents) != index.ntotal:
+            raise ValueError(
+                f"{len(documents)} documents but the index holds {index.ntotal} vectors: "
+                "document i must be the index's row i"
+            )
+        if batch_size < 1:
+            raise ValueError(f"batch_size={batch_size}: must be >= 1")
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.index = index
         self.documents = list(documents)
         self.cross = None if cross is None else (cross[0].eval(), cross[1])
         self.batch_size = batch_size
-        self._lock = threading.Lock()
+        self.threads = check_threads(threads)
 
     @classmethod
-    def load(cls, folder: Path, batch_size: int = 32) -> Retriever:
-        """Load a folder written by :func:`export_retriever`."""
+    def load(cls, folder: Path, batch_size: int = 32, threads: int | None = None) -> Retriever:
+        """Load a folder written by :func:`export_retriever`.
+
+        Raises:
+            ValueError: not a dual encoder / cross-encoder where one is expected, or
+                ``docs.jsonl`` does not hold one document per index vector.
+        """
+        folder = Path(folder)
         model, tokenizer = load_encoder(folder / "model")
         if not isinstance(model, DualEncoder):
             raise ValueError(f"{folder / 'model'}: not a dual encoder")
@@ -114,36 +142,26 @@ class Retriever:
                 raise ValueError(f"{folder / 'cross'}: not a cross-encoder")
             cross = (ce, ce_tok)
         docs = _read_documents(folder / "docs.jsonl")
-        return cls(model, tokenizer, load_index(folder / "index"), docs, cross, batch_size)
-
-    def _tokenize(
-        self,
-        tokenizer: PreTrainedTokenizerBase,
-        texts: list[str],
-        max_length: int,
-        pairs: list[str] | None = None,
-    ) -> dict[str, torch.Tensor]:
-        with self._lock:  # a fast tokenizer mutates its padding/truncation state per call
-            out = tokenizer(
-                texts,
-                pairs,
-                padding=True,
-                truncation="only_second" if pairs is not None else True,
-                max_length=max_length,
-                return_tensors="pt",
+        index = load_index(folder / "index", threads=threads)
+        if len(docs) != index.ntotal:
+            raise ValueError(
+                f"{folder}: docs.jsonl has {len(docs)} documents but index/ holds "
+                f"{index.ntotal} vectors; the folder is inconsistent (rewrite it with "
+                "export_retriever or `warmstart retrieval index`)"
             )
-        return dict(out)
+        return cls(model, tokenizer, index, docs, cross, batch_size, threads)
 
     def encode_queries(self, texts: Sequence[str]) -> np.ndarray:
-        """(M,) query texts -> (M, H) float32 vectors, in length-sorted batches."""
-        texts = list(texts)
-        out = np.zeros((len(texts), self.model.dim), dtype=np.float32)
-        max_length = self.model.config.query_max_length
-        for batch in length_sorted_batches([len(t) for t in texts], self.batch_size):
-            inputs = self._tokenize(self.tokenizer, [texts[i] for i in batch], max_length)
-            with torch.inference_mode():
-                out[batch] = self.model.encode_queries(inputs).float().numpy()
-        return out
+        """(M,) query texts -> (M, H) float32 vectors, in length-sorted batches.
+
+        Raises:
+            ValueError: ``texts`` is one string, or an entry is not a string or is blank.
+        """
+        texts = _check_queries(texts, "texts")
+        with intra_op_threads(self.threads):
+            return encode_texts(
+                self.model, self.tokenizer, texts, side="query", batch_size=self.batch_size
+            )
 
     def search(self, query_embeddings: np.ndarray, k: int) -> list[list[Hit]]:
         """Top-k documents of each (M, H) query vector, best first."""
@@ -158,17 +176,68 @@ class Retriever:
         return Hit(d.doc_id, score, d.title, d.text)
 
     def rerank(self, query: str, passages: Sequence[Hit]) -> list[Hit]:
-        """Reorder hits by cross-encoder logit (the returned ``score``), best first."""
+        """Reorder hits by cross-encoder logit (the returned ``score``), best first; the list of
+        one of :meth:`rerank_many`."""
+        return self.rerank_many([query], [passages])[0]
+
+    def rerank_many(
+        self, queries: Sequence[str], passages_per_query: Sequence[Sequence[Hit]]
+    ) -> list[list[Hit]]:
+        """Rerank several queries' hits at once: a list in, a list of the same length and order
+        out; every (query, passage) pair of the call goes through one length-sorted, padded
+        cross-encoder pass (``encoding.score_pairs``), in batches of ``batch_size`` pairs.
+
+        An empty hit list is valid and gives ``[]``. Each query's hits are returned best first by
+        cross-encoder logit (stable on ties: the incoming order).
+
+        Raises:
+            ValueError: no cross-encoder in this folder, lengths differ, or a query is blank.
+        """
         if self.cross is None:
             raise ValueError("rerank: this retriever folder has no cross/ model")
+        query_list = _check_queries(queries, "queries")
+        if isinstance(passages_per_query, str | bytes) or len(passages_per_query) != len(
+            query_list
+        ):
+            raise ValueError(
+                f"passages_per_query: {_length(passages_per_query)} hit lists for "
+                f"{len(query_list)} queries (one list per query, same order)"
+            )
+        hit_lists = [list(hits) for hits in passages_per_query]
+        pair_queries = [q for q, hits in zip(query_list, hit_lists, strict=True) for _ in hits]
+        pair_passages = [passage_text(h.title, h.text) for hits in hit_lists for h in hits]
         model, tokenizer = self.cross
-        hits = list(passages)
-        scores = np.zeros(len(hits), dtype=np.float32)
-        for start in range(0, len(hits), self.batch_size):
-            part = hits[start : start + self.batch_size]
-            texts = [f"{h.title} {h.text}".strip() for h in part]
-            inputs = self._tokenize(tokenizer, [query] * len(part), model.config.max_length, texts)
-            with torch.inference_mode():
-                scores[start : start + len(part)] = model(inputs).float().numpy()
-        order = np.argsort(-scores, kind="stable")
-        return [Hit(hits[i].doc_id, float(scores[i]), hits[i].title, hits[i].text) for i in order]
+        with intra_op_threads(self.threads):
+            scores = score_pairs(
+                model, tokenizer, pair_queries, pair_passages, batch_size=self.batch_size
+            )
+        out: list[list[Hit]] = []
+        start = 0
+        for hits in hit_lists:
+            part = scores[start : start + len(hits)]
+            start += len(hits)
+            order = np.argsort(-part, kind="stable")
+            out.append(
+                [Hit(hits[i].doc_id, float(part[i]), hits[i].title, hits[i].text) for i in order]
+            )
+        return out
+
+
+def _length(value: object) -> object:
+    try:
+        return len(value)  # type: ignore[arg-type]
+    except TypeError:
+        return type(value).__name__
+
+
+def _check_queries(texts: Sequence[str], name: str) -> list[str]:
+    """``texts`` as a list, or ValueError naming the first entry that is not a non-blank str."""
+    if isinstance(texts, str | bytes):
+        raise ValueError(f"{name}: a list of query strings is expected, got one string")
+    out = list(texts)
+    for i, text in enumerate(out):
+        if not isinstance(text, str):
+            raise ValueError(f"{name}[{i}]={text!r}: must be a string")
+        if not text.strip():
+            raise ValueError(f"{name}[{i}]={text!r}: empty or whitespace-only query")
+    return out

@@ -24,18 +24,24 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.distributed as dist
-from safetensors.torch import load_file, load_model, save_file, save_model
+from safetensors.torch import load_file, load_model, save_model
 from torch import nn
 from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerBase
 
-from warmstart.retrieval.encoders import CrossEncoder, DualEncoder, tokenize
+from warmstart.checkpoint import (
+    optimizer_state_tensors,
+    restore_optimizer_state,
+    save_tensors_atomic,
+)
+from warmstart.retrieval.encoders import CrossEncoder, DualEncoder
 from warmstart.retrieval.losses import (
     average_gradients,
     cross_batch_loss,
     grad_cache_step,
     loss_from_embeddings,
 )
+from warmstart.retrieval.text import tokenize
 
 
 @dataclass(frozen=True)
@@ -182,31 +188,13 @@ def _optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.AdamW:
     return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
 
 
-def _optimizer_tensors(opt: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
-    out: dict[str, torch.Tensor] = {}
-    for i, state in opt.state_dict()["state"].items():
-        for key, value in state.items():
-            out[f"{i}.{key}"] = torch.as_tensor(value).clone()
-    return out
-
-
-def _load_optimizer_tensors(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor]) -> None:
-    state_dict = opt.state_dict()
-    state: dict[int, dict[str, torch.Tensor]] = {}
-    for name, value in tensors.items():
-        index, key = name.split(".", 1)
-        state.setdefault(int(index), {})[key] = value
-    state_dict["state"] = state
-    opt.load_state_dict(state_dict)
-
-
 def save_checkpoint(
     folder: Path, model: nn.Module, opt: torch.optim.Optimizer, state: TrainState
 ) -> None:
     """Weights, optimizer moments and step, written atomically (the JSON last)."""
     folder.mkdir(parents=True, exist_ok=True)
     save_model(model, str(folder / "model.safetensors"))
-    save_file(_optimizer_tensors(opt), str(folder / "optimizer.safetensors"))
+    save_tensors_atomic(optimizer_state_tensors(opt), folder / "optimizer.safetensors")
     tmp = folder / "state.json.tmp"
     tmp.write_text(json.dumps({"step": state.step, "losses": state.losses}))
     tmp.replace(folder / "state.json")
@@ -217,7 +205,7 @@ def load_checkpoint(folder: Path, model: nn.Module, opt: torch.optim.Optimizer) 
     if not (folder / "state.json").is_file():
         return TrainState()
     load_model(model, str(folder / "model.safetensors"))
-    _load_optimizer_tensors(opt, load_file(str(folder / "optimizer.safetensors")))
+    restore_optimizer_state(opt, load_file(str(folder / "optimizer.safetensors")))
     raw = json.loads((folder / "state.json").read_text())
     return TrainState(step=int(raw["step"]), losses=[float(x) for x in raw["losses"]])
 
