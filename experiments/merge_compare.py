@@ -2,7 +2,7 @@
 
 Each ``compare.json`` holds its seeds' metrics and per-user test metrics; this prints the same
 mean ± std table and paired bootstrap of ColdNAS against every method that ``compare`` prints for
-a single multi-seed run (``warmstart.cli.coldstart_nas.compare_tables``).
+a single multi-seed run (``warmstart.coldstart.compare.compare_tables``).
 
 Usage: python experiments/merge_compare.py OUT_A/compare.json OUT_B/compare.json ...
 """
@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from warmstart.cli.coldstart_nas import compare_tables
+from warmstart.coldstart.compare import compare_tables
 
 reports = [json.loads(Path(path).read_text()) for path in sys.argv[1:]]
 if not reports:

@@ -77,3 +77,74 @@ def test_supernet_trains_without_weight_decay_by_default(tmp_path: Path) -> None
     assert main(["coldstart", "search", *COMMON, *args]) == 0
     config = json.loads((tmp_path / "seed0" / "model" / "config.json").read_text())
     assert config["train"]["weight_decay"] == 1e-3 and config["search_train"]["weight_decay"] == 0
+
+
+def test_compare_models_load_in_evaluate_and_serving(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The models compare trains are exported: ``evaluate`` and ``load_recommender`` take them
+    (also given the method's folder, which holds the checkpoints and ``model/``)."""
+    from warmstart.coldstart.compare import CompareConfig, compare
+
+    config = CompareConfig(
+        dataset="synthetic",
+        preset="tiny",
+        seeds=(0,),
+        out=tmp_path,
+        k=(2,),
+        skip=("MF + per-user ridge", "MeLU-MAML", "item popularity", "item popularity (smoothed)"),
+    )
+    result = compare(config)
+    assert list(result.per_seed[0]) == ["global mean", "fixed FiLM", "ColdNAS"]  # table order
+    assert result.models[0] == {
+        "fixed FiLM": str(tmp_path / "seed0" / "film" / "model"),
+        "ColdNAS": str(tmp_path / "seed0" / "coldnas" / "model"),
+    }
+    coldnas = tmp_path / "seed0" / "coldnas"
+    assert main(["coldstart", "evaluate", "--model", str(coldnas), "--threads", "1"]) == 0
+    out = capsys.readouterr().out
+    mse = float(out.split("\n")[2].split()[-5])  # the ColdNAS row's MSE column
+    assert mse == pytest.approx(result.per_seed[0]["ColdNAS"]["MSE"], abs=1e-4)
+    rec = load_recommender(tmp_path / "seed0" / "film" / "model")
+    assert rec.config["method"] == "fixed FiLM" and len(rec.item_ids) == rec.n_items
+    assert str(load_recommender(coldnas).structure) == result.structures[0]["structure"]
+    # a checkpoint folder is not a model: the error points at the exported one
+    assert main(["coldstart", "evaluate", "--model", str(coldnas / "search")]) == 2
+    assert "training checkpoint folder" in capsys.readouterr().err
+
+
+def test_compare_config_names_bad_fields() -> None:
+    from warmstart.coldstart.compare import CompareConfig
+
+    with pytest.raises(ValueError, match=r"CompareConfig\.dataset='nope', allowed"):
+        CompareConfig(dataset="nope")
+    with pytest.raises(ValueError, match=r"TrainConfig\.lr must be > 0"):
+        CompareConfig(lr=-1.0)
+    with pytest.raises(ValueError, match=r"CompareConfig\.seeds"):
+        CompareConfig(seeds=())
+
+
+@pytest.mark.parametrize(
+    ("error", "code"), [(ValueError("bad --lr"), 2), (FileNotFoundError("x: not found"), 2)]
+)
+def test_user_errors_exit_2_and_bugs_keep_their_traceback(
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    error: Exception,
+    code: int,
+) -> None:
+    import warmstart.cli.coldstart_nas as nas
+
+    def fail(_: object) -> int:
+        raise error
+
+    monkeypatch.setattr(nas, "run_evaluate", fail)
+    assert main(["coldstart", "evaluate", "--model", "m"]) == code
+    assert capsys.readouterr().err == f"warmstart: error: {error}\n"
+
+    def bug(_: object) -> int:
+        return {}["missing"]  # type: ignore[no-any-return]
+
+    monkeypatch.setattr(nas, "run_evaluate", bug)
+    with pytest.raises(KeyError, match="missing"):
+        main(["coldstart", "evaluate", "--model", "m"])

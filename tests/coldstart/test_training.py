@@ -163,3 +163,34 @@ def test_supernet_can_train_under_its_own_config(split: types.EpisodeSplit, tmp_
     # by default the supernet trains without weight decay (it collapses the max/min clamps)
     default = ColdNASPredictor(TINY, retrain).search_config
     assert default == dataclasses.replace(retrain, weight_decay=0.0)
+
+
+def test_stopped_fit_returns_the_best_weights(split: types.EpisodeSplit, tmp_path: Path) -> None:
+    from warmstart.coldstart.training import build_model, fit
+
+    config = TrainConfig(epochs=8, eval_every=1, lr=3e-2, seed=0, train_episodes="fixed")
+    model = build_model(split, TINY, Structure.film(), 0)
+    result = fit(model, split.train, split.valid, config, tmp_path, stop_after=6)
+    assert not result.completed and not model.training
+    best = load_file(str(tmp_path / "best.safetensors"))
+    for key, value in model.state_dict().items():
+        torch.testing.assert_close(value, best[key], rtol=0, atol=0)
+    valid = [h["valid_mse"] for h in result.history]
+    assert result.best_valid_mse == min(valid) and len(valid) == 6
+    if result.best_epoch < 6:  # the last weights (in the checkpoint) differ from the best
+        last = load_file(str(tmp_path / "last.safetensors"))
+        assert any(not torch.equal(last[f"model.{k}"], v) for k, v in best.items())
+
+
+def test_config_is_checked_before_the_checkpoint_is_loaded(
+    split: types.EpisodeSplit, tmp_path: Path
+) -> None:
+    from warmstart.coldstart.training import build_model, fit
+
+    train_structure(split, Structure.film(), TINY, TrainConfig(epochs=1, lr=1e-3), tmp_path)
+    model = build_model(split, TINY, Structure.film(), 7)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(ValueError, match="different training config"):
+        fit(model, split.train, split.valid, TrainConfig(epochs=2, lr=1e-2), tmp_path)
+    for key, value in model.state_dict().items():
+        torch.testing.assert_close(value, before[key], rtol=0, atol=0)

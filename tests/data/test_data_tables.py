@@ -117,7 +117,7 @@ def test_with_id_field_adds_one_value_per_row() -> None:
     np.testing.assert_array_equal(out.ids, table.ids)
     assert out.with_id_field() is out  # idempotent
 
-    from warmstart.cli.coldstart_nas import with_item_ids
+    from warmstart.coldstart.compare import with_item_ids
 
     split = synthetic_split(seed=0)
     with_ids = with_item_ids(split)

@@ -28,6 +28,10 @@ GROUPS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
 )
 
 
+USER_ERRORS: tuple[type[Exception], ...] = (ValueError, FileNotFoundError)
+"""What the project raises for a user's mistake (bad value, missing file): exit code 2."""
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="warmstart", description=__doc__.splitlines()[0])
     groups = parser.add_subparsers(dest="group", metavar="GROUP")
@@ -51,8 +55,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except (ValueError, FileNotFoundError, KeyError) as err:
-        # Library code raises errors that name the file, line or field; show them without a traceback.
+    except USER_ERRORS as err:
+        # Library code raises these for bad input, naming the file, line or field: show them
+        # without a traceback. Anything else (KeyError, TypeError, ...) is a bug and keeps its
+        # traceback.
         print(f"warmstart: error: {err}", file=sys.stderr)
         return 2
 

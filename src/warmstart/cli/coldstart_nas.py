@@ -10,39 +10,32 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from dataclasses import asdict, replace
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from warmstart.cli.options import add_cache_dir, add_data_dir, resolve_cache_dir, resolve_data_dir
-from warmstart.coldstart.evaluate import (
-    aggregate_seeds,
-    evaluate,
-    evaluate_per_user,
-    format_table,
-    paired_table,
-    report_of,
+from warmstart.coldstart.compare import (
+    DATASETS,
+    CompareConfig,
+    compare,
+    export_model,
+    load_split,
+    model_meta,
+    supernet_line,
 )
+from warmstart.coldstart.evaluate import evaluate, format_table
 from warmstart.coldstart.structure import Structure
 from warmstart.coldstart.training import (
     PRESETS,
     ColdNASPredictor,
-    FitResult,
     FixedStructurePredictor,
-    Preset,
-    TrainConfig,
-    export,
     gates_table,
     predict_tasks,
 )
 from warmstart.data.types import EpisodeSplit
-from warmstart.metrics import COLDSTART_KEYS
-from warmstart.provenance import git_sha
-
-DATASETS = ("lastfm-coldnas", "movielens-1m", "movielens-100k", "lastfm-2k", "synthetic")
 
 
 # ----------------------------------------------------------------------------- options
@@ -95,68 +88,35 @@ def _common(parser: argparse.ArgumentParser, many_seeds: bool = False) -> None:
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
 
-def _preset(args: argparse.Namespace, seed: int) -> Preset:
-    base = PRESETS[args.preset]
-    overrides: dict[str, Any] = {"seed": seed}
-    for flag, name in (
-        ("epochs", "epochs"),
-        ("lr", "lr"),
-        ("batch_size", "batch_size"),
-        ("weight_decay", "weight_decay"),
-        ("episodes", "train_episodes"),
-    ):
-        if getattr(args, flag, None) is not None:
-            overrides[name] = getattr(args, flag)
-    model = (
-        replace(base.model, item_prior=True) if getattr(args, "item_prior", False) else base.model
+def _config(args: argparse.Namespace, seeds: list[int] | None = None) -> CompareConfig:
+    """The library's settings from the command line (the seeds of ``compare``, else ``--seed``)."""
+    k = getattr(args, "k", None)
+    return CompareConfig(
+        dataset=args.dataset,
+        data_dir=resolve_data_dir(args.data_dir),
+        cache_dir=resolve_cache_dir(args.cache_dir, args.no_cache),
+        protocol=args.protocol,
+        seeds=tuple(seeds if seeds is not None else [args.seed]),
+        out=args.out,
+        preset=args.preset,
+        epochs=args.epochs,
+        lr=args.lr,
+        batch_size=args.batch_size,
+        weight_decay=args.weight_decay,
+        search_weight_decay=getattr(args, "search_weight_decay", None),
+        episodes=args.episodes,
+        item_prior=args.item_prior,
+        item_ids=args.item_ids,
+        k=tuple(k) if k else None,
+        skip=tuple(getattr(args, "skip", ())),
+        progress=not args.no_progress,
     )
-    k_values = tuple(args.k) if getattr(args, "k", None) else base.k_values
-    return Preset(model, replace(base.train, **overrides), k_values)
 
 
-def _search_config(args: argparse.Namespace, preset: Preset) -> TrainConfig | None:
-    """The supernet's settings when ``--search-weight-decay`` is given: the preset's with that
-    L2 penalty; None leaves the default to ``ColdNASPredictor`` (the preset's without L2)."""
-    wd = args.search_weight_decay
-    return None if wd is None else replace(preset.train, weight_decay=wd)
-
-
-def _supernet_line(search: FitResult) -> str:
-    """The supernet's own validation MSE: a supernet that never left the trivial solution
-    (e.g. max/min clamps collapsed under weight decay) gives meaningless gates."""
-    return f"supernet: best valid MSE {search.best_valid_mse:.4f} at epoch {search.best_epoch}"
-
-
-def _split(args: argparse.Namespace, seed: int) -> EpisodeSplit:
-    if args.dataset == "synthetic":
-        from warmstart.data.synthetic import synthetic_split
-
-        return synthetic_split(seed=seed)
-    from warmstart.data import coldstart_split
-
-    cache_dir = resolve_cache_dir(args.cache_dir, args.no_cache)
-    data_dir = resolve_data_dir(args.data_dir)
-    split = coldstart_split(args.dataset, data_dir, seed, args.protocol, cache_dir=cache_dir)
-    return with_item_ids(split) if getattr(args, "item_ids", False) else split
-
-
-def with_item_ids(split: EpisodeSplit) -> EpisodeSplit:
-    """The same episodes over a dataset whose item table also has a one-hot ``id`` field."""
-    dataset = replace(split.dataset, items=split.dataset.items.with_id_field())
-    return replace(split, dataset=dataset, meta={**split.meta, "item_ids": True})
-
-
-def _meta(args: argparse.Namespace, seed: int, preset: Preset) -> dict[str, Any]:
-    """What is written next to every exported model besides the architecture and structure."""
-    return {
-        "dataset": args.dataset,
-        "protocol": args.protocol,
-        "seed": seed,
-        "git_sha": git_sha(),
-        "preset": args.preset,
-        "item_ids": bool(getattr(args, "item_ids", False)),
-        "train": asdict(preset.train),
-    }
+def _split(config: CompareConfig, seed: int) -> EpisodeSplit:
+    return load_split(
+        config.dataset, seed, config.protocol, config.data_dir, config.cache_dir, config.item_ids
+    )
 
 
 def _print_metrics(title: str, metrics: dict[str, float]) -> None:
@@ -209,23 +169,24 @@ def register(commands: argparse._SubParsersAction) -> None:
 
 def run_search(args: argparse.Namespace) -> int:
     torch.set_num_threads(args.threads)
-    preset = _preset(args, args.seed)
-    split = _split(args, args.seed)
+    config = _config(args)
+    preset = config.preset_for(args.seed)
+    split = _split(config, args.seed)
     out = args.out / f"seed{args.seed}"
     predictor = ColdNASPredictor(
         preset.model,
         preset.train,
         preset.k_values,
         out,
-        not args.no_progress,
-        search_config=_search_config(args, preset),
+        config.progress,
+        search_config=config.search_config(preset),
     )
     start = time.perf_counter()
     predictor.fit(split)
     outcome = predictor.outcome
     assert outcome is not None
     print(f"search + retrain: {time.perf_counter() - start:.1f}s")
-    print(_supernet_line(outcome.search))
+    print(supernet_line(outcome.search))
     print("supernet gates (best valid epoch):\n" + gates_table(outcome.gates))
     for cand in outcome.candidates:
         print(
@@ -233,13 +194,13 @@ def run_search(args: argparse.Namespace) -> int:
         )
     print(f"selected on valid users: K={outcome.k}  structure {outcome.structure}")
     meta = {
-        **_meta(args, args.seed, preset),
+        **model_meta(config, args.seed, preset),
         "search_train": asdict(predictor.search_config),
         "k": outcome.k,
         "gates": outcome.gates.tolist(),
         "candidates": outcome.candidates,
     }
-    export(out / "model", outcome.model, split.dataset.users, split.dataset.items, meta)
+    export_model(out / "model", outcome.model, split, config, meta)
     (out / "structure.json").write_text(outcome.structure.to_json())
     _print_metrics("ColdNAS (test)", evaluate(predictor, split.test))
     print(f"model written to {out / 'model'}")
@@ -258,16 +219,17 @@ def _read_structure(spec: str) -> Structure:
 
 def run_train(args: argparse.Namespace) -> int:
     torch.set_num_threads(args.threads)
-    preset = _preset(args, args.seed)
+    config = _config(args)
+    preset = config.preset_for(args.seed)
     structure = _read_structure(args.structure)
-    split = _split(args, args.seed)
+    split = _split(config, args.seed)
     out = args.out / f"seed{args.seed}"
     predictor = FixedStructurePredictor(
         structure,
         preset.model,
         preset.train,
         out / "checkpoint",
-        not args.no_progress,
+        config.progress,
         f"fixed {structure}",
     )
     predictor.fit(split)
@@ -275,12 +237,8 @@ def run_train(args: argparse.Namespace) -> int:
     print(
         f"structure {structure}: best valid MSE {predictor.result.best_valid_mse:.4f} at epoch {predictor.result.best_epoch}"
     )
-    export(
-        out / "model",
-        predictor.model,
-        split.dataset.users,
-        split.dataset.items,
-        _meta(args, args.seed, preset),
+    export_model(
+        out / "model", predictor.model, split, config, model_meta(config, args.seed, preset)
     )
     _print_metrics(f"{structure} (test)", evaluate(predictor, split.test))
     print(f"model written to {out / 'model'}")
@@ -292,14 +250,19 @@ def run_evaluate(args: argparse.Namespace) -> int:
     from warmstart.coldstart.artifacts import load_model
 
     model, config = load_model(args.model)
-    ns = argparse.Namespace(
-        dataset=config["dataset"],
-        protocol=config["protocol"],
-        data_dir=args.data_dir,
-        cache_dir=args.cache_dir,
-        no_cache=args.no_cache,
+    for key in ("dataset", "seed"):
+        if key not in config:
+            raise ValueError(
+                f"{args.model}: config.json has no {key!r}; evaluate needs the dataset and seed "
+                "the model was trained on"
+            )
+    split = load_split(
+        config["dataset"],
+        int(config["seed"]),
+        config.get("protocol", "melu"),
+        resolve_data_dir(args.data_dir),
+        resolve_cache_dir(args.cache_dir, args.no_cache),
     )
-    split = _split(ns, int(config["seed"]))
 
     class _Saved:
         name = f"ColdNAS {model.structure}"
@@ -314,126 +277,18 @@ def run_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _methods(args: argparse.Namespace, seed: int, split: EpisodeSplit) -> list[Any]:
-    from warmstart.coldstart.baselines import default_baselines
-
-    preset = _preset(args, seed)
-    binary = tuple(split.dataset.rating_range) == (0.0, 1.0)
-    out = args.out / f"seed{seed}"
-    methods: list[Any] = list(default_baselines(binary, seed=seed))
-    methods.append(
-        FixedStructurePredictor(
-            None, preset.model, preset.train, out / "film", not args.no_progress
-        )
-    )
-    try:
-        from warmstart.coldstart.maml import MAMLConfig, MeLUMAML
-    except ImportError:
-        print("note: warmstart.coldstart.maml.MeLUMAML not available; skipping MeLU-MAML")
-    else:
-        cfg = MAMLConfig.tiny(seed) if args.preset == "tiny" else MAMLConfig(seed=seed)
-        methods.append(MeLUMAML(cfg))
-    methods.append(
-        ColdNASPredictor(
-            preset.model,
-            preset.train,
-            preset.k_values,
-            out / "coldnas",
-            not args.no_progress,
-            search_config=_search_config(args, preset),
-        )
-    )
-    return [m for m in methods if m.name not in set(args.skip)]
-
-
-def compare_tables(
-    per_seed: list[dict[str, dict[str, float]]],
-    per_user: dict[str, list[np.ndarray]],
-    test_users: list[list[int]],
-) -> tuple[str, str, dict[str, Any]]:
-    """What ``compare`` prints: the mean ± std table over seeds and, when ColdNAS and another
-    method ran, the paired bootstrap of ColdNAS against each (heading + table; "" otherwise)
-    with its numbers. Also used to merge several ``compare.json`` (one process per seed)."""
-    names = list(per_seed[0])
-    rows = {
-        n: aggregate_seeds([{k: v for k, v in r[n].items() if k != "fit_s"} for r in per_seed])
-        for n in names
-    }
-    table = format_table(rows if len(per_seed) > 1 else {n: per_seed[0][n] for n in names})
-    if "ColdNAS" not in per_user or len(per_user) < 2:
-        return table, "", {}
-    shared = all(u == test_users[0] for u in test_users)
-    text, paired = paired_table(per_user, "ColdNAS", shared_users=shared)
-    how = (
-        "per-user metrics averaged over seeds, users resampled jointly"
-        if shared
-        else "users resampled within each seed"
-    )
-    heading = (
-        "\nPaired differences on the test users (negative MSE / positive nDCG favour ColdNAS; "
-        f"{how}, 10,000 bootstraps):"
-    )
-    return table, f"{heading}\n{text}", paired
-
-
 def run_compare(args: argparse.Namespace) -> int:
     torch.set_num_threads(args.threads)
-    per_seed: list[dict[str, dict[str, float]]] = []
-    per_user: dict[str, list[np.ndarray]] = {}
-    test_users: list[list[int]] = []
-    structures = []
-    for seed in args.seeds:
-        split = _split(args, seed)
-        test_users.append([int(t.user) for t in split.test])
-        results: dict[str, dict[str, float]] = {}
-        for method in _methods(args, seed, split):
-            start = time.perf_counter()
-            method.fit(split)
-            scores = evaluate_per_user(method, split.test)
-            per_user.setdefault(method.name, []).append(scores)
-            results[method.name] = {**report_of(scores), "fit_s": time.perf_counter() - start}
-            print(
-                f"seed {seed} {method.name}: MSE {results[method.name]['MSE']:.4f} ({results[method.name]['fit_s']:.0f}s)",
-                flush=True,
-            )
-            if isinstance(method, ColdNASPredictor) and method.outcome is not None:
-                structures.append(
-                    {
-                        "seed": seed,
-                        "k": method.outcome.k,
-                        "structure": str(method.outcome.structure),
-                        "gates": method.outcome.gates.tolist(),
-                        "candidates": method.outcome.candidates,
-                        "supernet_valid_mse": method.outcome.search.best_valid_mse,
-                        "supernet_best_epoch": method.outcome.search.best_epoch,
-                    }
-                )
-                print(f"  {_supernet_line(method.outcome.search)}")
-                print("  gates:\n" + gates_table(method.outcome.gates))
-                print(f"  selected K={method.outcome.k}: {method.outcome.structure}")
-        per_seed.append(results)
-    table, paired_text, paired = compare_tables(per_seed, per_user, test_users)
-    print(
-        f"\n{args.dataset} ({'official tasks' if args.dataset == 'lastfm-coldnas' else args.protocol}), test users, seeds {args.seeds}"
-    )
-    print(table)
-    for s in structures:
+    result = compare(_config(args, args.seeds), log=lambda line: print(line, flush=True))
+    print(f"\n{result.heading}")
+    print(result.table)
+    for s in result.structures:
         print(f"ColdNAS structure seed {s['seed']}: K={s['k']} {s['structure']}")
-    if paired_text:
-        print(paired_text)
+    if result.paired_text:
+        print(result.paired_text)
+    for seed, models in zip(args.seeds, result.models, strict=True):
+        for name, directory in models.items():
+            print(f"seed {seed} {name} model: {directory}")
     args.out.mkdir(parents=True, exist_ok=True)
-    report = {
-        "dataset": args.dataset,
-        "protocol": args.protocol,
-        "seeds": args.seeds,
-        "git_sha": git_sha(),
-        "per_seed": per_seed,
-        "structures": structures,
-        "table": table,
-        "paired_vs_coldnas": paired,
-        "test_users": test_users,
-        "per_user_columns": list(COLDSTART_KEYS),
-        "per_user": {name: [a.tolist() for a in arrays] for name, arrays in per_user.items()},
-    }
-    (args.out / "compare.json").write_text(json.dumps(report, indent=2))
+    (args.out / "compare.json").write_text(json.dumps(result.report(), indent=2))
     return 0

@@ -375,8 +375,10 @@ def fit(
     """Train ``model`` on query MSE (or ``objective``); keep (a copy of) the best-validation
     weights.
 
-    Resumes from ``checkpoint_dir/last.*`` when present; the result equals an uninterrupted run
-    with the same seed. ``stop_after`` stops (with a checkpoint) after that many epochs in total,
+    On return (also when stopped by ``stop_after``) the model holds the best-validation weights,
+    in eval mode. Resumes from ``checkpoint_dir/last.*`` when present (its config and objective
+    are checked before anything is loaded); the result equals an uninterrupted run with the same
+    seed. ``stop_after`` stops (with a checkpoint) after that many epochs in total,
     which is how interruption is simulated in tests. With ``pools`` the epoch's training tasks are
     re-cut from them (``train_tasks`` is then unused); each epoch's cut depends only on
     ``(seed, epoch)``, so resuming reproduces it.
@@ -395,15 +397,9 @@ def fit(
     }
     best = state_to_cpu(model)
     if checkpoint_dir is not None and (checkpoint_dir / "last.json").is_file():
+        # before anything is loaded into the model
+        _check_checkpoint_config(checkpoint_dir, config, state["objective"])
         state = _load_checkpoint(checkpoint_dir, model, opt, gen)
-        if state.get("config") != asdict(config) or state.get("objective", "mse") != (
-            objective.name if objective is not None else "mse"
-        ):
-            raise ValueError(
-                f"{checkpoint_dir / 'last.json'}: checkpoint was written with a different training "
-                f"config {state.get('config')} (objective {state.get('objective', 'mse')}); use "
-                "another --out folder or delete it"
-            )
         best_path = checkpoint_dir / "best.safetensors"
         best = load_file(str(best_path)) if best_path.is_file() else state_to_cpu(model)
     model.train()
@@ -434,18 +430,40 @@ def fit(
             done % config.checkpoint_every == 0 or done == config.epochs or stopping
         ):
             _save_checkpoint(checkpoint_dir, model, opt, gen, state)
-        if stopping:
-            return FitResult(
-                state["best_epoch"], state["best_valid_mse"], state["history"], completed=False
-            )
+        if stopping:  # the checkpoint above holds the last weights; the model gets the best
+            return _best_result(model, best, state, valid is not None, completed=False)
+    return _best_result(model, best, state, valid is not None)
+
+
+def _check_checkpoint_config(directory: Path, config: TrainConfig, objective: str) -> None:
+    """Refuse a checkpoint written under another training config or objective (``last.json``)."""
+    path = directory / "last.json"
+    stored = json.loads(path.read_text())
+    if stored.get("config") != asdict(config) or stored.get("objective", "mse") != objective:
+        raise ValueError(
+            f"{path}: checkpoint was written with a different training config "
+            f"{stored.get('config')} (objective {stored.get('objective', 'mse')}); use another "
+            "--out folder or delete it"
+        )
+
+
+def _best_result(
+    model: ColdNAS,
+    best: dict[str, torch.Tensor],
+    state: dict[str, Any],
+    has_valid: bool,
+    completed: bool = True,
+) -> FitResult:
+    """Load the best-validation weights into ``model`` (eval mode) and describe the fit."""
     model.load_state_dict(best)
     model.eval()
     gates = model.gates()
     return FitResult(
         best_epoch=state["best_epoch"],
-        best_valid_mse=state["best_valid_mse"] if valid is not None else float("nan"),
+        best_valid_mse=state["best_valid_mse"] if has_valid else float("nan"),
         history=state["history"],
         best_gates=None if gates is None else gates.detach().numpy().copy(),
+        completed=completed,
     )
 
 
