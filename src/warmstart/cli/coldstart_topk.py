@@ -19,8 +19,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from warmstart.cli.coldstart_nas import _common, _methods, _preset, _search_config, _split
+from warmstart.cli.coldstart_nas import _common, _config, _split
 from warmstart.cli.coldstart_nas import _search_options as search_options
+from warmstart.coldstart.compare import methods
 from warmstart.coldstart.evaluate import (
     aggregate_seeds,
     evaluate_per_user,
@@ -84,7 +85,8 @@ def register(commands: argparse._SubParsersAction) -> None:
 
 def _ranking_models(args: argparse.Namespace, seed: int) -> list[Any]:
     """FiLM and ColdNAS under the ranking objective (own checkpoints under ``--out``)."""
-    preset = _preset(args, seed)
+    config = _config(args, args.seeds)
+    preset = config.preset_for(seed)
     overrides = {
         name: value
         for name, value in (("epochs", args.rank_epochs), ("lr", args.rank_lr))
@@ -96,7 +98,7 @@ def _ranking_models(args: argparse.Namespace, seed: int) -> list[Any]:
     ).factory()
     out = args.out / f"seed{seed}"
     progress = not args.no_progress
-    search = _search_config(args, preset)
+    search = config.search_config(preset)
     return [
         FixedStructurePredictor(
             None, preset.model, train, out / "film-rank", progress, FILM_RANK, objective
@@ -128,7 +130,8 @@ def _fit_rankers(
 ) -> tuple[list[CatalogueRanker], dict[str, Any], list[dict[str, Any]]]:
     """Fit every method of the seed; returns rankers, the rating predictors and structures."""
     skip = set(args.skip)
-    compare = [m for m in _methods(args, seed, split) if m.name in RATING_FROM_COMPARE]
+    assembly = methods(_config(args, args.seeds), seed, split, print)
+    compare = [m for m in assembly if m.name in RATING_FROM_COMPARE]
     ranked = [m for m in _ranking_models(args, seed) if m.name not in skip]
     predictors: dict[str, Any] = {}
     rankers: list[CatalogueRanker] = []
@@ -171,7 +174,7 @@ def _structure_record(seed: int, method: ColdNASPredictor) -> dict[str, Any]:
 
 
 def _seed_run(args: argparse.Namespace, seed: int) -> dict[str, Any]:
-    split = _split(args, seed)
+    split = _split(_config(args, args.seeds), seed)
     ds = split.dataset
     thr = like_threshold(ds.rating_range)
     if not args.no_progress:
