@@ -25,6 +25,7 @@ GROUPS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
         ),
     ),
     ("retrieval", "dense passage retrieval (RocketQA)", ("warmstart.cli.retrieval",)),
+    ("mpp", "Meta Parameter Partition: offline/online meta-learning", ("warmstart.cli.mpp",)),
 )
 
 
