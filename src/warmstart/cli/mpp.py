@@ -18,8 +18,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from warmstart.cli.coldstart_nas import with_item_ids
 from warmstart.cli.options import add_cache_dir, add_data_dir, resolve_cache_dir, resolve_data_dir
+from warmstart.coldstart.compare import with_item_ids
 from warmstart.coldstart.mpp import MPPConfig, PartitionRule
 from warmstart.coldstart.mpp_compare import (
     CompareConfig,
