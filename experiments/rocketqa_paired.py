@@ -27,6 +27,7 @@ from warmstart.retrieval import pipeline as pl
 from warmstart.retrieval.bm25 import BM25Retriever
 from warmstart.retrieval.encoders import DualEncoder, load_encoder
 from warmstart.retrieval.evaluation import fuse_scores, rerank_rows, run_from_rows
+from warmstart.retrieval.mining import Candidates
 
 work = Path(sys.argv[1]) if len(sys.argv) > 1 else Path("runs/retrieval/scifact")
 torch.set_num_threads(int(sys.argv[2]) if len(sys.argv) > 2 else 2)
@@ -50,13 +51,13 @@ def ndcg_of_rows(query_ids: list[str], rows: np.ndarray) -> np.ndarray:
     return np.array([per_query[q][0] for q in qids])
 
 
-def dense(model: DualEncoder, tokenizer) -> tuple[np.ndarray, pl.Candidates]:
+def dense(model: DualEncoder, tokenizer) -> tuple[np.ndarray, Candidates]:
     corpus = pl.corpus_embeddings(ctx, model, tokenizer)
     c = pl.query_candidates(ctx, model, tokenizer, corpus, queries, pl.EVAL_DEPTH)
     return ndcg_of_rows(c.query_ids, c.rows), c
 
 
-def saved(folder: Path) -> tuple[np.ndarray, pl.Candidates]:
+def saved(folder: Path) -> tuple[np.ndarray, Candidates]:
     model, tokenizer = load_encoder(folder / "model")
     assert isinstance(model, DualEncoder)
     return dense(model, tokenizer)
@@ -67,7 +68,7 @@ ids = sorted(queries)
 _, bm25_rows = BM25Retriever().fit(coll.passages()).search([queries[q] for q in ids], 100)
 per_model["BM25"] = ndcg_of_rows(ids, bm25_rows)
 per_model["zero-shot"] = dense(*pl.fresh_dual(ctx))[0]
-candidates: dict[str, pl.Candidates] = {}
+candidates: dict[str, Candidates] = {}
 for name in ("md0", "md0_cross", "no_denoise", "md1", "md2"):
     if (work / name / "model").is_dir():
         per_model[name], candidates[name] = saved(work / name)
@@ -81,7 +82,7 @@ if (work / "rerank" / "scores").is_dir() and "md2" in candidates:
     c = candidates["md2"]  # MD2's test top 100, as the rerank step retrieved them
     metrics = json.loads((work / "rerank" / "metrics.json").read_text())
     depth = int(metrics["depth"])
-    head = pl.Candidates(c.query_ids, c.queries, c.rows[:, :depth], c.scores[:, :depth])
+    head = Candidates(c.query_ids, c.queries, c.rows[:, :depth], c.scores[:, :depth])
     ce, ce_tok = pl.load_cross(ctx)
     logits = pl.scored_blocks(ctx, work / "rerank" / "scores", ce, ce_tok, head)
     tail = c.rows[:, depth:]

@@ -8,6 +8,7 @@ import pytest
 
 from warmstart.retrieval import pipeline as pl
 from warmstart.retrieval.mining import HIGH_GRID, read_training_set
+from warmstart.retrieval.pipeline import steps as steps_module
 from warmstart.retrieval.training import TrainExample
 
 
@@ -137,7 +138,11 @@ def test_step_inputs_cover_every_step_in_order() -> None:
     for name, (_, upstream) in pl.STEP_INPUTS.items():
         assert all(pl.STEPS.index(u) < pl.STEPS.index(name) for u in upstream)
     assert "cross_negative_depth" in pl.step_fields("rerank")  # through ce
-    assert "cross_negative_depth" not in pl.step_fields("no_denoise")
+    # the two edges the hand-kept list had wrong: cross-batch MD0 reads MD0's training file,
+    # the no-denoising ablation reads the file `mine` writes (so it follows the CE's config)
+    assert pl.STEP_INPUTS["md0_cross"][1] == ("md0",)
+    assert pl.STEP_INPUTS["no_denoise"][1] == ("mine",)
+    assert "cross_negative_depth" in pl.step_fields("no_denoise")
 
 
 def test_done_step_under_another_config_is_refused(finished) -> None:
@@ -162,7 +167,7 @@ def test_interrupted_training_resumes_from_checkpoint(
     logs: list[str] = []
     steps = ("zero_shot", "md0", "ce", "mine", "md1", "augment", "md2")
     ctx = context(tiny_collection, tiny_backbone, tmp_path, logs, steps=steps)
-    real = pl.train_dual_encoder
+    real = steps_module.train_dual_encoder
     calls: list[int] = []
 
     def interrupted(*args, **kwargs):
@@ -170,7 +175,7 @@ def test_interrupted_training_resumes_from_checkpoint(
         calls.append(state.step)
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(pl, "train_dual_encoder", interrupted)
+    monkeypatch.setattr(steps_module, "train_dual_encoder", interrupted)
     with pytest.raises(KeyboardInterrupt):
         pl.run_pipeline(ctx)
     assert not (tmp_path / "md0" / "done.json").exists()
@@ -178,7 +183,7 @@ def test_interrupted_training_resumes_from_checkpoint(
     assert (
         json.loads((tmp_path / "md0" / "checkpoint" / "state.json").read_text())["step"] == calls[0]
     )
-    monkeypatch.setattr(pl, "train_dual_encoder", real)
+    monkeypatch.setattr(steps_module, "train_dual_encoder", real)
     results = pl.run_pipeline(
         replace(
             ctx,
@@ -204,3 +209,176 @@ def test_cross_batch_step_makes_as_many_steps_as_md0(
     assert args[2].batch_size == ctx.config.dual_train.batch_size  # per-worker batch unchanged
     ctx = context(tiny_collection, tiny_backbone, tmp_path, logs, cross_batch_equal_steps=False)
     assert pl.cross_batch_args(ctx, [], None, tmp_path / "x", 3)[2].epochs == epochs
+
+
+def test_each_step_records_the_data_and_artifacts_it_read(finished) -> None:
+    ctx, _, _ = finished
+    inputs = {
+        s: json.loads((ctx.workdir / s / "inputs.json").read_text()) for s in ctx.config.steps
+    }
+    assert sorted(inputs["zero_shot"]["data"]) == [
+        "corpus.jsonl",
+        "qrels/test.tsv",
+        "queries.jsonl",
+    ]
+    assert "unlabeled_queries.jsonl" in inputs["augment"]["data"]
+    assert "qrels/train.tsv" in inputs["md0"]["data"] and "qrels/test.tsv" in inputs["md0"]["data"]
+    assert "unlabeled_queries.jsonl" not in inputs["md2"]["data"]  # only through augment's file
+    for step, got in inputs.items():  # every recorded read is declared, every field too
+        assert set(got["reads"]) <= set(pl.STEP_SPECS[step].reads), step
+        assert got["data"]["corpus.jsonl"] == pl.data_fingerprint(ctx.collection, "corpus")
+    assert inputs["md1"]["reads"] == ["mine/md1_train.jsonl"]
+    assert inputs["no_denoise"]["reads"] == ["mine/no_denoise_train.jsonl"]
+
+
+def test_an_undeclared_artifact_read_fails(finished) -> None:
+    ctx, _, _ = finished
+    with ctx.recording("md1", frozenset(pl.STEP_SPECS["md1"].reads)):
+        assert ctx.artifact("mine", "md1_train.jsonl").is_file()
+        assert ctx.artifact("md1", "anything").parent == ctx.workdir / "md1"  # its own folder
+        with pytest.raises(
+            RuntimeError, match=r"step 'md1' reads md0/train\.jsonl, which it does not declare"
+        ):
+            ctx.artifact("md0", "train.jsonl")
+    assert ctx.artifact("md0", "train.jsonl").is_file()  # outside a step: no check
+
+
+ALTERNATIVES = {
+    "towers": "shared",
+    "pooling": "cls",
+    "similarity": "dot",
+    "head": "one_logit",
+    "cross_loss": "listwise",
+    "cross_layers": 1,
+    "cross_negative_depth": 4,
+    "max_negatives": 3,
+    "pseudo_precision": 0.6,
+    "grad_cache_chunk": 4,
+}
+
+
+def _changed(key: str, value):
+    if key == "pooling" and value == "cls":
+        return "mean"
+    if key in ALTERNATIVES and value != ALTERNATIVES[key]:
+        return ALTERNATIVES[key]
+    if isinstance(value, bool):
+        return not value
+    if isinstance(value, int):
+        return value + 1
+    if isinstance(value, float):
+        return value * 0.5 if value > 0 else 0.01
+    raise AssertionError(f"no change for {key}={value!r}")
+
+
+def _leaf_changes(config: pl.PipelineConfig):
+    """(dotted field, config with only that field changed) for every leaf field."""
+    for name, value in vars(config).items():
+        if name == "steps":
+            continue
+        if hasattr(value, "__dataclass_fields__"):
+            for sub, leaf in vars(value).items():
+                yield (
+                    f"{name}.{sub}",
+                    replace(config, **{name: replace(value, **{sub: _changed(sub, leaf)})}),
+                )
+        else:
+            yield name, replace(config, **{name: _changed(name, value)})
+
+
+# hand-derived from what each body reads (not from the declarations), for the fields whose
+# reach the old hand-kept list got wrong or that matter most
+EXPECTED_STALE = {
+    "mining.low": {"mine", "md1", "no_denoise", "augment", "md2", "rerank"},
+    "mining.high": {"augment", "md2", "rerank"},
+    "mining.top_k": {"md0", "ce", "mine", "md1", "no_denoise", "augment", "md2", "rerank"},
+    "cross_train.lr": {"ce", "mine", "md1", "no_denoise", "augment", "md2", "rerank"},
+    "dual_train.lr": {"md0", "ce", "mine", "md1", "no_denoise", "augment", "md2", "rerank"},
+    "dual.pooling": set(pl.STEPS) - {"md0_cross"},
+    "seed": {"ce", "mine", "md1", "no_denoise", "augment", "md2", "rerank"},
+    "rerank_depth": {"rerank"},
+    "workers": set(),  # only md0_cross reads it (not run here)
+    "score_batch_size": set(),
+    "encode_batch_size": set(),
+}
+
+
+def test_changing_any_config_field_invalidates_exactly_the_dependent_steps(finished) -> None:
+    ctx, _, _ = finished
+    assert pl.stale_steps(ctx) == {}
+    done = set(ctx.config.steps)
+    seen = set()
+    for path, config in _leaf_changes(ctx.config):
+        stale = pl.stale_steps(replace(ctx, config=config))
+        dependent = {
+            s for s in done if any(path == f or path.startswith(f + ".") for f in pl.step_fields(s))
+        }
+        assert set(stale) == dependent, path
+        if path in EXPECTED_STALE:
+            assert set(stale) == EXPECTED_STALE[path], path
+            seen.add(path)
+        for step, reasons in stale.items():  # a step is stale through its own fields or upstream
+            assert any(path.split(".")[0] in r or "stale" in r for r in reasons), (path, step)
+    assert seen == set(EXPECTED_STALE)
+
+
+def _edited(collection, **changes):
+    return replace(collection, **changes)
+
+
+def test_another_dataset_or_a_changed_file_is_refused_naming_the_file(finished) -> None:
+    ctx, results, _ = finished
+    c = ctx.collection
+    qrels_test = {q: dict(d) for q, d in c.qrels["test"].items()}
+    q0 = sorted(qrels_test)[0]
+    qrels_test[q0] = {d: g + 1 for d, g in qrels_test[q0].items()}  # a graded label changes
+    unlabeled = dict(c.unlabeled_queries)
+    unlabeled[sorted(unlabeled)[0]] += " again"
+    train_q = sorted(c.qrels["train"])[0]
+    queries = dict(c.queries)
+    queries[train_q] += " edited"
+    everything = set(ctx.config.steps)
+    cases = {
+        "qrels/test.tsv": (_edited(c, qrels={**c.qrels, "test": qrels_test}), everything),
+        "unlabeled_queries.jsonl": (
+            _edited(c, unlabeled_queries=unlabeled),
+            {"augment", "md2", "rerank"},
+        ),
+        "queries.jsonl": (_edited(c, queries=queries), everything),
+        "corpus.jsonl": (_edited(c, texts=[*c.texts[:-1], c.texts[-1] + " x"]), everything),
+    }
+    for file, (collection, expected) in cases.items():
+        other = replace(ctx, collection=collection)
+        stale = pl.stale_steps(other)
+        assert set(stale) == expected, file
+        direct = [s for s, reasons in stale.items() if any(file in r for r in reasons)]
+        assert direct, file
+        with pytest.raises(
+            ValueError,
+            match=rf"step '{pl.STEPS[0] if 'zero_shot' in expected else 'augment'}' .*dataset file {file} changed",
+        ):
+            pl.run_pipeline(other)
+    # pointing at another dataset altogether: refused, the first step names its files
+    from warmstart.data.synthetic import synthetic_collection
+
+    other = replace(ctx, collection=synthetic_collection(n_docs=80, n_queries=40, seed=1))
+    with pytest.raises(ValueError, match=r"step 'zero_shot' .*dataset file corpus.jsonl changed"):
+        pl.run_pipeline(other)
+    logs: list[str] = []  # the original data: still every step reused
+    assert pl.run_pipeline(replace(ctx, log=logs.append)) == results
+    assert all("skipped" in line for line in logs)
+
+
+def test_a_workdir_from_before_fingerprints_is_reused_with_a_warning(finished, tmp_path) -> None:
+    import shutil
+
+    ctx, results, _ = finished
+    old = tmp_path / "old"
+    shutil.copytree(ctx.workdir, old)
+    for step in ctx.config.steps:
+        (old / step / "inputs.json").unlink()
+    logs: list[str] = []
+    again = pl.run_pipeline(replace(ctx, workdir=old, log=logs.append))
+    assert again == results  # the same figures, every step reused
+    warned = [line for line in logs if "WARNING" in line and "inputs.json" in line]
+    assert len(warned) == len(ctx.config.steps)

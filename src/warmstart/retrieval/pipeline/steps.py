@@ -1,21 +1,11 @@
-"""RocketQA's four-step training pipeline (Qu et al., NAACL 2021, arXiv 2010.08191, section 4.5).
+"""The RocketQA pipeline's step bodies, each declared next to its body with what it reads.
 
-    zero_shot  the pre-trained encoder, no training (reference row)
-    md0        dual encoder, in-batch negatives (random negatives)
-    md0_cross  MD0 with cross-batch negatives over ``workers`` processes (ablation)
-    ce         cross-encoder trained on positives + MD0's own retrieved non-positives,
-               then calibrated (Platt) on held-out labelled queries
-    mine       CE scores MD0's top-k of every train query -> denoised negatives (P < low)
-    md1        dual encoder retrained from the pre-trained checkpoint on denoised hard negatives
-    no_denoise same, every retrieved non-positive a negative (ablation)
-    augment    MD1 retrieves for the unlabelled questions, the CE pseudo-labels them
-    md2        dual encoder retrained on labelled + pseudo-labelled data
-    rerank     MD2's top ``rerank_depth`` reordered by the CE
-
-Every step writes its artifacts into ``workdir/<step>/`` (model.safetensors + encoder.json,
-data jsonl, metrics.json, config.json) and a ``done.json`` last; a step whose ``done.json`` exists
-is skipped, a training step resumes from ``<step>/checkpoint``, and cross-encoder scoring resumes
-block by block.
+``@pipeline_step(name, fields=..., reads=...)`` registers a step: ``fields`` are the config
+fields its artifacts depend on (dotted for ``mining``, whole sub-configs otherwise), ``reads`` the
+other steps' artifacts it reads (``"<step>/<file or folder>"``). The orchestration
+(``pipeline.run``) derives the dependency graph from ``reads``; a body that reads an artifact it
+does not declare fails (``PipelineContext.artifact``), and the config fields a body reads are
+checked against ``fields`` after it runs, so the declarations cannot drift from the code.
 """
 
 from __future__ import annotations
@@ -23,29 +13,23 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
-from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
-from warmstart.data.retrieval import RetrievalCollection
-from warmstart.retrieval.calibration import PlattScaler, calibration_report, fit_platt
+from warmstart.retrieval.calibration import calibration_report, fit_platt
 from warmstart.retrieval.distributed import spawn_workers
 from warmstart.retrieval.encoders import (
     CrossEncoder,
-    CrossEncoderConfig,
     DualEncoder,
     DualEncoderConfig,
     head_input_spread,
     load_backbone,
-    load_encoder,
     save_encoder,
-    tokenize,
 )
 from warmstart.retrieval.encoding import encode_corpus_cached, encode_texts
 from warmstart.retrieval.evaluation import (
@@ -57,7 +41,6 @@ from warmstart.retrieval.evaluation import (
 )
 from warmstart.retrieval.mining import (
     Candidates,
-    MiningConfig,
     candidate_labels,
     choose_high_threshold,
     denoised_negatives,
@@ -67,12 +50,27 @@ from warmstart.retrieval.mining import (
     pseudo_positives,
     read_training_set,
     retrieve,
-    score_candidates,
     top1_precision_curve,
     undenoised_negatives,
     with_positives,
     write_training_set,
 )
+from warmstart.retrieval.pipeline.artifacts import (
+    PipelineContext,
+    load_candidates,
+    load_cross,
+    load_dual,
+    load_scaler,
+    save_candidates,
+    scored_blocks,
+)
+from warmstart.retrieval.pipeline.presets import (
+    CE_DEV_DEPTH,
+    EVAL_DEPTH,
+    MIN_HEAD_SPREAD,
+    PipelineConfig,
+)
+from warmstart.retrieval.text import tokenize
 from warmstart.retrieval.training import (
     TrainConfig,
     TrainExample,
@@ -80,168 +78,37 @@ from warmstart.retrieval.training import (
     train_dual_encoder,
 )
 
-STEPS = (
-    "zero_shot",
-    "md0",
-    "md0_cross",
-    "ce",
-    "mine",
-    "md1",
-    "no_denoise",
-    "augment",
-    "md2",
-    "rerank",
-)
-OPTIONAL_STEPS = ("md0_cross", "no_denoise", "rerank")
-EVAL_DEPTH = 100  # Recall@100 needs 100 hits
-CE_DEV_DEPTH = 20  # the ce step reports how the CE reorders MD0's top 20 of the dev queries
-MIN_HEAD_SPREAD = 0.01  # below this the CE head sees ~one vector for every pair (warned)
+StepFunction = Callable[[PipelineContext], dict[str, Any]]
 
 
 @dataclass(frozen=True)
-class PipelineConfig:
-    """Everything the four steps need besides data and the pre-trained backbone.
+class StepSpec:
+    """A step: its body and what its artifacts depend on (declared next to the body)."""
 
-    Attributes:
-        dual / cross: encoder settings.
-        dual_train / cross_train: optimisation of each model.
-        mining: candidate depth and the two probability thresholds.
-        cross_layers: keep only the first N backbone layers in the cross-encoder (None = all).
-        cross_negative_depth: MD0 candidates per train query whose non-positives are the CE's
-            hard negatives (None = ``mining.top_k``, the candidates the md0 step stored).
-        dev_fraction: share of train queries held out of CE training to calibrate its scores.
-        workers: processes of the cross-batch step (gloo on 127.0.0.1).
-        cross_batch_equal_steps: the cross-batch step runs ``workers`` times MD0's epochs, so it
-            makes as many optimizer steps as MD0 (each step sees ``workers`` × the batch); with
-            False it runs MD0's epochs, i.e. ``1 / workers`` of MD0's steps.
-        rerank_depth: MD2 candidates the CE reorders.
-        steps: steps to run, in pipeline order (optional ones may be left out).
-        encode_batch_size / score_batch_size: inference batch sizes.
-        bf16: bf16 autocast for inference (only faster on CPUs with native bf16).
-        seed: dev split and all sampling.
-    """
-
-    dual: DualEncoderConfig = field(default_factory=DualEncoderConfig.minilm)
-    cross: CrossEncoderConfig = field(default_factory=CrossEncoderConfig)
-    dual_train: TrainConfig = field(default_factory=TrainConfig)
-    cross_train: TrainConfig = field(default_factory=TrainConfig)
-    mining: MiningConfig = field(default_factory=MiningConfig)
-    cross_layers: int | None = None
-    cross_negative_depth: int | None = None
-    dev_fraction: float = 0.1
-    workers: int = 2
-    cross_batch_equal_steps: bool = True
-    rerank_depth: int = 50
-    steps: tuple[str, ...] = STEPS
-    encode_batch_size: int = 32
-    score_batch_size: int = 32
-    bf16: bool = False
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        unknown = [s for s in self.steps if s not in STEPS]
-        if unknown:
-            raise ValueError(f"steps={unknown}: allowed values are {', '.join(STEPS)}")
-        missing = [s for s in STEPS if s not in OPTIONAL_STEPS and s not in self.steps]
-        if missing:
-            raise ValueError(f"steps: {missing} are required (optional: {OPTIONAL_STEPS})")
-        if not 0.0 < self.dev_fraction < 1.0:
-            raise ValueError(f"dev_fraction={self.dev_fraction}: must be in (0, 1)")
-        if self.workers < 1 or self.rerank_depth < 1:
-            raise ValueError(f"workers={self.workers}, rerank_depth={self.rerank_depth}: >= 1")
-        if self.cross_layers is not None and self.cross_layers < 1:
-            raise ValueError(f"cross_layers={self.cross_layers}: must be >= 1 or None")
-        if self.cross_negative_depth is not None and self.cross_negative_depth < 2:
-            raise ValueError(f"cross_negative_depth={self.cross_negative_depth}: >= 2 or None")
-
-    @classmethod
-    def tiny(cls) -> PipelineConfig:
-        """Seconds on a tiny random BERT + ``synthetic_collection`` (tests)."""
-        return cls(
-            dual=DualEncoderConfig(
-                pooling="mean", similarity="cosine", scale=20.0, passage_max_length=48
-            ),
-            cross=CrossEncoderConfig(max_length=64),
-            dual_train=TrainConfig(epochs=2, batch_size=8, lr=1e-3, checkpoint_every=2),
-            cross_train=TrainConfig(epochs=1, batch_size=16, lr=1e-3, checkpoint_every=2),
-            # pseudo_precision set so that the tests exercise the dev-chosen threshold
-            mining=MiningConfig(top_k=5, pseudo_precision=0.5),
-            rerank_depth=10,
-            encode_batch_size=16,
-            score_batch_size=16,
-        )
-
-    @classmethod
-    def scifact_cpu(cls) -> PipelineConfig:
-        """SciFact on a shared 2-core CPU (see docs/retrieval.md for the measured costs)."""
-        return cls(
-            dual=DualEncoderConfig.minilm(),
-            cross=CrossEncoderConfig(max_length=128),  # query + title + ~90 abstract tokens
-            # all 6 layers: after the first 3 the [CLS] state is the same for every pair (the
-            # checkpoint was trained with mean pooling), so a 3-layer CE could not learn
-            cross_layers=None,
-            # negatives from MD0's whole top 50, the depth the CE later reranks: chosen on the
-            # dev queries (top 10: CE alone on MD2's top 50 0.708, MD0's top 20 0.822; top 50:
-            # 0.793 and 0.830)
-            cross_negative_depth=50,
-            dual_train=TrainConfig(
-                epochs=2,  # query tower only, but ~4 min an epoch on the shared CPU
-                batch_size=32,
-                lr=5e-5,  # few steps (56): a higher peak rate
-                negatives_per_query=1,
-            ),
-            cross_train=TrainConfig(
-                epochs=3,  # 1 epoch: dev rerank 0.741 < MD0 0.790; 3 epochs: 0.822 > 0.793
-                batch_size=4,  # queries a step: 4 x (1 positive + 7 negatives) = 32 pairs
-                lr=1e-4,  # 4e-5: loss only fell late (2.08 -> 1.33), dev rerank 0.562 < MD0 0.790
-                negatives_per_query=7,
-                cross_loss="listwise",
-            ),
-            # CE-scores 6 MD0 candidates per train query; pseudo-label threshold chosen on the
-            # dev queries (the fixed 0.9 let no SciFact question through: max P 0.888)
-            mining=MiningConfig(top_k=6, pseudo_precision=0.85),
-            rerank_depth=50,
-        )
-
-    def to_json(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-@dataclass
-class PipelineContext:
-    """Inputs shared by every step."""
-
-    collection: RetrievalCollection
-    backbone_path: Path
-    workdir: Path
-    config: PipelineConfig
-    log: Callable[[str], None] = print
-    passages: list[str] = field(init=False)
-    doc_row: dict[str, int] = field(init=False)
-
-    def __post_init__(self) -> None:
-        self.passages = self.collection.passages()
-        self.doc_row = {d: i for i, d in enumerate(self.collection.doc_ids)}
+    name: str
+    run: StepFunction
+    fields: tuple[str, ...]
+    reads: tuple[str, ...]
 
     @property
-    def cache_dir(self) -> Path:
-        return self.workdir / "cache"
+    def upstream(self) -> tuple[str, ...]:
+        """Steps whose artifacts this step reads, in declaration order."""
+        return tuple(dict.fromkeys(r.split("/", 1)[0] for r in self.reads))
 
 
-# ---------------------------------------------------------------- small helpers
+STEP_SPECS: dict[str, StepSpec] = {}
 
 
-def _step_done(folder: Path) -> dict[str, Any] | None:
-    done = folder / "done.json"
-    return json.loads(done.read_text()) if done.is_file() else None
+def pipeline_step(
+    name: str, *, fields: tuple[str, ...], reads: tuple[str, ...] = ()
+) -> Callable[[StepFunction], StepFunction]:
+    """Register ``name``'s body with the config fields and artifacts it reads."""
 
+    def register(fn: StepFunction) -> StepFunction:
+        STEP_SPECS[name] = StepSpec(name, fn, fields, reads)
+        return fn
 
-def _finish(folder: Path, metrics: dict[str, Any], config: Any) -> dict[str, Any]:
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "config.json").write_text(json.dumps(config, indent=2, default=str))
-    (folder / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    (folder / "done.json").write_text(json.dumps(metrics))
-    return metrics
+    return register
 
 
 def fresh_dual(ctx: PipelineContext) -> tuple[DualEncoder, PreTrainedTokenizerBase]:
@@ -297,56 +164,6 @@ def query_candidates(
     return retrieve(ids, texts, vectors, exact_index(corpus), k)
 
 
-def save_candidates(path: Path, c: Candidates) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tensors = {"rows": torch.from_numpy(c.rows), "scores": torch.from_numpy(c.scores)}
-    save_file(tensors, str(path), metadata={"query_ids": json.dumps(c.query_ids)})
-
-
-def load_candidates(path: Path, queries: dict[str, str]) -> Candidates:
-    from safetensors import safe_open
-
-    with safe_open(str(path), framework="pt") as f:
-        ids = json.loads(f.metadata()["query_ids"])
-    t = load_file(str(path))
-    return Candidates(ids, [queries[q] for q in ids], t["rows"].numpy(), t["scores"].numpy())
-
-
-def scored_blocks(
-    ctx: PipelineContext,
-    folder: Path,
-    model: CrossEncoder,
-    tokenizer: PreTrainedTokenizerBase,
-    c: Candidates,
-    block: int = 50,
-) -> np.ndarray:
-    """CE logits (M, k) computed ``block`` queries at a time, each block cached in ``folder``."""
-    folder.mkdir(parents=True, exist_ok=True)
-    out = []
-    for start in range(0, len(c.query_ids), block):
-        path = folder / f"block-{start:06d}.safetensors"
-        if path.is_file():
-            out.append(load_file(str(path))["logits"].numpy())
-            continue
-        part = Candidates(
-            c.query_ids[start : start + block],
-            c.queries[start : start + block],
-            c.rows[start : start + block],
-            c.scores[start : start + block],
-        )
-        logits = score_candidates(
-            model,
-            tokenizer,
-            part,
-            ctx.passages,
-            batch_size=ctx.config.score_batch_size,
-            desc=f"CE {folder.name} {start}/{len(c.query_ids)}",
-        )
-        save_file({"logits": torch.from_numpy(logits)}, str(path))
-        out.append(logits)
-    return np.concatenate(out) if out else np.zeros((0, c.rows.shape[1]), dtype=np.float32)
-
-
 def evaluate_dual(
     ctx: PipelineContext,
     model: DualEncoder,
@@ -373,7 +190,13 @@ def train_positives(ctx: PipelineContext) -> dict[str, set[int]]:
     return positive_rows(sorted(qrels), qrels, ctx.doc_row)
 
 
-# ---------------------------------------------------------------- dual-encoder training steps
+def _queries(ctx: PipelineContext, ids: Sequence[str]) -> dict[str, str]:
+    return {q: ctx.collection.queries[q] for q in ids}
+
+
+def _dev_qrels(ctx: PipelineContext, dev_ids: Sequence[str]) -> dict[str, dict[str, int]]:
+    """Labels of the dev queries (a held-out part of the train split)."""
+    return {q: ctx.collection.qrels["train"][q] for q in dev_ids}
 
 
 def _train_and_save(
@@ -406,12 +229,22 @@ def _train_and_save(
     return metrics
 
 
+@pipeline_step(
+    "zero_shot",
+    fields=("dual", "bf16"),
+    reads=(),
+)
 def step_zero_shot(ctx: PipelineContext) -> dict[str, Any]:
     model, tokenizer = fresh_dual(ctx)
     corpus = corpus_embeddings(ctx, model, tokenizer)
     return {"test": evaluate_dual(ctx, model, tokenizer, corpus)}
 
 
+@pipeline_step(
+    "md0",
+    fields=("dual", "dual_train", "bf16", "mining.top_k"),
+    reads=(),
+)
 def step_md0(ctx: PipelineContext) -> dict[str, Any]:
     qrels = ctx.collection.qrels["train"]
     examples = labelled_examples(ctx.collection.queries, train_positives(ctx))
@@ -423,12 +256,6 @@ def step_md0(ctx: PipelineContext) -> dict[str, Any]:
     c = query_candidates(ctx, model, tokenizer, corpus, queries, ctx.config.mining.top_k)
     save_candidates(ctx.workdir / "md0" / "candidates_train.safetensors", c)
     return metrics
-
-
-def load_dual(ctx: PipelineContext, name: str) -> tuple[DualEncoder, PreTrainedTokenizerBase]:
-    model, tokenizer = load_encoder(ctx.workdir / name / "model")
-    assert isinstance(model, DualEncoder)
-    return model, tokenizer
 
 
 def cross_batch_worker(
@@ -488,10 +315,15 @@ def cross_batch_args(
     )
 
 
+@pipeline_step(
+    "md0_cross",
+    fields=("dual", "dual_train", "bf16", "workers", "cross_batch_equal_steps"),
+    reads=("md0/train.jsonl",),
+)
 def step_md0_cross(ctx: PipelineContext) -> dict[str, Any]:
     """MD0 with cross-batch negatives: ``workers`` processes, same per-worker batch size."""
     folder = ctx.workdir / "md0_cross"
-    examples = read_training_set(ctx.workdir / "md0" / "train.jsonl")
+    examples = read_training_set(ctx.artifact("md0", "train.jsonl"))
     model, tokenizer = fresh_dual(ctx)
     corpus = corpus_embeddings(ctx, model, tokenizer)
     frozen = None if ctx.config.dual.train_passage_tower else corpus
@@ -512,14 +344,11 @@ def step_md0_cross(ctx: PipelineContext) -> dict[str, Any]:
     }
 
 
-# ---------------------------------------------------------------- cross-encoder and mining
-
-
 def md0_train_candidates(ctx: PipelineContext, k: int) -> Candidates:
     """MD0's top ``k`` of every labelled train query: the stored candidates when deep enough,
     else retrieved again with the saved MD0 model (queries only; the corpus vectors are cached)."""
     queries = ctx.collection.queries
-    stored = load_candidates(ctx.workdir / "md0" / "candidates_train.safetensors", queries)
+    stored = load_candidates(ctx.artifact("md0", "candidates_train.safetensors"), queries)
     if stored.rows.shape[1] >= k:
         return head_candidates(stored, k)
     model, tokenizer = load_dual(ctx, "md0")
@@ -568,6 +397,19 @@ def dev_rerank_metrics(
     }
 
 
+@pipeline_step(
+    "ce",
+    fields=(
+        "cross",
+        "cross_train",
+        "cross_layers",
+        "cross_negative_depth",
+        "dev_fraction",
+        "seed",
+        "mining.top_k",
+    ),
+    reads=("md0/candidates_train.safetensors", "md0/model"),
+)
 def step_ce(ctx: PipelineContext) -> dict[str, Any]:
     folder = ctx.workdir / "ce"
     train_ids, dev_ids = dev_split(ctx)
@@ -635,29 +477,21 @@ def check_head_input(
     return spread
 
 
-def load_cross(ctx: PipelineContext) -> tuple[CrossEncoder, PreTrainedTokenizerBase]:
-    model, tokenizer = load_encoder(ctx.workdir / "ce" / "model")
-    assert isinstance(model, CrossEncoder)
-    return model, tokenizer
-
-
-def load_scaler(ctx: PipelineContext) -> PlattScaler:
-    raw = json.loads((ctx.workdir / "mine" / "calibration.json").read_text())
-    return PlattScaler(raw["a"], raw["b"])
-
-
 def mine_candidates(ctx: PipelineContext) -> tuple[Candidates, dict[str, set[int]], list[str]]:
     """What ``mine`` scores: MD0's stored top-k of every train query, with each dev query's
     labelled positives forced in (the calibration needs both classes); also the train positives
     and the dev query ids."""
     positives = train_positives(ctx)
     _, dev_ids = dev_split(ctx)
-    c = load_candidates(
-        ctx.workdir / "md0" / "candidates_train.safetensors", ctx.collection.queries
-    )
+    c = load_candidates(ctx.artifact("md0", "candidates_train.safetensors"), ctx.collection.queries)
     return with_positives(c, positives, dev_ids), positives, dev_ids
 
 
+@pipeline_step(
+    "mine",
+    fields=("mining.low", "mining.max_negatives", "dev_fraction", "seed"),
+    reads=("md0/candidates_train.safetensors", "ce/model"),
+)
 def step_mine(ctx: PipelineContext) -> dict[str, Any]:
     """Score MD0's train candidates, calibrate on the dev queries, write MD1 + ablation data."""
     folder = ctx.workdir / "mine"
@@ -690,15 +524,46 @@ def step_mine(ctx: PipelineContext) -> dict[str, Any]:
     }
 
 
+@pipeline_step(
+    "md1",
+    fields=("dual", "dual_train", "bf16"),
+    reads=("mine/md1_train.jsonl",),
+)
 def step_md1(ctx: PipelineContext) -> dict[str, Any]:
-    return _train_and_save(ctx, "md1", read_training_set(ctx.workdir / "mine" / "md1_train.jsonl"))
+    return _train_and_save(ctx, "md1", read_training_set(ctx.artifact("mine", "md1_train.jsonl")))
 
 
+@pipeline_step(
+    "no_denoise",
+    fields=("dual", "dual_train", "bf16"),
+    reads=("mine/no_denoise_train.jsonl",),
+)
 def step_no_denoise(ctx: PipelineContext) -> dict[str, Any]:
-    examples = read_training_set(ctx.workdir / "mine" / "no_denoise_train.jsonl")
+    examples = read_training_set(ctx.artifact("mine", "no_denoise_train.jsonl"))
     return _train_and_save(ctx, "no_denoise", examples)
 
 
+@pipeline_step(
+    "augment",
+    fields=(
+        "mining.top_k",
+        "mining.low",
+        "mining.high",
+        "mining.max_negatives",
+        "mining.pseudo_precision",
+        "dev_fraction",
+        "seed",
+        "bf16",
+    ),
+    reads=(
+        "md1/model",
+        "ce/model",
+        "mine/calibration.json",
+        "mine/scores",
+        "mine/md1_train.jsonl",
+        "md0/candidates_train.safetensors",
+    ),
+)
 def step_augment(ctx: PipelineContext) -> dict[str, Any]:
     """MD1 retrieves for unlabelled questions; the calibrated CE pseudo-labels them."""
     folder = ctx.workdir / "augment"
@@ -721,7 +586,7 @@ def step_augment(ctx: PipelineContext) -> dict[str, Any]:
         c, probs, {q: {p} for q, p in pseudo.items()}, cfg.low, cfg.max_negatives
     )
     extra = pseudo_examples(unlabeled, pseudo, negs)
-    md1 = read_training_set(ctx.workdir / "mine" / "md1_train.jsonl")
+    md1 = read_training_set(ctx.artifact("mine", "md1_train.jsonl"))
     write_training_set(folder / "pseudo.jsonl", extra)
     write_training_set(folder / "md2_train.jsonl", [*md1, *extra])
     return {
@@ -742,20 +607,30 @@ def dev_probs_labels(
     candidates (the calibration needs both classes), so top-1 precision here is an upper bound
     of what unlabelled queries get."""
     c, positives, dev_ids = mine_candidates(ctx)
-    logits = scored_blocks(ctx, ctx.workdir / "mine" / "scores", ce, tokenizer, c)
+    logits = scored_blocks(ctx, ctx.artifact("mine", "scores"), ce, tokenizer, c)
     dev = np.isin(np.asarray(c.query_ids), dev_ids)
     probs = load_scaler(ctx)(logits)
     return probs[dev], candidate_labels(c, positives)[dev]
 
 
+@pipeline_step(
+    "md2",
+    fields=("dual", "dual_train", "bf16"),
+    reads=("augment/md2_train.jsonl",),
+)
 def step_md2(ctx: PipelineContext) -> dict[str, Any]:
-    examples = read_training_set(ctx.workdir / "augment" / "md2_train.jsonl")
+    examples = read_training_set(ctx.artifact("augment", "md2_train.jsonl"))
     metrics = _train_and_save(ctx, "md2", examples)
     model, tokenizer = load_dual(ctx, "md2")
     exact_index(corpus_embeddings(ctx, model, tokenizer)).save(ctx.workdir / "md2" / "index")
     return metrics
 
 
+@pipeline_step(
+    "rerank",
+    fields=("rerank_depth", "dev_fraction", "seed", "bf16"),
+    reads=("md2/model", "ce/model"),
+)
 def step_rerank(ctx: PipelineContext) -> dict[str, Any]:
     folder = ctx.workdir / "rerank"
     model, tokenizer = load_dual(ctx, "md2")
@@ -784,142 +659,3 @@ def step_rerank(ctx: PipelineContext) -> dict[str, Any]:
         "dev_ndcg10_per_weight": {str(w): v for w, v in per_weight.items()},
         "depth": depth,
     }
-
-
-def _queries(ctx: PipelineContext, ids: Sequence[str]) -> dict[str, str]:
-    return {q: ctx.collection.queries[q] for q in ids}
-
-
-def _dev_qrels(ctx: PipelineContext, dev_ids: Sequence[str]) -> dict[str, dict[str, int]]:
-    """Labels of the dev queries (a held-out part of the train split)."""
-    return {q: ctx.collection.qrels["train"][q] for q in dev_ids}
-
-
-STEP_FUNCTIONS: dict[str, Callable[[PipelineContext], dict[str, Any]]] = {
-    "zero_shot": step_zero_shot,
-    "md0": step_md0,
-    "md0_cross": step_md0_cross,
-    "ce": step_ce,
-    "mine": step_mine,
-    "md1": step_md1,
-    "no_denoise": step_no_denoise,
-    "augment": step_augment,
-    "md2": step_md2,
-    "rerank": step_rerank,
-}
-
-
-STEP_INPUTS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
-    # step: (config fields it reads, steps whose artifacts it reads)
-    "zero_shot": (("dual", "bf16"), ()),
-    "md0": (("dual", "dual_train", "bf16", "mining.top_k"), ()),  # + its stored top-k
-    "md0_cross": (("dual", "dual_train", "bf16", "workers", "cross_batch_equal_steps"), ()),
-    "ce": (
-        # (mining.top_k, its negatives' depth when cross_negative_depth is None, via md0)
-        ("cross", "cross_train", "cross_layers", "cross_negative_depth", "dev_fraction", "seed"),
-        ("md0",),
-    ),
-    "mine": (("mining.top_k", "mining.low", "mining.max_negatives"), ("ce",)),
-    "md1": (("dual", "dual_train", "bf16"), ("mine",)),
-    # its data (MD0's top-k non-positives, written by mine) does not depend on the CE
-    "no_denoise": (
-        ("dual", "dual_train", "bf16", "mining.top_k", "mining.max_negatives"),
-        ("md0",),
-    ),
-    "augment": (("mining.high", "mining.pseudo_precision"), ("md1", "mine")),
-    "md2": (("dual", "dual_train", "bf16"), ("augment",)),
-    "rerank": (("rerank_depth",), ("md2", "ce")),
-}
-"""What a finished step's artifacts depend on: a done step is only reused while these agree."""
-
-
-def step_fields(name: str) -> set[str]:
-    """Config fields (dotted paths) a step's artifacts depend on, through its upstream steps."""
-    fields, upstream = STEP_INPUTS[name]
-    out = set(fields)
-    for step in upstream:
-        out |= step_fields(step)
-    return out
-
-
-def _field(config: dict[str, Any], path: str) -> Any:
-    value: Any = config
-    for key in path.split("."):
-        value = value.get(key) if isinstance(value, dict) else None
-    return value
-
-
-def check_done_steps(ctx: PipelineContext, steps: Sequence[str]) -> None:
-    """Refuse to reuse a finished step (or its finished inputs) made under another config.
-
-    Each step's ``config.json`` holds the pipeline config it ran with; a step that would be
-    skipped, or whose artifacts a step that runs would read, must agree with the current config
-    on ``step_fields``. Raises ValueError naming the step and the fields that differ.
-    """
-    current = ctx.config.to_json()
-    needed: set[str] = set()
-    todo = list(steps)
-    while todo:
-        name = todo.pop()
-        if name not in needed:
-            needed.add(name)
-            todo.extend(STEP_INPUTS[name][1])
-    for name in (s for s in STEPS if s in needed):  # pipeline order: the earliest culprit first
-        saved = ctx.workdir / name / "config.json"
-        if _step_done(ctx.workdir / name) is None or not saved.is_file():
-            continue
-        old = json.loads(saved.read_text())
-        diffs = sorted(
-            f"{f}: {_field(old, f)!r} -> {_field(current, f)!r}"
-            for f in step_fields(name)
-            if _field(old, f) != _field(current, f)
-        )
-        if diffs:
-            raise ValueError(
-                f"step {name!r} in {ctx.workdir} was finished under another config "
-                f"({'; '.join(diffs)}), so its artifacts do not match this run; use another "
-                f"--workdir, or delete {ctx.workdir / name} and the steps that read it"
-            )
-
-
-def run_pipeline(ctx: PipelineContext, only: Sequence[str] | None = None) -> dict[str, Any]:
-    """Run (or skip, when done) each configured step; returns step -> metrics.
-
-    A step already done under a config that differs in what it depends on (``STEP_INPUTS``) is
-    an error, not a silent reuse (``check_done_steps``).
-
-    Args:
-        only: run just these steps (their inputs must exist); None = all configured steps.
-    """
-    selected = [n for n in ctx.config.steps if only is None or n in only]
-    check_done_steps(ctx, selected)
-    ctx.workdir.mkdir(parents=True, exist_ok=True)
-    (ctx.workdir / "pipeline_config.json").write_text(json.dumps(ctx.config.to_json(), indent=2))
-    results: dict[str, Any] = {}
-    for name in selected:
-        folder = ctx.workdir / name
-        done = _step_done(folder)
-        if done is not None:
-            ctx.log(f"[{name}] done, skipped")
-            results[name] = done
-            continue
-        ctx.log(f"[{name}] running")
-        t0 = time.perf_counter()
-        metrics = STEP_FUNCTIONS[name](ctx)
-        metrics["step_seconds"] = time.perf_counter() - t0
-        results[name] = _finish(folder, metrics, _step_config(ctx.config, name))
-        ctx.log(f"[{name}] {json.dumps(metrics.get('test', metrics))}")
-    summary = ctx.workdir / "summary.json"
-    summary.write_text(json.dumps(results, indent=2))
-    return results
-
-
-def _step_config(config: PipelineConfig, name: str) -> dict[str, Any]:
-    out = config.to_json()
-    out["step"] = name
-    return out
-
-
-def with_steps(config: PipelineConfig, steps: Sequence[str]) -> PipelineConfig:
-    """The same config restricted to ``steps`` (kept in pipeline order)."""
-    return replace(config, steps=tuple(s for s in STEPS if s in steps))
