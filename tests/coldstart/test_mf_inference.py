@@ -34,7 +34,7 @@ def test_round_trip_and_ridge_fit_match_the_baseline(fitted, tmp_path):
     tasks = split.test[:5]
     rows = mf.fit_users([(t.support_items, t.support_labels) for t in tasks])
     np.testing.assert_allclose(rows, fit_new_users(model, tasks, 7.0), rtol=1e-4, atol=1e-5)
-    np.testing.assert_array_equal(mf.item_ids, split.dataset.items.ids)
+    assert list(mf.item_ids.ids) == split.dataset.items.ids.tolist()
     assert mf.config["dataset"] == "synthetic" and mf.bounds == (1.0, 5.0)
 
 

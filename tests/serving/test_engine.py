@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from warmstart.serving.engine import (
+    MIN_SAMPLES,
     BatchSizeMismatch,
     ComputePool,
     DeadlineExceeded,
@@ -256,7 +257,8 @@ def test_predicted_wait_grows_with_queue_depth(pool):
     async def main():
         stage = Stage("p", gate, StageConfig(max_batch=2, queue_size=64), pool)
         await stage.start()
-        stage.metrics.service.add(0.010)  # as if one batch had been measured at 10 ms
+        for _ in range(MIN_SAMPLES):  # as if the batches so far had taken 10 ms each
+            stage.metrics.observe_service(0.010)
         empty = stage.predicted_wait_s()
         first = asyncio.create_task(stage.submit(0))
         await gate.wait_entered()

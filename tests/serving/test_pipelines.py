@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from warmstart.serving.admission import AdmissionConfig
-from warmstart.serving.engine import ComputePool, Overloaded, Window
+from warmstart.serving.engine import MIN_SAMPLES, ComputePool, Overloaded, Window
 from warmstart.serving.models import UserRecord, load_recommend_models
 from warmstart.serving.pipelines import (
     RecommendConfig,
@@ -86,8 +86,6 @@ def test_known_user_is_written_back_then_served_from_the_store(models, tiny_arti
 
 
 def test_unknown_user_without_interactions_gets_the_cold_state(models):
-    if not hasattr(models.ranker.rec, "adapt_many"):
-        pytest.skip("ColdNAS adapt on an empty support needs the inference-API issue's adapt_many")
     pipeline, _ = make_pipeline(models)
     (c,) = run_requests(pipeline, [RecommendRequest("nobody", k=5)])
     assert c.state == "cold" and c.rows.size == 5
@@ -112,8 +110,9 @@ def test_shedding_rejects_before_the_queue_grows_and_degrades_first(models, tiny
 
     def measured(seconds):  # as if every batch so far had taken `seconds`
         for stage in pipeline.stages:
-            stage.metrics.service = Window()
-            stage.metrics.service.add(seconds)
+            stage.metrics.recent = Window(MIN_SAMPLES)
+            for _ in range(MIN_SAMPLES):
+                stage.metrics.observe_service(seconds)
 
     measured(0.020)
     req = RecommendRequest(items=t.support_items, ratings=t.support_labels, k=3)

@@ -9,8 +9,9 @@ the project's exact index.
 
 An MF artifact directory holds::
 
-    mf.safetensors   items (I, D + 1) float32 rows [q_i, b_i], user_prior (D + 1,), item_ids (I,)
-    mf.json          format version, mu, ridge, rating bounds, dim, anything the exporter records
+    mf.safetensors   items (I, D + 1) float32 rows [q_i, b_i], user_prior (D + 1,)
+    mf.json          format version, mu, ridge, rating bounds, dim, the item id map (raw ids in
+                     row order, ``catalog.IdMap`` JSON), anything the exporter records
 
 This module imports the ridge fit and the index only: no trainer, optimiser or dataset loader.
 """
@@ -27,6 +28,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from warmstart.coldstart.baselines import ALSModel, fit_new_users
+from warmstart.coldstart.catalog import IdMap
 from warmstart.data.types import Task
 from warmstart.retrieval.index import ExactIndex, build_index
 
@@ -43,7 +45,7 @@ def export_mf(
     directory: Path | str,
     model: ALSModel,
     ridge: float,
-    item_ids: np.ndarray,
+    item_ids: IdMap | Sequence[Any] | np.ndarray,
     bounds: tuple[float, float],
     meta: dict[str, Any] | None = None,
 ) -> None:
@@ -52,13 +54,13 @@ def export_mf(
     Args:
         model: the fitted factors (the train users' rows are not needed and not written).
         ridge: the per-new-user ridge penalty (shrinkage toward ``model.user_prior``).
-        item_ids: ``(I,)`` raw dataset ids of the item rows, in row order.
+        item_ids: the raw dataset ids of the item rows, in row order (an ``IdMap`` or a list).
         bounds: ``(low, high)`` rating range predictions are clipped to.
         meta: extra JSON-serialisable provenance (dataset, seed, selected grid values, git SHA).
     """
-    ids = np.asarray(item_ids)
-    if ids.shape != (model.items.shape[0],):
-        raise ValueError(f"export_mf: {ids.shape} item ids for {model.items.shape[0]} item rows")
+    ids = item_ids if isinstance(item_ids, IdMap) else IdMap(item_ids, "item")
+    if len(ids) != model.items.shape[0]:
+        raise ValueError(f"export_mf: {len(ids)} item ids for {model.items.shape[0]} item rows")
     if ridge <= 0:
         raise ValueError(f"export_mf: ridge must be > 0, got {ridge}")
     directory = Path(directory)
@@ -66,7 +68,6 @@ def export_mf(
     tensors = {
         "items": torch.as_tensor(model.items.astype(np.float32)),
         "user_prior": torch.as_tensor(model.user_prior.astype(np.float32)),
-        "item_ids": torch.as_tensor(ids.astype(np.int64)),
     }
     save_file(tensors, str(directory / WEIGHTS_FILE))
     config = {
@@ -76,6 +77,7 @@ def export_mf(
         "bounds": [float(bounds[0]), float(bounds[1])],
         "dim": int(model.items.shape[1] - 1),
         **(meta or {}),
+        "item_ids": ids.to_json(),
     }
     (directory / CONFIG_FILE).write_text(json.dumps(config, indent=2, default=str) + "\n")
 
@@ -86,7 +88,7 @@ class MFRecommender:
     Args:
         model: ALS factors (only ``mu``, ``items`` and ``user_prior`` are used).
         ridge: per-new-user ridge penalty.
-        item_ids: ``(I,)`` raw ids of the item rows.
+        item_ids: raw ids of the item rows.
         bounds: rating range for :meth:`predict`.
         config: the artifact's ``mf.json`` contents.
     """
@@ -95,13 +97,17 @@ class MFRecommender:
         self,
         model: ALSModel,
         ridge: float,
-        item_ids: np.ndarray,
+        item_ids: IdMap,
         bounds: tuple[float, float],
         config: dict[str, Any] | None = None,
     ) -> None:
+        if len(item_ids) != model.items.shape[0]:
+            raise ValueError(
+                f"MFRecommender: {len(item_ids)} item ids for {model.items.shape[0]} item rows"
+            )
         self.model = model
         self.ridge = ridge
-        self.item_ids = np.asarray(item_ids)
+        self.item_ids = item_ids
         self.bounds = bounds
         self.config = config or {}
         self._index: ExactIndex = build_index("exact", self.dim + 1)  # type: ignore[assignment]
@@ -186,6 +192,5 @@ def load_mf(directory: Path | str) -> MFRecommender:
         user_prior=tensors["user_prior"].numpy().astype(np.float64),
     )
     low, high = config["bounds"]
-    return MFRecommender(
-        model, float(config["ridge"]), tensors["item_ids"].numpy(), (low, high), config
-    )
+    ids = IdMap.from_json(config["item_ids"])
+    return MFRecommender(model, float(config["ridge"]), ids, (low, high), config)

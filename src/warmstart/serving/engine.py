@@ -36,6 +36,8 @@ from typing import Any, Generic, TypeVar
 T = TypeVar("T")
 R = TypeVar("R")
 
+MIN_SAMPLES = 3  # measured batches before a stage's service time is used for prediction
+
 BatchFn = Callable[[list[Any]], Sequence[Any]] | Callable[[list[Any]], Awaitable[Sequence[Any]]]
 
 
@@ -140,7 +142,8 @@ class StageMetrics:
     """Counters and windows of one stage (read by /metrics and /v1/stats).
 
     ``service`` holds seconds per batch call, ``wait`` seconds from submission to the start of
-    the item's batch; ``batch_sizes`` counts calls by batch size.
+    the item's batch; ``batch_sizes`` counts calls by batch size. ``recent`` holds the last few
+    service times, whose median predicts the next (robust to a slow first call or a stall).
     """
 
     submitted: int = 0
@@ -151,6 +154,11 @@ class StageMetrics:
     batch_sizes: dict[int, int] = field(default_factory=dict)
     service: Window = field(default_factory=Window)
     wait: Window = field(default_factory=Window)
+    recent: Window = field(default_factory=lambda: Window(32))
+
+    def observe_service(self, seconds: float) -> None:
+        self.service.add(seconds)
+        self.recent.add(seconds)
 
     def snapshot(self, queue_depth: int, busy: int) -> dict[str, Any]:
         return {
@@ -251,13 +259,16 @@ class Stage(Generic[T, R]):
         """Expected seconds until ``extra`` newly submitted items are done at this stage.
 
         Queued items form ``ceil((depth + extra) / max_batch)`` batches shared by the workers;
-        each takes the mean measured service time of a batch (0 until measured). A busy stage
+        each takes the median of the recent service times (0 until ``MIN_SAMPLES`` batches
+        were measured: a cold stage's first calls are slow and say little). A busy stage
         adds one batch for the work already in flight.
         """
         batches = math.ceil((self.depth + extra) / self.config.max_batch)
         rounds = math.ceil(batches / self.config.concurrency) + (1 if self._busy else 0)
         wait = self.config.max_wait_s if self.depth + extra < self.config.max_batch else 0.0
-        return rounds * self.metrics.service.mean() + wait
+        recent = self.metrics.recent
+        service = recent.quantile(0.5) if len(recent) >= MIN_SAMPLES else 0.0
+        return rounds * service + wait
 
     async def submit(self, value: T, deadline: float | None = None) -> R:
         """Queue ``value`` and await its result.
@@ -340,7 +351,7 @@ class Stage(Generic[T, R]):
             return
         finally:
             self._busy -= 1
-            self.metrics.service.add(self.clock() - start)
+            self.metrics.observe_service(self.clock() - start)
             size = len(batch)
             self.metrics.batch_sizes[size] = self.metrics.batch_sizes.get(size, 0) + 1
         self.metrics.completed += len(batch)

@@ -1,8 +1,8 @@
 """The models behind the serving stages, as small batch interfaces.
 
 Each stage calls a list-in, list-out method (the ``*_many`` form of the inference contract), so
-a micro-batch is one call. Where a loaded model does not yet offer the batch form, the adapter
-loops over the single form; either way the results are the same, in the same order.
+a micro-batch is one padded pass. ``Ranker`` is the interface the adapt and rank stages need, so
+another cold-start model (MPP, a ranking-trained model) can stand behind them.
 
 ``UserRecord`` is what the tiered store keeps per user: the ColdNAS state and the MF user row.
 """
@@ -17,6 +17,7 @@ from typing import Protocol
 
 import numpy as np
 
+from warmstart.coldstart.catalog import IdMap
 from warmstart.coldstart.inference import ColdStartRecommender, UserState, load_recommender
 from warmstart.coldstart.mf_inference import MFRecommender, Support, load_mf
 
@@ -74,7 +75,7 @@ class Ranker(Protocol):
 
 
 class ColdNASRanker:
-    """A ColdNAS recommender behind the batch interface (its own ``*_many`` when it has them).
+    """A ColdNAS recommender behind the ``Ranker`` interface.
 
     Args:
         rec: a loaded recommender (immutable, shared by every worker thread).
@@ -88,48 +89,12 @@ class ColdNASRanker:
         return self.rec.n_items
 
     def adapt_many(self, supports: Sequence[Support]) -> list[UserState]:
-        many = getattr(self.rec, "adapt_many", None)
-        if many is not None:
-            return list(many(supports))
-        return [self.rec.adapt(rows, labels) for rows, labels in supports]
+        return self.rec.adapt_many(supports)
 
     def score_many(
         self, states: Sequence[UserState], candidates: Sequence[np.ndarray]
     ) -> list[np.ndarray]:
-        many = getattr(self.rec, "score_many", None)
-        if many is not None:
-            return list(many(states, candidates))
-        return [np.asarray(self.rec.score(s, c)) for s, c in zip(states, candidates, strict=True)]
-
-
-class ItemIds:
-    """Raw item ids at the edge ↔ dense rows inside.
-
-    Args:
-        raw: ``(I,)`` raw ids in row order (distinct).
-    """
-
-    def __init__(self, raw: np.ndarray) -> None:
-        self.raw = np.asarray(raw)
-        self._rows = {int(r): i for i, r in enumerate(self.raw.tolist())}
-        if len(self._rows) != len(self.raw):
-            raise ValueError("ItemIds: raw item ids are not distinct")
-
-    def __len__(self) -> int:
-        return len(self.raw)
-
-    def unknown(self, raw_ids: Sequence[int]) -> list[int]:
-        return [r for r in raw_ids if int(r) not in self._rows]
-
-    def to_rows(self, raw_ids: Sequence[int], field: str = "items") -> np.ndarray:
-        """Dense rows of ``raw_ids``; raises ValueError naming ``field`` and the unknown ids."""
-        bad = self.unknown(raw_ids)
-        if bad:
-            raise ValueError(f"{field}: unknown item ids {bad[:10]}")
-        return np.fromiter((self._rows[int(r)] for r in raw_ids), np.int64, len(raw_ids))
-
-    def to_raw(self, rows: np.ndarray) -> list[int]:
-        return [int(x) for x in self.raw[np.asarray(rows, dtype=np.int64)]]
+        return self.rec.score_many(states, candidates)
 
 
 @dataclass(frozen=True)
@@ -138,8 +103,11 @@ class RecommendModels:
 
     ranker: ColdNASRanker
     candidates: MFRecommender
-    item_ids: ItemIds
     source: dict[str, str]
+
+    @property
+    def item_ids(self) -> IdMap:
+        return self.ranker.rec.item_ids
 
 
 def load_recommend_models(coldnas_dir: Path | str, mf_dir: Path | str) -> RecommendModels:
@@ -150,13 +118,6 @@ def load_recommend_models(coldnas_dir: Path | str, mf_dir: Path | str) -> Recomm
         raise ValueError(
             f"{mf_dir}: MF artifact has {mf.n_items} items, ColdNAS model {coldnas_dir} has {rec.n_items}"
         )
-    ids = getattr(rec, "item_ids", None)
-    raw = np.asarray(ids.to_raw(np.arange(rec.n_items))) if ids is not None else mf.item_ids
-    if not np.array_equal(raw, mf.item_ids):
-        raise ValueError(f"{mf_dir}: MF item ids differ from the ColdNAS model's {coldnas_dir}")
-    return RecommendModels(
-        ColdNASRanker(rec),
-        mf,
-        ItemIds(raw),
-        {"coldnas": str(coldnas_dir), "mf": str(mf_dir)},
-    )
+    if mf.item_ids != rec.item_ids:
+        raise ValueError(f"{mf_dir}: MF item ids differ from the ColdNAS model's ({coldnas_dir})")
+    return RecommendModels(ColdNASRanker(rec), mf, {"coldnas": str(coldnas_dir), "mf": str(mf_dir)})

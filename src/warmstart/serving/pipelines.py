@@ -40,6 +40,22 @@ def top_k(scores: np.ndarray, k: int) -> np.ndarray:
     return part[np.argsort(-scores[part], kind="stable")]
 
 
+class Staged:
+    """A pipeline made of stages: start and stop them together (subclasses list ``stages``)."""
+
+    @property
+    def stages(self) -> list[Stage[Any, Any]]:
+        raise NotImplementedError
+
+    async def start(self) -> None:
+        for s in self.stages:
+            await s.start()
+
+    async def stop(self) -> None:
+        for s in self.stages:
+            await s.stop()
+
+
 # --------------------------------------------------------------------------- recommend
 
 
@@ -108,7 +124,7 @@ class _Adapt:
     ratings: np.ndarray
 
 
-class RecommendPipeline:
+class RecommendPipeline(Staged):
     """The recommend stages over one set of models; see the module docstring.
 
     Args:
@@ -145,14 +161,6 @@ class RecommendPipeline:
     @property
     def stages(self) -> list[Stage[Any, Any]]:
         return [self.lookup, self.adapt, self.candidates, self.rank]
-
-    async def start(self) -> None:
-        for s in self.stages:
-            await s.start()
-
-    async def stop(self) -> None:
-        for s in self.stages:
-            await s.stop()
 
     # ------------------------------------------------------------------ batch functions
 
@@ -269,7 +277,7 @@ class SearchResult:
     degraded: tuple[str, ...] = ()
 
 
-class SearchPipeline:
+class SearchPipeline(Staged):
     """Encode → index → optional rerank, over one loaded ``Retriever``."""
 
     def __init__(
@@ -294,14 +302,6 @@ class SearchPipeline:
     @property
     def stages(self) -> list[Stage[Any, Any]]:
         return [self.encode, self.search_stage, self.rerank]
-
-    async def start(self) -> None:
-        for s in self.stages:
-            await s.start()
-
-    async def stop(self) -> None:
-        for s in self.stages:
-            await s.stop()
 
     def _encode_batch(self, texts: list[str]) -> list[np.ndarray]:
         return list(self.retriever.encode_queries(texts))
