@@ -10,6 +10,7 @@ requests in flight bounds memory under any load.
 
 from __future__ import annotations
 
+import asyncio
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -61,6 +62,21 @@ class Admission:
         self.admitted = 0
         self.degraded = 0
         self.rejected = 0
+        self._idle: asyncio.Event | None = None
+
+    def enter(self) -> None:
+        self.in_flight += 1
+
+    def leave(self) -> None:
+        self.in_flight -= 1
+        if self.in_flight == 0 and self._idle is not None:
+            self._idle.set()
+
+    async def idle(self) -> None:
+        """Return once no admitted request is in flight (for draining before a stop)."""
+        while self.in_flight:
+            self._idle = asyncio.Event()
+            await self._idle.wait()
 
     def predict_s(self, stages: Sequence[Stage]) -> float:
         return sum(stage.predicted_wait_s() for stage in stages)

@@ -9,6 +9,7 @@ another cold-start model (MPP, a ranking-trained model) can stand behind them.
 
 from __future__ import annotations
 
+import hashlib
 import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -104,6 +105,9 @@ class RecommendModels:
     ranker: ColdNASRanker
     candidates: MFRecommender
     source: dict[str, str]
+    version: str = (
+        ""  # fingerprint of the artifacts: keys user records, so a reload never reads stale ones
+    )
 
     @property
     def item_ids(self) -> IdMap:
@@ -120,4 +124,8 @@ def load_recommend_models(coldnas_dir: Path | str, mf_dir: Path | str) -> Recomm
         )
     if mf.item_ids != rec.item_ids:
         raise ValueError(f"{mf_dir}: MF item ids differ from the ColdNAS model's ({coldnas_dir})")
-    return RecommendModels(ColdNASRanker(rec), mf, {"coldnas": str(coldnas_dir), "mf": str(mf_dir)})
+    digest = hashlib.sha1()
+    for path in (Path(coldnas_dir) / "config.json", Path(mf_dir) / "mf.json"):
+        digest.update(path.read_bytes())
+    source = {"coldnas": str(coldnas_dir), "mf": str(mf_dir)}
+    return RecommendModels(ColdNASRanker(rec), mf, source, digest.hexdigest()[:12])

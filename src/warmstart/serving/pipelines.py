@@ -43,6 +43,8 @@ def top_k(scores: np.ndarray, k: int) -> np.ndarray:
 class Staged:
     """A pipeline made of stages: start and stop them together (subclasses list ``stages``)."""
 
+    admission: Admission
+
     @property
     def stages(self) -> list[Stage[Any, Any]]:
         raise NotImplementedError
@@ -54,6 +56,11 @@ class Staged:
     async def stop(self) -> None:
         for s in self.stages:
             await s.stop()
+
+    async def drain(self) -> None:
+        """Wait for every admitted request to finish, then stop the stages."""
+        await self.admission.idle()
+        await self.stop()
 
 
 # --------------------------------------------------------------------------- recommend
@@ -194,6 +201,9 @@ class RecommendPipeline(Staged):
         )
         return [*first, self.adapt, self.candidates, self.rank]
 
+    def user_key(self, user_id: str) -> bytes:
+        return f"user:{self.models.version}:{user_id}".encode()
+
     def admit(self, req: RecommendRequest) -> tuple[Ticket, float]:
         """Admission decision and the absolute deadline (``time.monotonic()``)."""
         budget = 1e-3 * (req.deadline_ms or self.config.admission.deadline_ms)
@@ -204,16 +214,16 @@ class RecommendPipeline(Staged):
     async def recommend(self, req: RecommendRequest) -> Recommendation:
         """Run one request through the stages (raises ``Overloaded`` / ``DeadlineExceeded``)."""
         ticket, deadline = self.admit(req)
-        self.admission.in_flight += 1
+        self.admission.enter()
         try:
             return await self._recommend(req, ticket, deadline)
         finally:
-            self.admission.in_flight -= 1
+            self.admission.leave()
 
     async def _recommend(
         self, req: RecommendRequest, ticket: Ticket, deadline: float
     ) -> Recommendation:
-        key = None if req.user_id is None else b"user:" + req.user_id.encode()
+        key = None if req.user_id is None else self.user_key(req.user_id)
         record, state = None, "adapted"
         if key is not None and req.items.size == 0:
             record = await self.lookup.submit(key, deadline)
@@ -251,13 +261,13 @@ class RecommendPipeline(Staged):
 class SearchConfig:
     """Attributes:
     rerank_n: hits reranked by the cross-encoder when a request asks for rerank.
-    encode / search / rerank: each stage's batching and queueing.
+    encode / index / rerank: each stage's batching and queueing.
     admission: deadlines and shedding (degrading skips the rerank).
     """
 
     rerank_n: int = 20
     encode: StageConfig = field(default_factory=lambda: StageConfig(32, 0.002, 2048, 1))
-    search: StageConfig = field(default_factory=lambda: StageConfig(64, 0.0, 2048, 1))
+    index: StageConfig = field(default_factory=lambda: StageConfig(64, 0.0, 2048, 1))
     rerank: StageConfig = field(default_factory=lambda: StageConfig(8, 0.002, 512, 1))
     admission: AdmissionConfig = field(default_factory=AdmissionConfig)
 
@@ -287,8 +297,8 @@ class SearchPipeline(Staged):
         self.config = config or SearchConfig()
         c = self.config
         self.encode: Stage[str, np.ndarray] = Stage("encode", self._encode_batch, c.encode, compute)
-        self.search_stage: Stage[tuple[np.ndarray, int], list[Any]] = Stage(
-            "search", self._search_batch, c.search, compute
+        self.index: Stage[tuple[np.ndarray, int], list[Any]] = Stage(
+            "index", self._search_batch, c.index, compute
         )
         self.rerank: Stage[tuple[str, list[Any]], list[Any]] = Stage(
             "rerank", self._rerank_batch, c.rerank, compute
@@ -301,7 +311,7 @@ class SearchPipeline(Staged):
 
     @property
     def stages(self) -> list[Stage[Any, Any]]:
-        return [self.encode, self.search_stage, self.rerank]
+        return [self.encode, self.index, self.rerank]
 
     def _encode_batch(self, texts: list[str]) -> list[np.ndarray]:
         return list(self.retriever.encode_queries(texts))
@@ -320,22 +330,22 @@ class SearchPipeline(Staged):
         if req.rerank and not self.can_rerank:
             raise ValueError("rerank: this retriever has no cross-encoder")
         budget = 1e-3 * (req.deadline_ms or self.config.admission.deadline_ms)
-        base: list[Stage[Any, Any]] = [self.encode, self.search_stage]
+        base: list[Stage[Any, Any]] = [self.encode, self.index]
         full = [*base, self.rerank] if req.rerank else base
         ticket = self.admission.admit(full, base, budget)
         deadline = time.monotonic() + budget
-        self.admission.in_flight += 1
+        self.admission.enter()
         try:
             emb = await self.encode.submit(req.query, deadline)
             depth = max(req.k, self.config.rerank_n) if req.rerank else req.k
-            hits = await self.search_stage.submit((emb, depth), deadline)
+            hits = await self.index.submit((emb, depth), deadline)
             if req.rerank and ticket.degrade:
                 return SearchResult(hits[: req.k], False, ("rerank skipped",))
             if req.rerank:
                 hits = await self.rerank.submit((req.query, hits[: self.config.rerank_n]), deadline)
             return SearchResult(hits[: req.k], req.rerank)
         finally:
-            self.admission.in_flight -= 1
+            self.admission.leave()
 
     def snapshot(self) -> dict[str, Any]:
         return {

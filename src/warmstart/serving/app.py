@@ -1,0 +1,493 @@
+"""HTTP API on FastAPI/uvicorn: recommend, search, health, readiness, metrics, stats, admin.
+
+Routes::
+
+    POST /v1/recommend     new or known user → top-k items (raw ids, scores, display info)
+    POST /v1/search        query → top-k passages (optionally reranked)
+    GET  /healthz          the process is up
+    GET  /readyz           models loaded and stages running (503 while starting or draining)
+    GET  /metrics          Prometheus text format
+    GET  /v1/stats         the same figures as JSON (per stage, store tiers, admission)
+    POST /v1/admin/reload  load new artifact directories (bearer token), no request dropped
+    GET  /openapi.json     the schema (FastAPI)
+
+Refusals are explicit and immediate: 503 with ``Retry-After`` when admission predicts a missed
+deadline or a queue is full, 413 for an oversized body, 422 naming the field and value for bad
+input (an unknown item id, a rating outside the model's range). Nothing here runs torch: the
+handlers validate and map ids on the event loop, the stages run the models in their pools.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+import math
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
+from contextlib import asynccontextmanager
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import orjson
+from fastapi import FastAPI, Header, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from pydantic import BaseModel, ConfigDict, Field
+
+from warmstart.serving.config import ModelPaths, ServeConfig
+from warmstart.serving.engine import ComputePool, DeadlineExceeded, Overloaded
+from warmstart.serving.models import load_recommend_models
+from warmstart.serving.pipelines import (
+    RecommendPipeline,
+    RecommendRequest,
+    SearchPipeline,
+    SearchRequest,
+)
+from warmstart.serving.store import TieredStore, build_store
+
+log = logging.getLogger(__name__)
+
+MAX_BODY_BYTES = 1 << 20
+MAX_K = 100
+MAX_INTERACTIONS = 1000
+MAX_EXCLUDE = 5000
+MAX_CANDIDATES = 5000
+MAX_QUERY_CHARS = 2000
+MAX_DEADLINE_MS = 10_000.0
+
+RawId = int | str
+
+
+# --------------------------------------------------------------------------- schemas
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Interaction(_Strict):
+    item: RawId = Field(description="raw item id (e.g. a MovieLens MovieID)")
+    rating: float = Field(description="the user's rating/label, within the model's range")
+
+
+class RecommendBody(_Strict):
+    user_id: str | None = Field(
+        None,
+        min_length=1,
+        max_length=128,
+        description="a known user: with no interactions, its stored state is used",
+    )
+    interactions: list[Interaction] = Field(default_factory=list, max_length=MAX_INTERACTIONS)
+    k: int = Field(10, ge=1, le=MAX_K)
+    exclude: list[RawId] = Field(default_factory=list, max_length=MAX_EXCLUDE)
+    n_candidates: int | None = Field(None, ge=1, le=MAX_CANDIDATES)
+    deadline_ms: float | None = Field(None, gt=0, le=MAX_DEADLINE_MS)
+
+
+class ScoredItem(BaseModel):
+    id: RawId
+    score: float
+    title: str | None = None
+    year: int | None = None
+    genres: list[str] | None = None
+
+
+class RecommendResponse(BaseModel):
+    items: list[ScoredItem]
+    state: str = Field(description="adapted | cached | cold")
+    n_candidates: int
+    degraded: list[str]
+    model: str
+
+
+class SearchBody(_Strict):
+    query: str = Field(min_length=1, max_length=MAX_QUERY_CHARS)
+    k: int = Field(10, ge=1, le=MAX_K)
+    rerank: bool = False
+    deadline_ms: float | None = Field(None, gt=0, le=MAX_DEADLINE_MS)
+
+
+class Passage(BaseModel):
+    id: str
+    score: float
+    title: str
+    text: str
+
+
+class SearchResponse(BaseModel):
+    hits: list[Passage]
+    reranked: bool
+    degraded: list[str]
+
+
+class ReloadBody(_Strict):
+    coldnas: str | None = None
+    mf: str | None = None
+    retriever: str | None = None
+
+
+class ApiError(Exception):
+    """An error answered with ``status`` and a JSON ``detail`` (and optional headers)."""
+
+    def __init__(self, status: int, detail: Any, headers: dict[str, str] | None = None) -> None:
+        super().__init__(str(detail))
+        self.status = status
+        self.detail = detail
+        self.headers = headers or {}
+
+
+class FastJSON(JSONResponse):
+    """JSON rendered by orjson (several times faster than the standard library here)."""
+
+    def render(self, content: Any) -> bytes:
+        return orjson.dumps(content, option=orjson.OPT_SERIALIZE_NUMPY)
+
+
+def unprocessable(field: str, value: Any, message: str) -> ApiError:
+    return ApiError(422, [{"loc": ["body", *field.split(".")], "msg": message, "input": value}])
+
+
+# --------------------------------------------------------------------------- server state
+
+
+class Server:
+    """Everything one running server owns (no module-level state): pools, store, pipelines.
+
+    Args:
+        config: the validated configuration.
+        admin_token: bearer token for admin routes (``None`` disables them).
+    """
+
+    def __init__(self, config: ServeConfig, admin_token: str | None = None) -> None:
+        self.config = config
+        self.admin_token = admin_token
+        self.recommend: RecommendPipeline | None = None
+        self.search: SearchPipeline | None = None
+        self.ready = False
+        self.draining = False
+        self.compute: ComputePool | None = None
+        self.io: ComputePool | None = None
+        self.store: TieredStore | None = None
+        self.reloads = 0
+        self._reload_lock = asyncio.Lock()
+
+    async def start(self) -> None:
+        c = self.config
+        self.compute = ComputePool(c.compute.workers, c.compute.intra_op_threads)
+        self.io = ComputePool(c.compute.io_workers, None)
+        self.store = build_store(
+            int(c.store.memory_mb * 2**20),
+            c.store.lmdb_path,
+            c.store.redis_url,
+            **({"retry_s": c.store.redis_retry_s} if c.store.redis_url else {}),
+        )
+        self.recommend, self.search = await self._build(c.models)
+        for p in (self.recommend, self.search):
+            if p is not None:
+                await p.start()
+        self.ready = True
+
+    async def _build(
+        self, paths: ModelPaths
+    ) -> tuple[RecommendPipeline | None, SearchPipeline | None]:
+        """Load artifacts in a thread (seconds of I/O, never on the event loop)."""
+        assert self.compute is not None and self.io is not None and self.store is not None
+        rec = None
+        if paths.coldnas and paths.mf:
+            models = await asyncio.to_thread(load_recommend_models, paths.coldnas, paths.mf)
+            rec = RecommendPipeline(
+                models, self.store, self.compute, self.io, self.config.recommend
+            )
+        search = None
+        if paths.retriever:
+            from warmstart.retrieval.inference import Retriever
+
+            retriever = await asyncio.to_thread(Retriever.load, Path(paths.retriever))
+            search = SearchPipeline(retriever, self.compute, self.config.search)
+        return rec, search
+
+    async def reload(self, paths: ModelPaths) -> dict[str, Any]:
+        """Swap in pipelines over new artifacts; the old ones finish their requests first."""
+        async with self._reload_lock:
+            rec, search = await self._build(paths)
+            old = [self.recommend, self.search]
+            for p in (rec, search):
+                if p is not None:
+                    await p.start()
+            self.recommend, self.search = rec, search
+            self.config = replace(self.config, models=paths)
+            self.reloads += 1
+        await asyncio.gather(*(p.drain() for p in old if p is not None))
+        return {"models": paths.__dict__, "reloads": self.reloads}
+
+    async def stop(self) -> None:
+        self.ready = False
+        self.draining = True
+        for p in (self.recommend, self.search):
+            if p is not None:
+                await p.drain()
+        if self.store is not None:
+            self.store.close()
+        for pool in (self.compute, self.io):
+            if pool is not None:
+                pool.shutdown()
+
+    def stats(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "ready": self.ready,
+            "models": self.config.models.__dict__,
+            "reloads": self.reloads,
+        }
+        if self.recommend is not None:
+            out["recommend"] = self.recommend.snapshot()
+            out["recommend"]["model"] = self.recommend.models.version
+        if self.search is not None:
+            out["search"] = self.search.snapshot()
+        return out
+
+
+# --------------------------------------------------------------------------- request mapping
+
+
+def recommend_request(body: RecommendBody, pipeline: RecommendPipeline) -> RecommendRequest:
+    """Raw ids → rows, ratings checked against the model's range; 422 names the field."""
+    ids = pipeline.models.item_ids
+    low, high = pipeline.models.ranker.rec.rating_range
+    for i, it in enumerate(body.interactions):
+        if it.item not in ids:
+            raise unprocessable(f"interactions.{i}.item", it.item, f"unknown item id {it.item!r}")
+        if not (math.isfinite(it.rating) and low <= it.rating <= high):
+            raise unprocessable(
+                f"interactions.{i}.rating",
+                it.rating,
+                f"rating must lie in [{low:g}, {high:g}] for this model",
+            )
+    for i, raw in enumerate(body.exclude):
+        if raw not in ids:
+            raise unprocessable(f"exclude.{i}", raw, f"unknown item id {raw!r}")
+    items = ids.to_rows([it.item for it in body.interactions], "interactions")
+    ratings = np.asarray([it.rating for it in body.interactions], dtype=np.float32)
+    return RecommendRequest(
+        body.user_id,
+        items,
+        ratings,
+        body.k,
+        ids.to_rows(body.exclude, "exclude"),
+        body.n_candidates,
+        body.deadline_ms,
+    )
+
+
+def _overloaded(err: Overloaded | DeadlineExceeded) -> ApiError:
+    retry = err.retry_after_s if isinstance(err, Overloaded) else 1.0
+    return ApiError(503, str(err), {"Retry-After": str(max(1, math.ceil(retry)))})
+
+
+# --------------------------------------------------------------------------- app
+
+
+class BodyLimit:
+    """ASGI middleware: 413 for a declared or streamed body over ``max_bytes``."""
+
+    def __init__(self, app: Any, max_bytes: int = MAX_BODY_BYTES) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(
+        self,
+        scope: MutableMapping[str, Any],
+        receive: Callable[[], Awaitable[MutableMapping[str, Any]]],
+        send: Callable[[MutableMapping[str, Any]], Awaitable[None]],
+    ) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        for name, value in scope.get("headers", []):
+            if name == b"content-length" and value.isdigit() and int(value) > self.max_bytes:
+                await _too_large(send, self.max_bytes)
+                return
+        seen = 0
+
+        async def limited() -> MutableMapping[str, Any]:
+            nonlocal seen
+            message = await receive()
+            seen += len(message.get("body", b""))
+            if seen > self.max_bytes:
+                raise ApiError(413, f"request body over {self.max_bytes} bytes")
+            return message
+
+        await self.app(scope, limited, send)
+
+
+async def _too_large(send: Callable[[MutableMapping[str, Any]], Awaitable[None]], n: int) -> None:
+    body = b'{"detail":"request body over %d bytes"}' % n
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 413,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", b"%d" % len(body)),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
+def create_app(server: Server) -> FastAPI:
+    """The FastAPI app over ``server``; its lifespan starts and drains the server."""
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        await server.start()
+        try:
+            yield
+        finally:
+            await server.stop()
+
+    app = FastAPI(
+        title="warmstart serving",
+        version="1",
+        default_response_class=FastJSON,
+        lifespan=lifespan,
+        description=__doc__.split("\n\n")[0] if __doc__ else "",
+    )
+    app.state.server = server
+    from warmstart.serving.metrics import MetricsExporter
+
+    exporter = MetricsExporter(server)
+
+    @app.exception_handler(ApiError)
+    async def _api_error(_: Request, err: ApiError) -> Response:
+        return FastJSON({"detail": err.detail}, err.status, headers=err.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_: Request, err: RequestValidationError) -> Response:
+        detail = [
+            {
+                "loc": list(e.get("loc", ())),
+                "msg": e.get("msg", ""),
+                "input": _jsonable(e.get("input")),
+            }
+            for e in err.errors()
+        ]
+        return FastJSON({"detail": detail}, 422)
+
+    @app.post(
+        "/v1/recommend",
+        response_model=RecommendResponse,
+        responses={422: {"description": "bad input"}, 503: {"description": "overloaded"}},
+    )
+    async def recommend(body: RecommendBody) -> Any:
+        start = time.perf_counter()
+        pipeline = server.recommend
+        if pipeline is None:
+            raise ApiError(404, "recommend is not configured on this server (models.coldnas/mf)")
+        req = recommend_request(body, pipeline)
+        try:
+            out = await pipeline.recommend(req)
+        except (Overloaded, DeadlineExceeded) as err:
+            raise _overloaded(err) from None
+        except ValueError as err:
+            raise ApiError(422, str(err)) from None
+        described = pipeline.models.ranker.rec.describe(out.rows)
+        items = [
+            {**_display(d), "score": float(s)}
+            for d, s in zip(described, out.scores.tolist(), strict=True)
+        ]
+        exporter.observe("recommend", time.perf_counter() - start)
+        return FastJSON(
+            {
+                "items": items,
+                "state": out.state,
+                "n_candidates": out.n_candidates,
+                "degraded": list(out.degraded),
+                "model": pipeline.models.version,
+            }
+        )
+
+    @app.post(
+        "/v1/search",
+        response_model=SearchResponse,
+        responses={422: {"description": "bad input"}, 503: {"description": "overloaded"}},
+    )
+    async def search(body: SearchBody) -> Any:
+        start = time.perf_counter()
+        pipeline = server.search
+        if pipeline is None:
+            raise ApiError(404, "search is not configured on this server (models.retriever)")
+        if body.rerank and not pipeline.can_rerank:
+            raise unprocessable("rerank", True, "this retriever has no cross-encoder")
+        try:
+            out = await pipeline.run(
+                SearchRequest(body.query, body.k, body.rerank, body.deadline_ms)
+            )
+        except (Overloaded, DeadlineExceeded) as err:
+            raise _overloaded(err) from None
+        exporter.observe("search", time.perf_counter() - start)
+        hits = [
+            {"id": h.doc_id, "score": float(h.score), "title": h.title, "text": h.text}
+            for h in out.hits
+        ]
+        return FastJSON({"hits": hits, "reranked": out.reranked, "degraded": list(out.degraded)})
+
+    @app.get("/healthz")
+    async def healthz() -> Any:
+        return {"status": "ok"}
+
+    @app.get("/readyz", responses={503: {"description": "starting or draining"}})
+    async def readyz() -> Any:
+        if not server.ready or server.draining:
+            raise ApiError(503, "not ready", {"Retry-After": "1"})
+        return {"status": "ready"}
+
+    @app.get("/metrics", response_class=PlainTextResponse)
+    async def metrics() -> Any:
+        payload, content_type = exporter.render()
+        return Response(payload, media_type=content_type)
+
+    @app.get("/v1/stats")
+    async def stats() -> Any:
+        return server.stats()
+
+    @app.post("/v1/admin/reload", responses={401: {}, 403: {}})
+    async def reload(body: ReloadBody, authorization: str | None = Header(None)) -> Any:
+        _check_admin(server, authorization)
+        current = server.config.models
+        paths = ModelPaths(
+            body.coldnas or current.coldnas,
+            body.mf or current.mf,
+            body.retriever or current.retriever,
+        )
+        try:
+            return await server.reload(paths)
+        except (ValueError, FileNotFoundError) as err:
+            raise ApiError(422, str(err)) from None
+
+    app.add_middleware(BodyLimit)
+    return app
+
+
+def _check_admin(server: Server, authorization: str | None) -> None:
+    if server.admin_token is None:
+        raise ApiError(403, "admin routes are disabled: no admin token configured")
+    scheme, _, token = (authorization or "").partition(" ")
+    if scheme.lower() != "bearer" or not token:
+        raise ApiError(
+            401, "admin routes need 'Authorization: Bearer <token>'", {"WWW-Authenticate": "Bearer"}
+        )
+    if not hmac.compare_digest(token.encode(), server.admin_token.encode()):
+        raise ApiError(403, "wrong admin token")
+
+
+def _display(d: dict[str, Any]) -> dict[str, Any]:
+    return {k: d[k] for k in ("id", "title", "year", "genres") if d.get(k) is not None}
+
+
+def _jsonable(value: Any) -> Any:
+    if value is None or isinstance(value, (str, int, float, bool, list, dict)):
+        return value
+    return repr(value)

@@ -1,0 +1,175 @@
+"""HTTP API: endpoints, 422 naming field and value, limits, auth, reload, metrics, OpenAPI."""
+
+from __future__ import annotations
+
+import json
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+from fastapi.testclient import TestClient
+
+from warmstart.serving.app import Server, create_app
+from warmstart.serving.config import ServeConfig
+
+TOKEN = "s3cret-token"
+
+
+def serve_config(tiny_artifacts, tmp_path, **overrides):
+    data = {
+        "models": {"coldnas": str(tiny_artifacts.coldnas), "mf": str(tiny_artifacts.mf)},
+        "store": {"memory_mb": 1, "lmdb_path": str(tmp_path / "lmdb")},
+        "compute": {"workers": 1, "intra_op_threads": 1},
+        "admission": {"deadline_ms": 5000},
+        **overrides,
+    }
+    return ServeConfig.from_dict(data)
+
+
+@pytest.fixture
+def client(tiny_artifacts, tmp_path):
+    app = create_app(Server(serve_config(tiny_artifacts, tmp_path), admin_token=TOKEN))
+    with TestClient(app) as c:
+        yield c
+
+
+def support(tiny_artifacts, i=0):
+    t = tiny_artifacts.split.test[i]
+    ids = tiny_artifacts.split.dataset.items.ids
+    return [
+        {"item": int(ids[r]), "rating": float(y)}
+        for r, y in zip(t.support_items, t.support_labels, strict=True)
+    ]
+
+
+def test_recommend_returns_k_unseen_items(client, tiny_artifacts):
+    inter = support(tiny_artifacts)
+    r = client.post("/v1/recommend", json={"interactions": inter, "k": 5})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert len(body["items"]) == 5 and body["state"] == "adapted" and body["degraded"] == []
+    seen = {x["item"] for x in inter}
+    assert not seen & {x["id"] for x in body["items"]}
+    scores = [x["score"] for x in body["items"]]
+    assert scores == sorted(scores, reverse=True)
+
+
+def test_known_user_is_cached_across_requests(client, tiny_artifacts):
+    inter = support(tiny_artifacts, 1)
+    a = client.post("/v1/recommend", json={"user_id": "alice", "interactions": inter}).json()
+    b = client.post("/v1/recommend", json={"user_id": "alice"}).json()
+    assert (a["state"], b["state"]) == ("adapted", "cached") and a["items"] == b["items"]
+
+
+def test_unknown_item_is_422_naming_field_and_value(client, tiny_artifacts):
+    inter = support(tiny_artifacts)
+    inter[2] = {"item": 987654, "rating": 3.0}
+    r = client.post("/v1/recommend", json={"interactions": inter})
+    assert r.status_code == 422
+    (err,) = r.json()["detail"]
+    assert err["loc"] == ["body", "interactions", "2", "item"] and err["input"] == 987654
+    assert "987654" in err["msg"]
+    r = client.post("/v1/recommend", json={"exclude": [555555]})
+    assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body", "exclude", "0"]
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"k": 0}, "k"),
+        ({"k": 10_000}, "k"),
+        ({"interactions": [{"item": 1, "rating": 3.0}] * 1001}, "interactions"),
+        ({"interactions": [{"item": 1}]}, "rating"),
+        ({"surprise": 1}, "surprise"),
+        ({"deadline_ms": -1}, "deadline_ms"),
+    ],
+)
+def test_limits_are_422_with_the_field(client, body, field):
+    r = client.post("/v1/recommend", json=body)
+    assert r.status_code == 422
+    assert field in json.dumps(r.json()["detail"])
+
+
+def test_rating_outside_the_model_range_is_422(client, tiny_artifacts):
+    inter = support(tiny_artifacts)
+    inter[0]["rating"] = 99.0
+    r = client.post("/v1/recommend", json={"interactions": inter})
+    assert r.status_code == 422 and "rating" in r.json()["detail"][0]["loc"]
+
+
+def test_oversized_body_is_413(client):
+    r = client.post(
+        "/v1/recommend",
+        content=b"{" + b" " * (2 << 20) + b"}",
+        headers={"content-type": "application/json"},
+    )
+    assert r.status_code == 413
+
+
+def test_health_ready_stats_metrics_openapi(client, tiny_artifacts):
+    client.post("/v1/recommend", json={"interactions": support(tiny_artifacts)})
+    assert client.get("/healthz").json() == {"status": "ok"}
+    assert client.get("/readyz").status_code == 200
+    stats = client.get("/v1/stats").json()
+    names = [s["name"] for s in stats["recommend"]["stages"]]
+    assert names == ["lookup", "adapt", "candidates", "rank"]
+    metrics = client.get("/metrics").text
+    assert 'warmstart_stage_items_total{outcome="completed",stage="rank"} 1.0' in metrics
+    assert "warmstart_request_seconds_bucket" in metrics
+    paths = client.get("/openapi.json").json()["paths"]
+    assert {"/v1/recommend", "/v1/search", "/healthz", "/readyz", "/metrics"} <= set(paths)
+
+
+def test_search_not_configured_is_404(client):
+    r = client.post("/v1/search", json={"query": "hello"})
+    assert r.status_code == 404 and "not configured" in r.json()["detail"]
+
+
+def test_admin_reload_needs_the_bearer_token(client, tiny_artifacts):
+    body = {"coldnas": str(tiny_artifacts.coldnas)}
+    assert client.post("/v1/admin/reload", json=body).status_code == 401
+    bad = {"Authorization": "Bearer nope"}
+    assert client.post("/v1/admin/reload", json=body, headers=bad).status_code == 403
+    ok = {"Authorization": f"Bearer {TOKEN}"}
+    r = client.post("/v1/admin/reload", json=body, headers=ok)
+    assert r.status_code == 200 and r.json()["reloads"] == 1
+    r = client.post("/v1/admin/reload", json={"mf": "/nonexistent"}, headers=ok)
+    assert r.status_code == 422 and "nonexistent" in r.json()["detail"]
+
+
+def test_admin_disabled_without_a_token(tiny_artifacts, tmp_path):
+    app = create_app(Server(serve_config(tiny_artifacts, tmp_path), admin_token=None))
+    with TestClient(app) as c:
+        r = c.post("/v1/admin/reload", json={}, headers={"Authorization": "Bearer x"})
+    assert r.status_code == 403 and "disabled" in r.json()["detail"]
+
+
+def test_reload_under_load_fails_no_request(client, tiny_artifacts):
+    inter = support(tiny_artifacts)
+    headers = {"Authorization": f"Bearer {TOKEN}"}
+
+    def one(i):
+        return client.post("/v1/recommend", json={"interactions": inter, "k": 3}).status_code
+
+    with ThreadPoolExecutor(8) as ex:
+        futures = [ex.submit(one, i) for i in range(60)]
+        reloads = [
+            client.post(
+                "/v1/admin/reload", json={"coldnas": str(tiny_artifacts.coldnas)}, headers=headers
+            ).status_code
+            for _ in range(2)
+        ]
+        codes = [f.result() for f in futures]
+    assert reloads == [200, 200]
+    assert codes == [200] * 60
+
+
+def test_lmdb_tier_survives_a_server_restart(tiny_artifacts, tmp_path):
+    config = serve_config(tiny_artifacts, tmp_path)
+    inter = support(tiny_artifacts, 2)
+    with TestClient(create_app(Server(config))) as c:
+        first = c.post("/v1/recommend", json={"user_id": "bob", "interactions": inter}).json()
+    with TestClient(create_app(Server(config))) as c:  # a new process's memory tier is empty
+        again = c.post("/v1/recommend", json={"user_id": "bob"}).json()
+        tiers = c.get("/v1/stats").json()["recommend"]["store"]
+    assert again["state"] == "cached" and again["items"] == first["items"]
+    assert tiers["memory"]["misses"] == 1 and tiers["lmdb"]["hits"] == 1
