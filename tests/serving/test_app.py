@@ -173,3 +173,47 @@ def test_lmdb_tier_survives_a_server_restart(tiny_artifacts, tmp_path):
         tiers = c.get("/v1/stats").json()["recommend"]["store"]
     assert again["state"] == "cached" and again["items"] == first["items"]
     assert tiers["memory"]["misses"] == 1 and tiers["lmdb"]["hits"] == 1
+
+
+@pytest.mark.redis
+def test_redis_stopped_under_load_then_restarted(redis_server, tiny_artifacts, tmp_path):
+    import httpx
+    import redis
+
+    from warmstart.serving.runner import running
+
+    config = serve_config(
+        tiny_artifacts,
+        tmp_path,
+        store={
+            "memory_mb": 1,
+            "lmdb_path": None,
+            "redis_url": redis_server.url,
+            "redis_retry_s": 0.05,
+        },
+    )
+    inter = support(tiny_artifacts)
+    with running(create_app(Server(config))) as url, httpx.Client(base_url=url) as http:
+
+        def one(i):
+            body = {"user_id": f"u{i}", "interactions": inter, "k": 3}
+            return http.post("/v1/recommend", json=body).status_code
+
+        with ThreadPoolExecutor(4) as ex:
+            before = list(ex.map(one, range(40)))
+            redis_server.stop()  # under load: the requests keep coming
+            during = list(ex.map(one, range(40, 120)))
+            redis_server.start()
+            after = list(ex.map(one, range(120, 160)))
+        assert before + during + after == [200] * 160  # zero client errors
+        # reconnected: new users' records reach the restarted server (bounded retries, no sleep)
+        client = redis.Redis.from_url(redis_server.url)
+        for i in range(160, 400):
+            one(i)
+            if client.exists(
+                f"ws:user:{http.get('/v1/stats').json()['recommend']['model']}:u{i - 1}"
+            ):
+                break
+        else:
+            pytest.fail("the server never wrote to the restarted Redis")
+        client.close()

@@ -172,8 +172,8 @@ class FakeRetriever:
         scores = emb @ self.vectors.T
         return [[(self.docs[i], float(s[i])) for i in top_k(s, k)] for s in scores]
 
-    def rerank(self, query, hits):
-        return list(reversed(hits))
+    def rerank_many(self, queries, hits):
+        return [list(reversed(h)) for h in hits]
 
 
 def test_search_pipeline_batches_and_reranks():

@@ -26,6 +26,7 @@ GROUPS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     ),
     ("retrieval", "dense passage retrieval (RocketQA)", ("warmstart.cli.retrieval",)),
     ("mpp", "Meta Parameter Partition: offline/online meta-learning", ("warmstart.cli.mpp",)),
+    ("serve", "online serving (JIZHI): HTTP server, check, MF export", ("warmstart.cli.serve",)),
 )
 
 
@@ -49,6 +50,9 @@ def build_parser() -> argparse.ArgumentParser:
                     raise
                 continue  # a group whose module is not written yet
             module.register(commands)
+            # a group may also run without a sub-command (`warmstart serve --config FILE`)
+            if hasattr(module, "configure_group"):
+                module.configure_group(group, commands)
     return parser
 
 

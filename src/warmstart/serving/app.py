@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import json
 import logging
 import math
 import time
@@ -35,7 +36,7 @@ import orjson
 from fastapi import FastAPI, Header, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
 
 from warmstart.serving.config import ModelPaths, ServeConfig
 from warmstart.serving.engine import ComputePool, DeadlineExceeded, Overloaded
@@ -58,7 +59,8 @@ MAX_CANDIDATES = 5000
 MAX_QUERY_CHARS = 2000
 MAX_DEADLINE_MS = 10_000.0
 
-RawId = int | str
+RawId = StrictInt | StrictStr  # a raw dataset id: never a bool or a float
+MIN_DEADLINE_MS = 1.0
 
 
 # --------------------------------------------------------------------------- schemas
@@ -84,7 +86,7 @@ class RecommendBody(_Strict):
     k: int = Field(10, ge=1, le=MAX_K)
     exclude: list[RawId] = Field(default_factory=list, max_length=MAX_EXCLUDE)
     n_candidates: int | None = Field(None, ge=1, le=MAX_CANDIDATES)
-    deadline_ms: float | None = Field(None, gt=0, le=MAX_DEADLINE_MS)
+    deadline_ms: float | None = Field(None, ge=MIN_DEADLINE_MS, le=MAX_DEADLINE_MS)
 
 
 class ScoredItem(BaseModel):
@@ -107,7 +109,7 @@ class SearchBody(_Strict):
     query: str = Field(min_length=1, max_length=MAX_QUERY_CHARS)
     k: int = Field(10, ge=1, le=MAX_K)
     rerank: bool = False
-    deadline_ms: float | None = Field(None, gt=0, le=MAX_DEADLINE_MS)
+    deadline_ms: float | None = Field(None, ge=MIN_DEADLINE_MS, le=MAX_DEADLINE_MS)
 
 
 class Passage(BaseModel):
@@ -143,7 +145,10 @@ class FastJSON(JSONResponse):
     """JSON rendered by orjson (several times faster than the standard library here)."""
 
     def render(self, content: Any) -> bytes:
-        return orjson.dumps(content, option=orjson.OPT_SERIALIZE_NUMPY)
+        try:
+            return orjson.dumps(content, option=orjson.OPT_SERIALIZE_NUMPY)
+        except TypeError:  # e.g. an echoed input integer beyond 64 bits: the slow path copes
+            return json.dumps(content, default=repr).encode()
 
 
 def unprocessable(field: str, value: Any, message: str) -> ApiError:
@@ -205,7 +210,9 @@ class Server:
         if paths.retriever:
             from warmstart.retrieval.inference import Retriever
 
-            retriever = await asyncio.to_thread(Retriever.load, Path(paths.retriever))
+            retriever = await asyncio.to_thread(
+                Retriever.load, Path(paths.retriever), threads=self.config.compute.intra_op_threads
+            )
             search = SearchPipeline(retriever, self.compute, self.config.search)
         return rec, search
 
@@ -244,6 +251,8 @@ class Server:
         if self.recommend is not None:
             out["recommend"] = self.recommend.snapshot()
             out["recommend"]["model"] = self.recommend.models.version
+            out["recommend"]["example_item_ids"] = list(self.recommend.models.item_ids.ids[:5])
+            out["recommend"]["rating_range"] = list(self.recommend.models.ranker.rec.rating_range)
         if self.search is not None:
             out["search"] = self.search.snapshot()
         return out

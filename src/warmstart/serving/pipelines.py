@@ -321,10 +321,7 @@ class SearchPipeline(Staged):
         return [h[:k] for h, (_, k) in zip(hits, reqs, strict=True)]
 
     def _rerank_batch(self, reqs: list[tuple[str, list[Any]]]) -> list[list[Any]]:
-        many = getattr(self.retriever, "rerank_many", None)
-        if many is not None:
-            return list(many([q for q, _ in reqs], [h for _, h in reqs]))
-        return [self.retriever.rerank(q, h) for q, h in reqs]
+        return list(self.retriever.rerank_many([q for q, _ in reqs], [h for _, h in reqs]))
 
     async def run(self, req: SearchRequest) -> SearchResult:
         if req.rerank and not self.can_rerank:

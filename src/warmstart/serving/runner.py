@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections.abc import Iterator
@@ -46,12 +47,20 @@ def running(
     ``port=0`` picks a free port.
     """
     server = uvicorn.Server(uvicorn_config(app, host, port))
-    thread = threading.Thread(target=server.run, name="ws-uvicorn", daemon=True)
+
+    def run() -> None:
+        with contextlib.suppress(SystemExit):  # uvicorn exits on a failed start-up; see below
+            server.run()
+
+    thread = threading.Thread(target=run, name="ws-uvicorn", daemon=True)
     thread.start()
     end = time.monotonic() + timeout_s
     # uvicorn offers no event for "started"; poll its flag (start-up loads the models: seconds)
     while not server.started:
-        if not thread.is_alive() or time.monotonic() > end:
+        if not thread.is_alive():
+            raise RuntimeError("the server failed to start (see the log above)")
+        if time.monotonic() > end:
+            server.should_exit = True
             raise RuntimeError(f"the server did not start within {timeout_s:.0f} s")
         time.sleep(0.02)
     (sock,) = [s for srv in server.servers for s in srv.sockets][:1]
@@ -63,7 +72,7 @@ def running(
         thread.join(timeout_s)
 
 
-def check(base_url: str, sample_items: list[Any] | None = None) -> list[tuple[str, bool, str]]:
+def check(base_url: str) -> list[tuple[str, bool, str]]:
     """Send real requests to every endpoint; returns ``(name, ok, detail)`` per check."""
     import httpx
 
@@ -78,7 +87,8 @@ def check(base_url: str, sample_items: list[Any] | None = None) -> list[tuple[st
             record(f"GET {path}", r.status_code == 200, str(r.status_code))
         stats = client.get("/v1/stats").json()
         if "recommend" in stats:
-            inter = [{"item": i, "rating": 4.0} for i in (sample_items or [])[:5]]
+            top = stats["recommend"]["rating_range"][1]
+            inter = [{"item": i, "rating": top} for i in stats["recommend"]["example_item_ids"]]
             r = client.post("/v1/recommend", json={"interactions": inter, "k": 5})
             ok = r.status_code == 200 and len(r.json().get("items", [])) == 5
             record("POST /v1/recommend", ok, f"{r.status_code} {r.text[:120]}")

@@ -1,0 +1,149 @@
+"""``warmstart serve``: run the HTTP server, check a running one, export the MF candidate model.
+
+warmstart serve --config FILE            # foreground; SIGINT/SIGTERM drains, then exits
+warmstart serve check --config FILE      # start it, call every endpoint, exit 0/1
+warmstart serve export-mf --model DIR --out DIR   # ALS factors for the candidate stage
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from warmstart.serving.config import ServeConfig
+
+from warmstart.cli.options import add_cache_dir, add_data_dir, resolve_cache_dir, resolve_data_dir
+
+
+def configure_group(group: argparse.ArgumentParser, commands: argparse._SubParsersAction) -> None:
+    """``warmstart serve --config FILE`` runs the server (no sub-command needed)."""
+    _server_options(group)
+    commands.required = False
+    group.set_defaults(func=run_serve)
+
+
+def _server_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--config", type=Path, default=None, help="server config JSON (default: built-in defaults)"
+    )
+    parser.add_argument("--host", default=None, help="override the config's host")
+    parser.add_argument("--port", type=int, default=None, help="override the config's port")
+
+
+def register(commands: argparse._SubParsersAction) -> None:
+    check = commands.add_parser(
+        "check", help="start the server, send real requests to every endpoint, exit 0/1"
+    )
+    _server_options(check)
+    check.set_defaults(func=run_check)
+    export = commands.add_parser(
+        "export-mf",
+        help="fit ALS on a ColdNAS model's training split and export the MF candidate artifact",
+    )
+    export.add_argument("--model", type=Path, required=True, help="ColdNAS model directory")
+    export.add_argument("--out", type=Path, required=True)
+    add_data_dir(export)
+    add_cache_dir(export)
+    export.add_argument("--dim", type=int, default=None, help="fix the latent dim (else grid)")
+    export.add_argument("--l2", type=float, default=None, help="fix the ALS L2 (else grid)")
+    export.add_argument("--sweeps", type=int, default=20)
+    export.add_argument("--threads", type=int, default=1)
+    export.set_defaults(func=run_export_mf)
+
+
+def _config(args: argparse.Namespace) -> ServeConfig:
+    from dataclasses import replace
+
+    from warmstart.serving.config import ServeConfig
+
+    config = ServeConfig.from_file(args.config) if args.config else ServeConfig()
+    if args.host is not None:
+        config = replace(config, host=args.host)
+    if args.port is not None:
+        config = replace(config, port=args.port)
+    return config
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    from warmstart.serving.runner import serve_forever
+
+    config = _config(args)
+    token = os.environ.get(config.admin_token_env) or None
+    print(f"serving on http://{config.host}:{config.port} (admin {'on' if token else 'off'})")
+    serve_forever(config, token)
+    return 0
+
+
+def run_check(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
+    from warmstart.serving.app import Server, create_app
+    from warmstart.serving.runner import check, running
+
+    config = replace(_config(args), port=0)  # a free port: never collides with a live server
+    try:
+        with running(create_app(Server(config)), config.host) as url:
+            results = check(url)
+    except RuntimeError as err:  # start-up failed (uvicorn logged why above)
+        results = [("server start-up", False, str(err))]
+    for name, ok, detail in results:
+        print(f"{'ok  ' if ok else 'FAIL'}  {name}  ({detail})")
+    failed = sum(not ok for _, ok, _ in results)
+    print(f"{len(results) - failed} passed, {failed} failed")
+    return 1 if failed else 0
+
+
+def run_export_mf(args: argparse.Namespace) -> int:
+    import torch
+
+    from warmstart.coldstart.baselines import MatrixFactorization, MFConfig
+    from warmstart.coldstart.inference import load_recommender
+    from warmstart.coldstart.mf_inference import export_mf
+    from warmstart.data import coldstart_split
+    from warmstart.provenance import git_sha
+
+    torch.set_num_threads(args.threads)
+    rec = load_recommender(args.model)
+    meta = rec.config
+    if meta.get("dataset") in (None, "synthetic"):
+        raise ValueError(f"{args.model}: config.json names no real dataset to fit MF on")
+    split = coldstart_split(
+        meta["dataset"],
+        resolve_data_dir(args.data_dir),
+        int(meta.get("seed", 0)),
+        meta.get("protocol", "melu"),
+        cache_dir=resolve_cache_dir(args.cache_dir, args.no_cache),
+    )
+    if split.dataset.n_items != rec.n_items:
+        raise ValueError(
+            f"{args.model}: {rec.n_items} items, the split has {split.dataset.n_items}"
+        )
+    grid = MFConfig(seed=int(meta.get("seed", 0)), sweeps=args.sweeps)
+    if args.dim is not None:
+        grid = MFConfig(**{**grid.__dict__, "dims": (args.dim,)})
+    if args.l2 is not None:
+        grid = MFConfig(**{**grid.__dict__, "l2s": (args.l2,)})
+    mf = MatrixFactorization(grid)
+    mf.fit(split)
+    assert mf.model_ is not None
+    selected = mf.selected_
+    export_mf(
+        args.out,
+        mf.model_,
+        selected["ridge"],
+        rec.item_ids,
+        split.dataset.rating_range,
+        {
+            "dataset": meta["dataset"],
+            "seed": meta.get("seed"),
+            "selected": selected,
+            "git_sha": git_sha(),
+            "coldnas_model": str(args.model),
+        },
+    )
+    print(json.dumps({"out": str(args.out), **selected}))
+    return 0
