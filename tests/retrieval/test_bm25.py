@@ -119,3 +119,13 @@ def test_scifact_bm25_is_near_published() -> None:
     metrics = evaluate_bm25(load_scifact(data_dir), "test")
     # published BM25 nDCG@10 on SciFact is 0.665 (BEIR) to 0.679 (Anserini)
     assert 0.64 <= metrics["nDCG@10"] <= 0.70, metrics
+
+
+def test_thread_policy_gives_the_same_results() -> None:
+    queries = ["cat garden", "scurvy vitamin", "stock market", "training"] * 5
+    serial = BM25Retriever().fit(DOCS).search(queries, 3)
+    threaded = BM25Retriever(threads=2).fit(DOCS).search(queries, 3)
+    np.testing.assert_array_equal(serial[1], threaded[1])
+    np.testing.assert_array_equal(serial[0], threaded[0])
+    with pytest.raises(ValueError, match="threads=0"):
+        BM25Retriever(threads=0)

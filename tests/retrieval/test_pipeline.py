@@ -382,3 +382,64 @@ def test_a_workdir_from_before_fingerprints_is_reused_with_a_warning(finished, t
     assert again == results  # the same figures, every step reused
     warned = [line for line in logs if "WARNING" in line and "inputs.json" in line]
     assert len(warned) == len(ctx.config.steps)
+
+
+def _write_beir(collection, folder: Path, test_qrels=None) -> Path:
+    """``collection`` as a BEIR folder (optionally with other test qrels)."""
+    (folder / "qrels").mkdir(parents=True)
+    docs = zip(collection.doc_ids, collection.titles, collection.texts, strict=True)
+    (folder / "corpus.jsonl").write_text(
+        "".join(json.dumps({"_id": d, "title": t, "text": x}) + "\n" for d, t, x in docs)
+    )
+    for name, table in (
+        ("queries", collection.queries),
+        ("unlabeled_queries", collection.unlabeled_queries),
+    ):
+        (folder / f"{name}.jsonl").write_text(
+            "".join(json.dumps({"_id": q, "text": x}) + "\n" for q, x in table.items())
+        )
+    for split, qrels in {
+        **collection.qrels,
+        **({"test": test_qrels} if test_qrels else {}),
+    }.items():
+        rows = [f"{q}\t{d}\t{g}" for q, judged in qrels.items() for d, g in judged.items()]
+        (folder / "qrels" / f"{split}.tsv").write_text(
+            "query-id\tcorpus-id\tscore\n" + "\n".join(rows) + "\n"
+        )
+    return folder
+
+
+def test_cli_refuses_a_copied_workdir_on_another_beir_dataset(
+    tiny_collection, tiny_backbone: Path, tmp_path: Path, capsys
+) -> None:
+    """The issue's case: a finished workdir, copied, run with --data-dir at a second BEIR
+    folder whose qrels differ: refused, naming the file, instead of 'done, skipped'."""
+    import shutil
+
+    from warmstart.cli import main
+
+    first = _write_beir(tiny_collection, tmp_path / "a")
+    graded = {
+        q: {d: g + 1 for d, g in judged.items()}
+        for q, judged in tiny_collection.qrels["test"].items()
+    }
+    second = _write_beir(tiny_collection, tmp_path / "b", test_qrels=graded)
+    base = [
+        "retrieval",
+        "pipeline",
+        "--preset",
+        "tiny",
+        "--backbone",
+        str(tiny_backbone),
+        "--threads",
+        "1",
+    ]
+    only = ["--only", "zero_shot"]
+    assert main([*base, "--data-dir", str(first), "--workdir", str(tmp_path / "w"), *only]) == 0
+    shutil.copytree(tmp_path / "w", tmp_path / "w2")
+    capsys.readouterr()
+    assert main([*base, "--data-dir", str(second), "--workdir", str(tmp_path / "w2"), *only]) != 0
+    err = capsys.readouterr().err
+    assert "step 'zero_shot'" in err and "dataset file qrels/test.tsv changed" in err
+    assert main([*base, "--data-dir", str(first), "--workdir", str(tmp_path / "w2"), *only]) == 0
+    assert "[zero_shot] done, skipped" in capsys.readouterr().out

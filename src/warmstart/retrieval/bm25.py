@@ -22,6 +22,8 @@ from typing import Any
 
 import numpy as np
 
+from warmstart.retrieval.threads import check_threads
+
 __all__ = ["BM25Config", "BM25Retriever", "bm25_run", "evaluate_bm25"]
 
 _STEMMERS = ("auto", "english")
@@ -73,10 +75,18 @@ def _load_stemmer(choice: str | None) -> Any:
 
 
 class BM25Retriever:
-    """BM25 over a fixed list of texts; positions returned are indices into that list."""
+    """BM25 over a fixed list of texts; positions returned are indices into that list.
 
-    def __init__(self, config: BM25Config | None = None) -> None:
+    Args:
+        threads: thread policy of ``search`` (the retrieval objects' convention, see
+            ``retrieval.threads``): None (default) scores in the calling thread; ``n`` splits a
+            batch of queries across ``n`` threads of a pool bm25s creates for that call. Nothing
+            process-wide is changed either way (bm25s scores with numpy's sparse sums, no BLAS).
+    """
+
+    def __init__(self, config: BM25Config | None = None, threads: int | None = None) -> None:
         self.config = config or BM25Config()
+        self.threads = check_threads(threads)
         self._stemmer = _load_stemmer(self.config.stemmer)
         self._model: Any = None
         self._n_docs = 0
@@ -134,7 +144,9 @@ class BM25Retriever:
         if len(queries) == 0:
             return np.zeros((0, kk), np.float32), np.zeros((0, kk), np.int64)
         tokens = self._tokenize(queries, return_ids=False)
-        ids, scores = self._model.retrieve(tokens, k=kk, show_progress=False)
+        ids, scores = self._model.retrieve(
+            tokens, k=kk, show_progress=False, n_threads=self.threads or 0
+        )
         return np.asarray(scores, dtype=np.float32), np.asarray(ids, dtype=np.int64)
 
 

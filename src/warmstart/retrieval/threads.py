@@ -36,8 +36,6 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-import torch
-
 
 def check_threads(threads: int | None, name: str = "threads") -> int | None:
     """``threads`` if it is None or an int >= 1, else ValueError naming it."""
@@ -54,6 +52,8 @@ def _libraries() -> tuple[Any, Any]:
 
     Both are already loaded by ``import torch``; ``ctypes.CDLL`` on the same file returns that
     copy (the dynamic loader never loads a second one)."""
+    import torch
+
     lib = Path(torch.__file__).parent / "lib"
     gomp = mkl = None
     try:
@@ -90,6 +90,8 @@ def intra_op_threads(threads: int | None) -> Iterator[None]:
     if check_threads(threads) is None:
         yield
         return
+    import torch
+
     gomp, mkl = _libraries()
     # torch sets a thread's counts on its first parallel call; do that first so it cannot
     # overwrite the limit below inside the block
