@@ -36,12 +36,14 @@ def test_neighbours_are_co_rated_items_and_never_the_item_itself() -> None:
 def test_alpha_discounts_the_popular_neighbour() -> None:
     plain, discounted = _knn(0.5), _knn(0.9)
     # item 6 (rated by everyone) ranks below item 1 for item 0 once popular neighbours pay
-    assert discounted.similarity(np.array([0]), np.array([6]))[0, 0] < discounted.similarity(
-        np.array([0]), np.array([1])
-    )[0, 0]
-    assert plain.similarity(np.array([0]), np.array([6]))[0, 0] > discounted.similarity(
-        np.array([0]), np.array([6])
-    )[0, 0]
+    assert (
+        discounted.similarity(np.array([0]), np.array([6]))[0, 0]
+        < discounted.similarity(np.array([0]), np.array([1]))[0, 0]
+    )
+    assert (
+        plain.similarity(np.array([0]), np.array([6]))[0, 0]
+        > discounted.similarity(np.array([0]), np.array([6]))[0, 0]
+    )
 
 
 def test_user_scores_follow_the_rated_block_and_empty_support_is_popularity() -> None:
