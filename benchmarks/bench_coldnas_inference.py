@@ -18,6 +18,11 @@ and so takes the slower per-user-weight branch of the fc1 shortcut in ``score``.
 The ColdNAS model goes through ``export`` + ``load_recommender`` so the timed path is the
 serving path. One thread (``torch.set_num_threads(1)``), ``torch.no_grad`` where applicable.
 
+Micro-batches (ColdNAS only): ``adapt_many`` / ``score_many`` on B = 1, 8, 32, 64 different new
+users at once (each its own 20 support interactions and its own 1,000, or 100, candidates), one
+call each (padded passes). Printed: p50/p99 per call, the cost per user (p50 / B) and its ratio
+to B = 1 (the speed-up a micro-batcher buys), all measured in the same run.
+
 Usage:
     python benchmarks/bench_coldnas_inference.py [--data-dir DIR] [--quick]
 """
@@ -25,7 +30,9 @@ Usage:
 from __future__ import annotations
 
 import argparse
+import itertools
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +52,9 @@ SUPPORT = 20
 CANDIDATES = 1000
 MAML_STEPS = 5  # MeLU's upper setting: the most expensive baseline request
 MAML_MAX_REPEATS = 500  # the baseline is ~10x slower; 500 samples still resolve its p99
+BATCH_SIZES = (1, 8, 32, 64)
+# the request's 1,000 candidates, and the 100 a serving re-ranker scores (MF top-N first)
+BATCH_CANDIDATES = (CANDIDATES, 100)
 RELEASED_LASTFM = Structure.parse("add|add|max+add|-")
 STRUCTURES = {
     "lastfm-coldnas": RELEASED_LASTFM,
@@ -105,13 +115,82 @@ def coldnas_rows(
     both_t = time_call(
         lambda: rec.score(rec.adapt(support, labels, user=0), candidates), repeats, warmup=20
     )
+    _, cpu = cpu_call(lambda: rec.score(rec.adapt(support, labels, user=0), candidates), repeats)
     return {
         "adapt": percentiles_ms(adapt_t),
         "score": percentiles_ms(score_t),
         "request": percentiles_ms(both_t),
+        "request_cpu": percentiles_ms(cpu),
         "state_bytes": len(state.to_bytes()),
         "state_bytes_float32": len(state.to_bytes("float32")),
     }
+
+
+def cpu_call(fn: Any, repeats: int, warmup: int = 10) -> tuple[np.ndarray, np.ndarray]:
+    """(wall seconds, this thread's CPU seconds) of ``repeats`` calls after ``warmup``.
+
+    CPU time is what a call costs the machine; on a shared host wall time also holds the
+    waits for a core, which grow with the call's length (a 20 ms call is preempted more
+    often than a 0.5 ms one), so per-user wall figures of long calls overstate their cost."""
+    for _ in range(warmup):
+        fn()
+    wall, cpu = np.empty(repeats), np.empty(repeats)
+    for i in range(repeats):
+        w, c = time.perf_counter(), time.thread_time()
+        fn()
+        cpu[i], wall[i] = time.thread_time() - c, time.perf_counter() - w
+    return wall, cpu
+
+
+def time_batch(
+    rec: ColdStartRecommender, supports: list[Any], candidates: list[np.ndarray], n: int
+) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """(wall, CPU) seconds per call of ``adapt_many``, ``score_many`` and both."""
+    states = rec.adapt_many(supports)
+    return {
+        "adapt_many": cpu_call(lambda: rec.adapt_many(supports), n),
+        "score_many": cpu_call(lambda: rec.score_many(states, candidates), n),
+        "request": cpu_call(lambda: rec.score_many(rec.adapt_many(supports), candidates), n),
+    }
+
+
+def batch_rows(
+    rec: ColdStartRecommender, rating_range: tuple[float, float], repeats: int
+) -> list[dict[str, Any]]:
+    """``adapt_many`` / ``score_many`` / both on micro-batches of different users."""
+    rows: list[dict[str, Any]] = []
+    for n_cand, b in itertools.product(BATCH_CANDIDATES, BATCH_SIZES):
+        inputs = [request_inputs(rec.n_items, rating_range, seed=1 + u) for u in range(b)]
+        n = max(50, repeats // b)  # same total users timed per batch size, at least 50 calls
+        cands = [c[:n_cand] for _, _, c in inputs]
+        timed = time_batch(rec, [(s, y) for s, y, _ in inputs], cands, n)
+        for step, (wall, cpu) in timed.items():
+            w, c = percentiles_ms(wall), percentiles_ms(cpu)
+            rows.append(
+                {
+                    "candidates": n_cand,
+                    "batch": b,
+                    "step": step,
+                    "calls": n,
+                    "wall p50 ms / call": w["p50_ms"],
+                    "wall p99 ms / call": w["p99_ms"],
+                    "wall p50 ms / user": w["p50_ms"] / b,
+                    "CPU p50 ms / user": c["p50_ms"] / b,
+                }
+            )
+    for row in rows:  # per-user cost at B = 1 over per-user cost at this B (same step)
+        one = next(
+            r
+            for r in rows
+            if (r["batch"], r["step"], r["candidates"]) == (1, row["step"], row["candidates"])
+        )
+        row["CPU per-user speed-up vs B=1"] = ratio(
+            one["CPU p50 ms / user"], row["CPU p50 ms / user"]
+        )
+        row["wall per-user speed-up vs B=1"] = ratio(
+            one["wall p50 ms / user"], row["wall p50 ms / user"]
+        )
+    return rows
 
 
 def maml_rows(net: MeLUNet, inputs: tuple[np.ndarray, ...], repeats: int) -> dict[str, Any]:
@@ -175,6 +254,31 @@ def plot(results: dict[str, Any]) -> Any:
     return draw
 
 
+def plot_batched(results: dict[str, Any]) -> Any:
+    def draw(ax: Any) -> None:
+        for name, res in results.items():
+            for n_cand in BATCH_CANDIDATES:
+                for step, style in (("adapt_many", ":"), ("request", "-")):
+                    if step == "adapt_many" and n_cand != CANDIDATES:
+                        continue  # adapt does not depend on the candidates
+                    pts = [
+                        (r["batch"], r["CPU p50 ms / user"])
+                        for r in res["coldnas"]["batched"]
+                        if r["step"] == step and r["candidates"] == n_cand
+                    ]
+                    what = "adapt" if step == "adapt_many" else f"adapt + score {n_cand}"
+                    ax.plot(*zip(*pts, strict=True), style, marker="o", label=f"{name}: {what}")
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_xticks(BATCH_SIZES, [str(b) for b in BATCH_SIZES])
+        ax.set_xlabel("users per call (adapt_many / score_many)")
+        ax.set_ylabel("p50 CPU ms per user")
+        ax.set_title("ColdNAS micro-batches, 1 thread (untrained weights)")
+        ax.legend(fontsize=7)
+
+    return draw
+
+
 def main() -> int:
     parser = add_common_args(argparse.ArgumentParser(description=__doc__.splitlines()[0]))
     parser.add_argument("--datasets", nargs="+", default=["lastfm-coldnas", "movielens-1m"])
@@ -192,6 +296,7 @@ def main() -> int:
             rec = coldnas_recommender(users, items, rating_range, Path(tmp), structure)
             ours = coldnas_rows(rec, inputs, repeats)
             ours["structure"] = str(structure)
+            ours["batched"] = batch_rows(rec, rating_range, repeats)
         config = MAMLConfig(local_steps=MAML_STEPS)
         net = MeLUNet(users, items, rating_range, config)
         net.reset_parameters(torch.Generator().manual_seed(0))
@@ -221,11 +326,30 @@ def main() -> int:
         "(untrained weights: latency does not depend on weight values; goal ColdNAS request p99 < 5 ms)"
     )
     print_table(rows, list(rows[0]))
+    for name in args.datasets:
+        cpu = results[name]["coldnas"]["request_cpu"]
+        print(
+            f"{name}: ColdNAS one-user request, this thread's CPU time: p50 "
+            f"{cpu['p50_ms']:.3f} ms, p99 {cpu['p99_ms']:.3f} ms (wall above)"
+        )
     print_table(sizes, list(sizes[0]))
+    for name in args.datasets:
+        batched = results[name]["coldnas"]["batched"]
+        print(
+            f"== {name}: ColdNAS micro-batches, B users per call (adapt {SUPPORT} + score "
+            f"{CANDIDATES} each), 1 thread =="
+        )
+        print_table(batched, list(batched[0]))
     path = write_result(
         "coldnas_inference", {"quick": args.quick, "results": results}, plot(results)
     )
-    print(f"wrote {path}")
+    batched = {n: {"coldnas": {"batched": r["coldnas"]["batched"]}} for n, r in results.items()}
+    extra = write_result(
+        "coldnas_inference_batched",
+        {"quick": args.quick, "results": batched},
+        plot_batched(results),
+    )
+    print(f"wrote {path} and {extra}")
     return 0
 
 

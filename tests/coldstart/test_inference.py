@@ -418,3 +418,32 @@ def test_id_map_rejects_bad_ids() -> None:
     with pytest.raises(ValueError, match=r"ids: unknown item id\(s\) '20'"):
         ids.to_rows(["20"])
     assert IdMap.from_json(ids.to_json()) == ids
+
+
+def test_many_users_split_into_passes_give_the_same_answers(
+    saved: tuple[Path, torch.nn.Module], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Long candidate lists are scored in several padded passes; answers do not change."""
+    import warmstart.coldstart.inference as inference
+
+    rec = load_recommender(saved[0])
+    rng = np.random.default_rng(1)
+    states = rec.adapt_many([(rng.choice(40, 5), rng.integers(1, 6, 5)) for _ in range(7)])
+    candidates = [rng.choice(40, size=n, replace=False) for n in (40, 3, 25, 40, 1, 17, 9)]
+    one_pass = rec.score_many(states, candidates)
+    shared = rec.score(states, np.arange(40))
+    monkeypatch.setattr(inference, "_PASS_ELEMENTS", 16 * 45)  # H1 = 16: 45 padded rows a pass
+    assert rec._passes([c.size for c in candidates]) == [
+        (0, 1),
+        (1, 2),
+        (2, 3),
+        (3, 4),
+        (4, 6),
+        (6, 7),
+    ]
+    assert rec._passes([100]) == [(0, 1)]  # one user never splits
+    for a, b in zip(rec.score_many(states, candidates), one_pass, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(rec.score(states, np.arange(40)), shared, rtol=1e-5, atol=1e-6)
+    for i, state in enumerate(states):
+        np.testing.assert_allclose(shared[i], rec.score(state, np.arange(40)), rtol=1e-5)
