@@ -143,7 +143,17 @@ def _fit_rankers(
     for method in [*compare, *ranked]:
         start = time.perf_counter()
         method.fit(split)
-        print(f"seed {seed} {method.name}: fitted ({time.perf_counter() - start:.0f}s)", flush=True)
+        took = time.perf_counter() - start
+        # FiLM's fit, or ColdNAS's supernet; valid MSE, or -nDCG@10 under the ranking objective
+        result = getattr(method, "result", None) or getattr(
+            getattr(method, "outcome", None), "search", None
+        )
+        best = (
+            f", valid score {result.best_valid_mse:.4f} at epoch {result.best_epoch}"
+            if result
+            else ""
+        )
+        print(f"seed {seed} {method.name}: fitted ({took:.0f}s{best})", flush=True)
         predictors[method.name] = method
         rankers.append(_as_ranker(method, split.dataset.n_items))
         if isinstance(method, ColdNASPredictor) and method.outcome is not None:
