@@ -75,6 +75,12 @@ def register(commands: argparse._SubParsersAction) -> None:
     topk.add_argument("--rank-epochs", type=int, default=None, help="epochs of ranking models")
     topk.add_argument("--rank-lr", type=float, default=None, help="lr of ranking models")
     topk.add_argument(
+        "--rank-weight-decay",
+        type=float,
+        default=None,
+        help="Adam L2 of ranking models (default: --weight-decay; their supernet: 0)",
+    )
+    topk.add_argument(
         "--candidates", type=int, default=100, help="first-stage candidates of two-stage rankers"
     )
     topk.add_argument(
@@ -92,7 +98,8 @@ def _ranking_models(args: argparse.Namespace, seed: int) -> list[Any]:
         for name, value in (("epochs", args.rank_epochs), ("lr", args.rank_lr))
         if value is not None
     }
-    train = replace(preset.train, **overrides)
+    wd = {} if args.rank_weight_decay is None else {"weight_decay": args.rank_weight_decay}
+    train = replace(preset.train, **overrides, **wd)
     objective = RankingConfig(
         loss=args.loss, negatives=args.negatives, rating_weight=args.rating_weight
     ).factory()
