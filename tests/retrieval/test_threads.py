@@ -100,3 +100,17 @@ def test_one_index_policy_does_not_leak_into_another_threads_calls(
     t.join()
     assert fresh == [two_torch_threads] and torch.get_num_threads() == two_torch_threads
     assert _blas_threads() == blas
+
+
+def test_faiss_index_policy_is_restored_for_the_calling_thread() -> None:
+    faiss = pytest.importorskip("faiss")
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((500, 16)).astype(np.float32)
+    q = rng.standard_normal((40, 16)).astype(np.float32)
+    plain = build_index("flat", 16)
+    plain.add(x)
+    limited = build_index("flat", 16, threads=1)
+    limited.add(x)
+    before = faiss.omp_get_max_threads()
+    np.testing.assert_array_equal(limited.search(q, 5)[1], plain.search(q, 5)[1])
+    assert faiss.omp_get_max_threads() == before
