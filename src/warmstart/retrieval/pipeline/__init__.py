@@ -13,9 +13,10 @@
     rerank     MD2's top ``rerank_depth`` reordered by the CE
 
 Every step writes its artifacts into ``workdir/<step>/`` (model.safetensors + encoder.json,
-data jsonl, metrics.json, config.json) and a ``done.json`` last; a step whose ``done.json`` exists
-is skipped, a training step resumes from ``<step>/checkpoint``, and cross-encoder scoring resumes
-block by block.
+data jsonl, metrics.json, config.json, inputs.json) and a ``done.json`` last; a step whose
+``done.json`` exists is skipped while what it read is unchanged (config fields, dataset files,
+upstream steps: ``run.stale_steps``; otherwise the run refuses), a training step resumes from
+``<step>/checkpoint``, and cross-encoder scoring resumes block by block.
 
 The module is split along its seams: ``presets`` (the step list, ``PipelineConfig``),
 ``artifacts`` (the step context, artifact I/O, what a step read), ``steps`` (the step bodies,
