@@ -275,3 +275,44 @@ def test_eight_threads_on_shared_objects_give_the_sequential_answers(
     report = json.loads(out.stdout.strip().splitlines()[-1])
     assert report["groups"] == 8
     assert report["torch_threads"] >= 1  # whatever torch chose by default on this machine
+
+
+def test_a_retrievers_thread_policy_holds_inside_its_calls_only(retriever_dir: Path) -> None:
+    """Two retrievers used at once from two threads: forward hooks record the intra-op thread
+    count inside each one's encoder and cross-encoder calls. The one built with threads=1 runs
+    with 1, the default one with the process's count (2 here), every time."""
+    import threading
+
+    from warmstart.retrieval.threads import per_thread_limits
+
+    if not per_thread_limits()["openmp"]:
+        pytest.skip("this torch build exposes no per-thread OpenMP control")
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)  # the session runs with 1; a leaked 1 must be visible
+    try:
+        limited, plain = Retriever.load(retriever_dir, threads=1), Retriever.load(retriever_dir)
+        seen: dict[str, list[int]] = {"limited": [], "plain": []}
+        for name, r in (("limited", limited), ("plain", plain)):
+            assert r.cross is not None
+            for module in (r.model.query_tower, r.cross[0].backbone):
+                module.register_forward_hook(
+                    lambda *_, name=name: seen[name].append(torch.get_num_threads())
+                )
+        barrier = threading.Barrier(2)
+
+        def work(r: Retriever) -> None:
+            barrier.wait()
+            for i in range(15):
+                q = f"query number {i}"
+                r.rerank_many([q], r.search(r.encode_queries([q]), 3))
+
+        threads = [threading.Thread(target=work, args=(r,)) for r in (limited, plain)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        assert seen["limited"] and set(seen["limited"]) == {1}
+        assert seen["plain"] and set(seen["plain"]) == {2}
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
