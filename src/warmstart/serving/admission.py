@@ -79,7 +79,17 @@ class Admission:
             await self._idle.wait()
 
     def predict_s(self, stages: Sequence[Stage]) -> float:
-        return sum(stage.predicted_wait_s() for stage in stages)
+        """Predicted time through ``stages`` (in order) for a request arriving now.
+
+        Every item queued or in service at an earlier stage will reach each later stage before
+        the new request does, so it counts in that stage's queue too; summing over stages also
+        models stages that share one compute pool (their work serialises).
+        """
+        total, upstream = 0.0, 0
+        for stage in stages:
+            total += stage.predicted_wait_s(extra=upstream + 1)
+            upstream += stage.load
+        return total
 
     def admit(self, full: Sequence[Stage], degraded: Sequence[Stage], budget_s: float) -> Ticket:
         """Admit a request whose full path is ``full`` and degraded path ``degraded``.

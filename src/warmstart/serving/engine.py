@@ -223,6 +223,7 @@ class Stage(Generic[T, R]):
         self._queue: asyncio.Queue[_Item] | None = None
         self._workers: list[asyncio.Task[None]] = []
         self._busy = 0
+        self._busy_items = 0
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -255,8 +256,14 @@ class Stage(Generic[T, R]):
     def busy(self) -> int:
         return self._busy
 
+    @property
+    def load(self) -> int:
+        """Items queued or being computed here."""
+        return self.depth + self._busy_items
+
     def predicted_wait_s(self, extra: int = 1) -> float:
-        """Expected seconds until ``extra`` newly submitted items are done at this stage.
+        """Expected seconds until ``extra`` newly submitted items are done at this stage
+        (``extra`` may include items that upstream stages will hand over first).
 
         Queued items form ``ceil((depth + extra) / max_batch)`` batches shared by the workers;
         each takes the median of the recent service times (0 until ``MIN_SAMPLES`` batches
@@ -337,6 +344,7 @@ class Stage(Generic[T, R]):
     async def _run(self, batch: list[_Item]) -> None:
         values = [item.value for item in batch]
         self._busy += 1
+        self._busy_items += len(batch)
         start = self.clock()
         try:
             results = await self._call(values)
@@ -351,6 +359,7 @@ class Stage(Generic[T, R]):
             return
         finally:
             self._busy -= 1
+            self._busy_items -= len(batch)
             self.metrics.observe_service(self.clock() - start)
             size = len(batch)
             self.metrics.batch_sizes[size] = self.metrics.batch_sizes.get(size, 0) + 1

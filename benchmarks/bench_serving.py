@@ -1,0 +1,645 @@
+"""Benchmark: serving capacity of the recommend pipeline, ours against two common set-ups.
+
+Workload (the issue's): the ML-1M ColdNAS model, new users with 20 support interactions drawn
+from the test users, ``recommend`` with 500 MF candidates ranked by ColdNAS, k = 10. Systems,
+each a server process pinned to the same single core, same model files, same run:
+
+- (a) ``naive``: a FastAPI handler (sync, thread pool) doing every step per request.
+- (b) ``ray``: a Ray Serve deployment of the same steps, ``@serve.batch`` on the ranking.
+- (c) ``ours``: ``warmstart serve`` (staged pipeline, micro-batching, admission control).
+
+For each, the highest Poisson arrival rate with p99 <= 100 ms and < 0.1% errors is searched
+(doubling, then bisection). Reference ceilings in the same run: the load generator against a
+trivial server (its own ceiling), our HTTP stack on a trivial endpoint (``GET /healthz``), and
+the same compute in-process in ideal batches of 32 (no HTTP). Then overload at 2x our capacity,
+and the store tiers under Zipf-distributed returning users (memory tier = 5% of the users), and
+a scale run of 5M x 64-dim item rows in LMDB with Zipf item access.
+
+Usage (run under ``flock /tmp/ws-bench.lock``; it needs the ML-1M data)::
+
+    python benchmarks/bench_serving.py --data-dir ../shared/data [--quick] [--only ours,naive]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import add_common_args, print_table, write_result
+from loadgen import measure, request_bytes, trivial_server
+from warmstart.serving.app import RecommendBody
+
+HERE = Path(__file__).resolve()
+RUNS = Path("runs/bench")
+COLDNAS = RUNS / "coldnas-ml1m" / "seed0" / "model"
+MF = RUNS / "mf-ml1m"
+SUPPORT, CANDIDATES, K = 20, 500, 10
+P99_MS, MAX_ERRORS = 100.0, 0.001
+SERVER_CPU = 1  # every server process (and its children) runs on this core
+CLIENT_CPU = 0
+
+
+# --------------------------------------------------------------------------- artifacts
+
+
+def ensure_artifacts(data_dir: Path, epochs: int) -> None:
+    """Train a quick ColdNAS model and export the MF artifact once (cached under runs/)."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": "src"}
+    cli = [sys.executable, "-m", "warmstart.cli.__init__"]
+    if not (COLDNAS / "config.json").is_file():
+        subprocess.run(
+            [*cli, "coldstart", "train", "--dataset", "movielens-1m", "--data-dir", str(data_dir),
+             "--structure", "film", "--epochs", str(epochs), "--threads", "1", "--no-progress",
+             "--out", str(COLDNAS.parent.parent)],
+            check=True, env=env,
+        )  # fmt: skip
+    if not (MF / "mf.json").is_file():
+        subprocess.run(
+            [*cli, "serve", "export-mf", "--model", str(COLDNAS), "--out", str(MF),
+             "--data-dir", str(data_dir), "--dim", "16", "--l2", "10"],
+            check=True, env=env,
+        )  # fmt: skip
+
+
+def request_bodies(data_dir: Path, n: int, seed: int = 0) -> list[dict[str, Any]]:
+    """New users: 20 interactions of test users (raw ids), shuffled; ``n`` bodies."""
+    from warmstart.coldstart.inference import load_recommender
+    from warmstart.data import coldstart_split
+
+    rec = load_recommender(COLDNAS)
+    split = coldstart_split("movielens-1m", data_dir, 0, "melu")
+    rng = np.random.default_rng(seed)
+    bodies = []
+    for t in split.test:
+        items = np.concatenate([t.support_items, t.query_items])
+        labels = np.concatenate([t.support_labels, t.query_labels])
+        if items.size < SUPPORT:
+            continue
+        pick = rng.choice(items.size, SUPPORT, replace=False)
+        raw = rec.item_ids.to_raw(items[pick])
+        inter = [{"item": i, "rating": float(y)} for i, y in zip(raw, labels[pick], strict=True)]
+        bodies.append({"interactions": inter, "k": K, "n_candidates": CANDIDATES})
+    return [bodies[i % len(bodies)] for i in rng.permutation(max(n, len(bodies)))[:n]]
+
+
+# --------------------------------------------------------------------------- the three systems
+
+
+def _steps():  # type: ignore[no-untyped-def]
+    """The per-request steps shared by the baselines (same models, same maths as ours)."""
+    from warmstart.serving.models import load_recommend_models
+    from warmstart.serving.pipelines import top_k
+
+    models = load_recommend_models(COLDNAS, MF)
+    rec, mf = models.ranker.rec, models.candidates
+
+    def prepare(body: Any) -> tuple[Any, np.ndarray]:
+        rows = rec.item_ids.to_rows([i.item for i in body.interactions], "interactions")
+        labels = np.array([i.rating for i in body.interactions], np.float32)
+        state = rec.adapt(rows, labels)
+        (user,) = mf.fit_users([(rows, labels)])
+        n = body.n_candidates or CANDIDATES
+        _, cands = mf.candidates(user[None], n + rows.size)
+        cands = cands[0][~np.isin(cands[0], rows)][:n]
+        return state, cands
+
+    def respond(cands: np.ndarray, scores: np.ndarray, k: int) -> dict[str, Any]:
+        best = top_k(scores, k)
+        ids = rec.item_ids.to_raw(cands[best])
+        return {
+            "items": [{"id": i, "score": float(s)} for i, s in zip(ids, scores[best], strict=True)]
+        }
+
+    return rec, prepare, respond
+
+
+def serve_naive(port: int) -> None:
+    import torch
+    import uvicorn
+    from fastapi import FastAPI
+
+    torch.set_num_threads(1)
+    rec, prepare, respond = _steps()
+    app = FastAPI()
+
+    @app.get("/healthz")
+    def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.post("/v1/recommend")
+    def recommend(body: RecommendBody) -> dict[str, Any]:
+        state, cands = prepare(body)
+        return respond(cands, rec.score(state, cands), body.k)
+
+    uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
+
+
+def serve_ray(port: int, max_batch: int, wait_s: float) -> None:
+    import ray
+    import torch
+    from fastapi import FastAPI
+    from ray import serve
+
+    ray.init(address="local", num_cpus=1, include_dashboard=False, log_to_driver=False)
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    app = FastAPI()
+
+    @serve.deployment(max_ongoing_requests=4 * max_batch, ray_actor_options={"num_cpus": 1})
+    @serve.ingress(app)
+    class Recommender:
+        def __init__(self) -> None:
+            torch.set_num_threads(1)
+            self.rec, self.prepare, self.respond = _steps()
+
+        @serve.batch(max_batch_size=max_batch, batch_wait_timeout_s=wait_s)
+        async def rank(self, pairs: list[tuple[Any, np.ndarray]]) -> list[np.ndarray]:
+            return self.rec.score_many([s for s, _ in pairs], [c for _, c in pairs])
+
+        @app.get("/healthz")
+        def healthz(self) -> dict[str, str]:
+            return {"status": "ok"}
+
+        @app.post("/v1/recommend")
+        async def recommend(self, body: RecommendBody) -> dict[str, Any]:
+            state, cands = self.prepare(body)
+            return self.respond(cands, await self.rank((state, cands)), body.k)
+
+        # a class pickled into the replica: give FastAPI the model class, not its name
+        recommend.__annotations__["body"] = RecommendBody
+
+    serve.run(Recommender.bind(), route_prefix="/", blocking=False)
+    signal.sigwait({signal.SIGTERM, signal.SIGINT})
+    serve.shutdown()
+    ray.shutdown()
+
+
+def ours_config(port: int, workdir: Path, **store: Any) -> dict[str, Any]:
+    return {
+        "port": port,
+        "models": {"coldnas": str(COLDNAS), "mf": str(MF)},
+        "store": {"memory_mb": 64, "lmdb_path": str(workdir / "lmdb"), **store},
+        "compute": {"workers": 1, "intra_op_threads": 1, "io_workers": 1},
+        "admission": {"deadline_ms": P99_MS},
+    }
+
+
+def serve_ours(config_path: Path) -> None:
+    from warmstart.serving.config import ServeConfig
+    from warmstart.serving.runner import serve_forever
+
+    serve_forever(ServeConfig.from_file(config_path), None)
+
+
+# --------------------------------------------------------------------------- processes
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class ServerProcess:
+    """A server child pinned to ``SERVER_CPU`` in its own session (so its children stop too)."""
+
+    def __init__(self, args: list[str], port: int, timeout_s: float = 240.0) -> None:
+        self.port = port
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": "src", "RAY_DEDUP_LOGS": "0"}
+        self.proc = subprocess.Popen(
+            [sys.executable, str(HERE), *args],
+            env=env,
+            start_new_session=True,
+            preexec_fn=lambda: os.sched_setaffinity(0, {SERVER_CPU}),
+            stdout=subprocess.DEVNULL,
+        )
+        self._wait_healthy(timeout_s)
+
+    def _wait_healthy(self, timeout_s: float) -> None:
+        import httpx
+
+        end = time.monotonic() + timeout_s
+        while time.monotonic() < end:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited with {self.proc.returncode}")
+            try:
+                if httpx.get(f"http://127.0.0.1:{self.port}/healthz", timeout=1).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.5)  # a child process start-up has no event to await
+        self.stop()
+        raise RuntimeError("server did not become healthy")
+
+    def rss_mb(self) -> float:
+        """Resident memory of the server and its children (MB)."""
+        import psutil
+
+        p = psutil.Process(self.proc.pid)
+        return sum(q.memory_info().rss for q in [p, *p.children(recursive=True)]) / 2**20
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(60)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+
+
+# --------------------------------------------------------------------------- measurements
+
+
+def passes(r: dict[str, float]) -> bool:
+    return r["p99_ms"] <= P99_MS and r["error_rate"] < MAX_ERRORS
+
+
+def step(port: int, payloads: list[bytes], rate: float, duration: float, log: list) -> bool:
+    """One arrival rate for ``duration`` seconds; logged, printed; True when it passes."""
+    r = measure("127.0.0.1", port, payloads, rate, duration, seed=len(log))
+    log.append(r)
+    print(
+        f"  rate {rate:7.0f}/s  p99 {r['p99_ms']:8.1f} ms  errors {r['error_rate']:.4f}", flush=True
+    )
+    return passes(r)
+
+
+def max_rate(
+    port: int, payloads: list[bytes], start: float, duration: float, refine: int, log: list
+) -> float:
+    """Highest passing rate: double from ``start`` until a failure, then bisect ``refine`` times."""
+    good, bad, rate = 0.0, None, start
+    while bad is None and rate <= 20_000:
+        if step(port, payloads, rate, duration, log):
+            good, rate = rate, rate * 2
+        else:
+            bad = rate
+    for _ in range(refine if bad is not None else 0):
+        rate = (good + bad) / 2 if good else bad / 2
+        if step(port, payloads, rate, duration, log):
+            good = rate
+        else:
+            bad = rate
+    return good
+
+
+def ideal_compute_rate(bodies: list[dict[str, Any]], batch: int = 32) -> float:
+    """Requests/s of adapt + candidates + ranking in-process, in ideal batches (no HTTP)."""
+    import torch
+
+    from warmstart.serving.models import load_recommend_models
+    from warmstart.serving.pipelines import top_k
+
+    os.sched_setaffinity(0, {SERVER_CPU})
+    torch.set_num_threads(1)
+    models = load_recommend_models(COLDNAS, MF)
+    rec, mf = models.ranker.rec, models.candidates
+    reqs = []
+    for b in bodies:
+        rows = rec.item_ids.to_rows([i["item"] for i in b["interactions"]])
+        reqs.append((rows, np.array([i["rating"] for i in b["interactions"]], np.float32)))
+
+    def run(chunk: list[tuple[np.ndarray, np.ndarray]]) -> None:
+        states = rec.adapt_many(chunk)
+        users = mf.fit_users(chunk)
+        _, cands = mf.candidates(users, CANDIDATES + SUPPORT)
+        kept = [c[~np.isin(c, r)][:CANDIDATES] for c, (r, _) in zip(cands, chunk, strict=True)]
+        for s in rec.score_many(states, kept):
+            top_k(s, K)
+
+    run(reqs[:batch])  # warm-up
+    start = time.perf_counter()
+    n = 0
+    while time.perf_counter() - start < 5.0:
+        for i in range(0, len(reqs), batch):
+            run(reqs[i : i + batch])
+            n += len(reqs[i : i + batch])
+    os.sched_setaffinity(0, {CLIENT_CPU})
+    return n / (time.perf_counter() - start)
+
+
+def overload(server: ServerProcess, payloads: list[bytes], capacity: float, seconds: float) -> dict:
+    """2x capacity for ``seconds``, then normal load: goodput, latencies, RSS, recovery."""
+    rss: list[float] = []
+    import threading
+
+    stop = threading.Event()
+
+    def sample_rss() -> None:
+        while not stop.wait(1.0):
+            rss.append(server.rss_mb())
+
+    sampler = threading.Thread(target=sample_rss, daemon=True)
+    before = server.rss_mb()
+    sampler.start()
+    flood = measure("127.0.0.1", server.port, payloads, 2 * capacity, seconds, seed=101)
+    after = [
+        measure("127.0.0.1", server.port, payloads, 0.5 * capacity, 1.0, seed=200 + i)
+        for i in range(5)
+    ]
+    stop.set()
+    sampler.join()
+    recovered = next((i + 1 for i, r in enumerate(after) if passes(r)), None)
+    return {
+        "rate": 2 * capacity,
+        "seconds": seconds,
+        "flood": flood,
+        "goodput_fraction_of_capacity": flood["goodput"] / capacity,
+        "rss_mb_before": before,
+        "rss_mb_max": max(rss) if rss else before,
+        "recovered_within_s": recovered,
+        "after": after,
+    }
+
+
+def zipf_users(n_users: int, n: int, s: float, seed: int) -> np.ndarray:
+    """``n`` draws of user indices with P(rank r) proportional to r**-s (bounded to n_users)."""
+    rng = np.random.default_rng(seed)
+    weights = 1.0 / np.arange(1, n_users + 1) ** s
+    return rng.choice(n_users, n, p=weights / weights.sum())
+
+
+def tiers(
+    data_dir: Path, bodies: list[dict], workdir: Path, n_users: int, rate: float, seconds: float
+) -> dict:
+    """Returning users (Zipf s=1.1) served from the store; memory tier = 5% of the users."""
+    import httpx
+
+    from warmstart.serving.models import UserRecord, load_recommend_models
+    from warmstart.serving.store import LMDBTier
+
+    models = load_recommend_models(COLDNAS, MF)
+    rec, mf = models.ranker.rec, models.candidates
+    lmdb_path = workdir / "tiers-lmdb"
+    tier = LMDBTier(lmdb_path)
+    size = 0
+    for start in range(0, n_users, 256):
+        chunk = [bodies[u % len(bodies)] for u in range(start, min(n_users, start + 256))]
+        sup = [
+            (rec.item_ids.to_rows([i["item"] for i in b["interactions"]]),
+             np.array([i["rating"] for i in b["interactions"]], np.float32))
+            for b in chunk
+        ]  # fmt: skip
+        records = [
+            UserRecord(s, row, r).to_bytes()
+            for s, row, (r, _) in zip(rec.adapt_many(sup), mf.fit_users(sup), sup, strict=True)
+        ]
+        keys = [f"user:{models.version}:u{u}".encode() for u in range(start, start + len(chunk))]
+        tier.put_many(list(zip(keys, records, strict=True)))
+        size = len(keys[0]) + len(records[0]) + 100
+    tier.close()
+    memory_mb = 0.05 * n_users * size / 2**20
+    port = free_port()
+    config = ours_config(port, workdir, memory_mb=memory_mb, lmdb_path=str(lmdb_path))
+    path = workdir / "tiers.json"
+    path.write_text(json.dumps(config))
+    server = ServerProcess(["--serve", "ours", "--config", str(path)], port)
+    try:
+        users = zipf_users(n_users, int(rate * seconds) + 1, 1.1, seed=7)
+        payloads = [
+            request_bytes(
+                "POST", "/v1/recommend", json.dumps({"user_id": f"u{u}", "k": K}).encode()
+            )
+            for u in users
+        ]
+        warm = measure("127.0.0.1", port, payloads[: len(payloads) // 2], rate, seconds / 2, seed=5)
+        r = measure("127.0.0.1", port, payloads, rate, seconds, seed=6)
+        stats = httpx.get(f"http://127.0.0.1:{port}/v1/stats").json()["recommend"]["store"]
+    finally:
+        server.stop()
+    return {
+        "users": n_users,
+        "zipf_s": 1.1,
+        "memory_mb": memory_mb,
+        "record_bytes": size,
+        "warmup": warm,
+        "load": r,
+        "store": stats,
+    }
+
+
+def scale(workdir: Path, n_items: int, dim: int, requests: int, per_request: int) -> dict:
+    """``n_items`` x ``dim`` float32 rows in LMDB, memory tier 5%, Zipf item access."""
+    from warmstart.serving.store import LMDBTier, MemoryTier, TieredStore
+
+    path = workdir / "scale-lmdb"
+    tier = LMDBTier(path, map_size=1 << 34)
+    rng = np.random.default_rng(0)
+    t0 = time.perf_counter()
+    if len(tier) < n_items:
+        for start in range(0, n_items, 100_000):
+            block = rng.standard_normal((min(100_000, n_items - start), dim), dtype=np.float32)
+            tier.put_many([(b"i%d" % (start + i), row.tobytes()) for i, row in enumerate(block)])
+    load_s = time.perf_counter() - t0
+    row_bytes = dim * 4 + 8 + 100
+    store = TieredStore([MemoryTier(int(0.05 * n_items * row_bytes)), tier])
+    # Zipf over item ranks; a random permutation so hot items are spread over the key space
+    perm = rng.permutation(n_items)
+    ranks = np.minimum(rng.zipf(1.1, requests * per_request), n_items) - 1
+    items = perm[ranks].reshape(requests, per_request)
+    times = []
+    for row in items:
+        keys = [b"i%d" % i for i in row]
+        start = time.perf_counter()
+        store.get_many(keys)
+        times.append(time.perf_counter() - start)
+    half = len(times) // 2  # second half: after the memory tier has warmed
+    lat = np.array(times[half:]) * 1e3
+    stats = store.snapshot()
+    store.close()
+    return {
+        "items": n_items,
+        "dim": dim,
+        "keys_per_request": per_request,
+        "requests": requests,
+        "load_s": load_s,
+        "p50_ms": float(np.percentile(lat, 50)),
+        "p99_ms": float(np.percentile(lat, 99)),
+        "store": stats,
+    }
+
+
+# --------------------------------------------------------------------------- main
+
+
+def main() -> None:
+    parser = add_common_args(argparse.ArgumentParser(description=__doc__.splitlines()[0]))
+    parser.add_argument(
+        "--serve", choices=("naive", "ray", "ours", "trivial"), help=argparse.SUPPRESS
+    )
+    parser.add_argument("--port", type=int, default=0, help=argparse.SUPPRESS)
+    parser.add_argument("--config", type=Path, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--only", default="naive,ray,ours", help="systems to measure")
+    parser.add_argument("--duration", type=float, default=5.0, help="seconds per arrival rate")
+    parser.add_argument("--overload-s", type=float, default=60.0)
+    parser.add_argument("--ray-batch", type=int, default=16)
+    parser.add_argument("--ray-wait-ms", type=float, default=5.0)
+    parser.add_argument("--epochs", type=int, default=5, help="ColdNAS epochs when training")
+    parser.add_argument("--skip", default="", help="comma list of: overload,tiers,scale")
+    parser.add_argument("--scale-items", type=int, default=5_000_000)
+    args = parser.parse_args()
+    if args.serve == "naive":
+        return serve_naive(args.port)
+    if args.serve == "ray":
+        return serve_ray(args.port, args.ray_batch, args.ray_wait_ms / 1e3)
+    if args.serve == "ours":
+        return serve_ours(args.config)
+    if args.serve == "trivial":
+        return asyncio.run(trivial_server(args.port))
+    run(args)
+
+
+def run(args: argparse.Namespace) -> None:
+    os.sched_setaffinity(0, {CLIENT_CPU})
+    ensure_artifacts(args.data_dir, args.epochs)
+    duration = 3.0 if args.quick else args.duration
+    refine = 1 if args.quick else 2
+    skip = set(filter(None, args.skip.split(",")))
+    bodies = request_bodies(args.data_dir, 600)
+    payloads = [request_bytes("POST", "/v1/recommend", json.dumps(b).encode()) for b in bodies]
+    workdir = RUNS / "serving"
+    workdir.mkdir(parents=True, exist_ok=True)
+    result: dict[str, Any] = {"workload": {"support": SUPPORT, "candidates": CANDIDATES, "k": K,
+                                           "p99_ms": P99_MS, "max_error_rate": MAX_ERRORS,
+                                           "seconds_per_rate": duration, "server_cpus": 1}}  # fmt: skip
+    curves: dict[str, list] = {}
+
+    print("ceiling: load generator vs a trivial server", flush=True)
+    port = free_port()
+    trivial = ServerProcess(["--serve", "trivial", "--port", str(port)], port)
+    try:
+        curves["generator"] = []
+        result["generator_ceiling"] = max_rate(
+            port, [request_bytes("GET", "/healthz")], 1000, duration, refine, curves["generator"]
+        )
+    finally:
+        trivial.stop()
+
+    print("ceiling: ideal in-process compute (batches of 32, no HTTP)", flush=True)
+    result["compute_ceiling"] = ideal_compute_rate(bodies)
+    print(f"  {result['compute_ceiling']:.0f} requests/s", flush=True)
+
+    systems = [s for s in args.only.split(",") if s]
+    caps: dict[str, float] = {}
+    for system in systems:
+        port = free_port()
+        if system == "ours":
+            path = workdir / "ours.json"
+            path.write_text(json.dumps(ours_config(port, workdir)))
+            cmd = ["--serve", "ours", "--config", str(path)]
+        else:
+            cmd = ["--serve", system, "--port", str(port), "--ray-batch", str(args.ray_batch),
+                   "--ray-wait-ms", str(args.ray_wait_ms)]  # fmt: skip
+        print(f"system {system}", flush=True)
+        server = ServerProcess(cmd, port)
+        try:
+            measure("127.0.0.1", port, payloads, 50, 2.0, seed=999)  # warm-up
+            if system == "ours":
+                print("ceiling: our HTTP stack on GET /healthz", flush=True)
+                curves["http_stack"] = []
+                result["http_ceiling"] = max_rate(
+                    port,
+                    [request_bytes("GET", "/healthz")],
+                    500,
+                    duration,
+                    refine,
+                    curves["http_stack"],
+                )
+            curves[system] = []
+            caps[system] = max_rate(port, payloads, 100, duration, refine, curves[system])
+            if system == "ours" and "overload" not in skip:
+                print(f"overload: {2 * caps[system]:.0f}/s for {args.overload_s:.0f} s", flush=True)
+                result["overload"] = overload(server, payloads, caps[system], args.overload_s)
+        finally:
+            server.stop()
+    result["capacity"] = caps
+    result["curves"] = curves
+    if "ours" in caps:
+        limit = min(result["compute_ceiling"], result.get("http_ceiling", np.inf))
+        result["ours_fraction_of_limit"] = caps["ours"] / limit
+        for base in ("naive", "ray"):
+            if caps.get(base):
+                result[f"ours_over_{base}"] = caps["ours"] / caps[base]
+    if "tiers" not in skip:
+        print("tiers: Zipf returning users, memory tier 5%", flush=True)
+        rate = 0.5 * caps.get("ours", 200)
+        result["tiers"] = tiers(
+            args.data_dir, bodies, workdir, 2000 if args.quick else 20000, rate, duration * 2
+        )
+    if "scale" not in skip:
+        n = 200_000 if args.quick else args.scale_items
+        print(f"scale: {n} x 64 item rows in LMDB", flush=True)
+        result["scale"] = scale(workdir, n, 64, 2000, 500)
+    report(result)
+    name = "serving_quick" if args.quick else "serving"
+    write_result(name, result, lambda ax: plot(ax, curves))
+
+
+def report(result: dict[str, Any]) -> None:
+    rows = [{"system": "load generator (trivial server)", "max_rate": result["generator_ceiling"]}]
+    if "http_ceiling" in result:
+        rows.append({"system": "our HTTP stack (GET /healthz)", "max_rate": result["http_ceiling"]})
+    rows.append(
+        {"system": "compute in-process, ideal batches", "max_rate": result["compute_ceiling"]}
+    )
+    for system, cap in result["capacity"].items():
+        best = [r for r in result["curves"][system] if r["rate"] == cap]
+        rows.append(
+            {"system": system, "max_rate": cap, "p99_ms": best[0]["p99_ms"] if best else "-"}
+        )
+    print_table(rows, ["system", "max_rate", "p99_ms"])
+    for key in ("ours_over_naive", "ours_over_ray", "ours_fraction_of_limit"):
+        if key in result:
+            print(f"{key}: {result[key]:.2f}")
+    if "overload" in result:
+        o = result["overload"]
+        f = o["flood"]
+        print(
+            f"overload {o['rate']:.0f}/s x {o['seconds']:.0f} s: goodput {f['goodput']:.0f}/s "
+            f"({o['goodput_fraction_of_capacity']:.0%} of capacity), accepted p99 "
+            f"{f.get('ok_p99_ms', 0):.1f} ms, 503s {f['rejected_503']} with p99 "
+            f"{f.get('rejected_p99_ms', 0):.1f} ms, other errors {f['errors'] - f['rejected_503']}, "
+            f"RSS {o['rss_mb_before']:.0f} -> max {o['rss_mb_max']:.0f} MB, "
+            f"recovered within {o['recovered_within_s']} s"
+        )
+    if "tiers" in result:
+        t = result["tiers"]
+        rates = {k: round(v["hit_rate"], 3) for k, v in t["store"].items()}
+        print(f"tiers ({t['users']} users, Zipf 1.1, memory {t['memory_mb']:.1f} MB): p99 "
+              f"{t['load']['p99_ms']:.1f} ms, errors {t['load']['errors']}, hit rates {rates}")  # fmt: skip
+    if "scale" in result:
+        s = result["scale"]
+        rates = {k: round(v["hit_rate"], 3) for k, v in s["store"].items()}
+        print(f"scale ({s['items']} x {s['dim']} in LMDB, {s['keys_per_request']} keys/request): "
+              f"p50 {s['p50_ms']:.2f} ms, p99 {s['p99_ms']:.2f} ms, hit rates {rates}")  # fmt: skip
+
+
+def plot(ax: Any, curves: dict[str, list]) -> None:
+    for system, points in curves.items():
+        if system in ("generator", "http_stack") or not points:
+            continue
+        pts = sorted(points, key=lambda r: r["rate"])
+        ax.plot([p["rate"] for p in pts], [p["p99_ms"] for p in pts], marker="o", label=system)
+    ax.axhline(P99_MS, color="grey", linestyle="--", linewidth=1)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("arrival rate (requests/s, Poisson)")
+    ax.set_ylabel("p99 latency (ms)")
+    ax.set_title("recommend: p99 vs arrival rate (one server core)")
+    ax.legend()
+
+
+if __name__ == "__main__":
+    main()
