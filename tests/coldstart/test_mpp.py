@@ -236,3 +236,15 @@ def test_short_run_beats_popularity_on_held_out_users() -> None:
     pop.fit(data)
     ours = mean_user_auc(predict_adapted(learner, data.test), data.test)
     assert ours > mean_user_auc(pop.predict(data.test), data.test)
+
+
+def test_reptile_step_moves_the_meta_init_only(split: EpisodeSplit) -> None:
+    learner = _learner(split, "film")
+    fixed, adaptive = learner.parts()
+    before = {n: p.detach().clone() for n, p in learner.net.named_parameters()}
+    stream(learner, split.test[:3], OnlineConfig(mode="reptile", lr=0.5))
+    after = dict(learner.net.named_parameters())
+    assert all(torch.equal(after[n], before[n]) for n in fixed)
+    assert any(not torch.equal(after[n], before[n]) for n in adaptive)
+    stream(learner, split.test[:3], OnlineConfig(mode="reptile", lr=0.5, update_fixed=True))
+    assert any(not torch.equal(after[n], before[n]) for n in fixed)

@@ -97,6 +97,18 @@ def test_user_state_bytes_round_trip(split: EpisodeSplit, tmp_path: Path) -> Non
     )
 
 
+def test_raw_ids_round_trip(split: EpisodeSplit, tmp_path: Path) -> None:
+    rec, _ = _saved(split, "top", tmp_path)
+    t = split.test[0]
+    raw_items = split.dataset.items.ids[t.support_items].tolist()
+    raw_user = split.dataset.users.ids[t.user].item()
+    by_id = rec.adapt_ids(raw_items, t.support_labels, user_id=raw_user)
+    by_row = rec.adapt(t.support_items, t.support_labels, user=t.user)
+    np.testing.assert_array_equal(by_id.params, by_row.params)
+    query = split.dataset.items.ids[t.query_items].tolist()
+    np.testing.assert_array_equal(rec.score_ids(by_id, query), rec.score(by_row, t.query_items))
+
+
 def test_empty_support_is_the_meta_init_and_observe_moves_on(
     split: EpisodeSplit, tmp_path: Path
 ) -> None:
@@ -113,12 +125,14 @@ def test_empty_support_is_the_meta_init_and_observe_moves_on(
 
 def test_bad_input_raises_before_compute(split: EpisodeSplit, tmp_path: Path) -> None:
     rec, _ = _saved(split, "top", tmp_path)
-    with pytest.raises(ValueError, match="rows must lie in"):
+    with pytest.raises(ValueError, match=r"rows\[1\] = 999: item indices must lie in"):
         rec.adapt([0, 999], [1, 0])
-    with pytest.raises(ValueError, match="2 support items but 1 labels"):
+    with pytest.raises(ValueError, match="1 labels for 2 support items"):
         rec.adapt([0, 1], [1])
-    with pytest.raises(ValueError, match="clicks in"):
+    with pytest.raises(ValueError, match=r"labels\[1\] = .*5.*must be finite and lie in \[0, 1\]"):
         rec.adapt([0, 1], [1, 5])
+    with pytest.raises(ValueError, match="item"):
+        rec.adapt_ids(["no-such-item"], [1])
     bad = UserState(np.zeros(0, np.float32), np.zeros(3, np.float32))
     with pytest.raises(ValueError, match="parameters"):
         rec.score(bad, [0])

@@ -80,7 +80,13 @@ def register(commands: argparse._SubParsersAction) -> None:
     _common(compare)
     compare.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     compare.add_argument("--online-mode", choices=("maml", "reptile"), default="maml")
-    compare.add_argument("--online-lr", type=float, default=0.05)
+    compare.add_argument(
+        "--online-lrs",
+        type=float,
+        nargs="+",
+        default=[0.01, 0.05, 0.2],
+        help="online step sizes; the best prequential AUC on the valid users' stream is used",
+    )
     compare.add_argument("--maml-local-lr", type=float, default=0.5, help="MeLU inner step")
     compare.set_defaults(func=run_compare)
     train = commands.add_parser("train", help="offline MPP meta-training + serving artifact")
@@ -149,9 +155,10 @@ def run_compare(args: argparse.Namespace) -> int:
     base = CompareConfig(
         model=_model(args),
         meta=_meta(args, 0),
-        online=OnlineConfig(mode=args.online_mode, lr=args.online_lr),
+        online=OnlineConfig(mode=args.online_mode),
         rule=rule,
         maml_local_lr=args.maml_local_lr,
+        online_lrs=tuple(args.online_lrs),
     )
     per_seed = []
     for seed in args.seeds:

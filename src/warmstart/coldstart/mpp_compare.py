@@ -22,7 +22,7 @@ import functools
 import json
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -83,6 +83,7 @@ class CompareConfig:
     rule: PartitionRule = field(default_factory=PartitionRule)
     maml_local_lr: float = 0.5
     forget_fraction: float = 0.2
+    online_lrs: tuple[float, ...] = (0.01, 0.05, 0.2)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -92,6 +93,7 @@ class CompareConfig:
             "rule": self.rule.to_dict(),
             "maml_local_lr": self.maml_local_lr,
             "forget_fraction": self.forget_fraction,
+            "online_lrs": list(self.online_lrs),
         }
 
     def maml(self, seed: int) -> MAMLConfig:
@@ -153,11 +155,13 @@ def run_seed(
         {"seed": seed, "meta": asdict(meta), "best_step": res.best_step},
     )  # fmt: skip
 
+    online_lr, lr_scores = select_online_lr(learner, split.valid, config, seed)
+    log(f"seed {seed} online lr {online_lr:g} (valid prequential AUC {lr_scores})")
     forgetting = {}
     n_first = max(1, round(config.forget_fraction * len(tasks)))
     for name, update_fixed in ((ONLINE, False), (ONLINE_FIXED, True)):
         online = online_copy(learner)
-        cfg = OnlineConfig(**{**asdict(config.online), "update_fixed": update_fixed})
+        cfg = replace(config.online, lr=online_lr, update_fixed=update_fixed)
         sres, fit_s[name] = _timed(functools.partial(stream, online, tasks, cfg, progress))
         preds[name] = sres.preds
         forgetting[name] = _forgetting(learner, online, split.valid, tasks[:n_first], sres.preds)
@@ -199,10 +203,27 @@ def run_seed(
         "forgetting": forgetting,
         "fit_s": fit_s,
         "inner_lr": learner.inner_lr_values(),
+        "online_lr": online_lr,
+        "online_lr_valid_auc": lr_scores,
     }
     out_dir.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(result, indent=2))
     return result
+
+
+def select_online_lr(
+    learner: Any, valid: Sequence[Task], config: CompareConfig, seed: int
+) -> tuple[float, dict[str, float]]:
+    """The online step size with the best prequential AUC on a stream of the *valid* users
+    (fixed part frozen); the test stream is never used to choose it."""
+    order, _ = stream_order(valid, None, seed)
+    scores = {}
+    for lr in config.online_lrs:
+        online = online_copy(learner)
+        result = stream(online, order, replace(config.online, lr=lr, update_fixed=False))
+        scores[f"{lr:g}"] = mean_user_auc(result.preds, order)
+    best = max(config.online_lrs, key=lambda lr: scores[f"{lr:g}"])
+    return best, scores
 
 
 def _with_seed(meta: MetaConfig, seed: int) -> MetaConfig:

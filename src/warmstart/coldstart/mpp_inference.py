@@ -24,12 +24,16 @@ from torch import Tensor
 
 from warmstart.coldstart.artifacts import (
     FEATURES_FILE,
+    IDS_FILE,
     WEIGHTS_FILE,
     _table_from,
     _table_tensors,
+    id_maps_of,
+    load_id_maps,
     state_to_cpu,
 )
-from warmstart.coldstart.inference import UserState
+from warmstart.coldstart.catalog import IdMap
+from warmstart.coldstart.inference import UserState, as_labels, as_rows
 from warmstart.coldstart.model import TableLike
 from warmstart.coldstart.mpp import (
     TOP,
@@ -70,8 +74,11 @@ class MPPRecommender:
         inner_steps: int,
         inner_lr: Mapping[str, float],
         config: dict[str, Any] | None = None,
+        ids: tuple[IdMap, IdMap] | None = None,
     ) -> None:
         self.net = net.eval()
+        rows = (IdMap(range(net.user_embedding.n_rows), "user"), IdMap(range(self.n_items), "item"))
+        self.user_ids, self.item_ids = ids or rows  # raw id <-> dense row
         self.rule = rule
         self.inner_steps = int(inner_steps)
         self.config = config or {}
@@ -96,24 +103,23 @@ class MPPRecommender:
     def n_items(self) -> int:
         return self.net.item_embedding.n_rows
 
+    def adapt_ids(
+        self, item_ids: Sequence[Any], labels: Sequence[float] | np.ndarray, user_id: Any = None
+    ) -> UserState:
+        """:meth:`adapt` with the dataset's raw item ids (and raw user id, or None)."""
+        user = None if user_id is None else int(self.user_ids.to_rows([user_id], "user_id")[0])
+        return self.adapt(self.item_ids.to_rows(item_ids, "item_ids"), labels, user)
+
+    def score_ids(self, state: UserState, item_ids: Sequence[Any]) -> np.ndarray:
+        """:meth:`score` of one state on raw item ids: ``(I,)``."""
+        return self.score(state, self.item_ids.to_rows(item_ids, "item_ids"))
+
     # ----------------------------------------------------------------------------- validation
     def _rows(self, rows: Sequence[int] | np.ndarray, name: str) -> Tensor:
-        arr = np.asarray(rows)
-        if arr.ndim != 1 or (arr.size and not np.issubdtype(arr.dtype, np.integer)):
-            raise ValueError(f"{name} must be a 1-d sequence of item rows, got {arr!r}")
-        if arr.size and (arr.min() < 0 or arr.max() >= self.n_items):
-            raise ValueError(
-                f"{name} must lie in [0, {self.n_items}), got [{arr.min()}, {arr.max()}]"
-            )
-        return torch.as_tensor(arr.astype(np.int64))
+        return torch.as_tensor(as_rows(rows, self.n_items, name))
 
-    def _labels(self, labels: Sequence[float] | np.ndarray, n: int) -> Tensor:
-        arr = np.asarray(labels, dtype=np.float32).reshape(-1)
-        if arr.size != n:
-            raise ValueError(f"labels: {n} support items but {arr.size} labels")
-        if not np.isfinite(arr).all() or ((arr < 0) | (arr > 1)).any():
-            raise ValueError(f"labels must be clicks in [0, 1], got {arr!r}")
-        return torch.as_tensor(arr)
+    def _labels(self, labels: Sequence[float] | np.ndarray, n: int, name: str) -> Tensor:
+        return torch.as_tensor(as_labels(labels, n, (0.0, 1.0), name))
 
     def _user_vec(self, user: int | None) -> Tensor:
         if user is None or not self.net.use_user_features:
@@ -170,7 +176,7 @@ class MPPRecommender:
         new interactions (the fixed part and the meta-init are unchanged)."""
         self._check_state(state)
         items = self._rows(rows, "rows")
-        y = self._labels(labels, items.numel())
+        y = self._labels(labels, items.numel(), "labels")
         if items.numel() == 0:
             return state
         x = self._inputs(items, state.user)  # (S, D)
@@ -207,7 +213,8 @@ class MPPRecommender:
         checked = []
         for i, (rows, labels) in enumerate(supports):
             items = self._rows(rows, f"supports[{i}] rows")
-            checked.append((items, self._labels(labels, items.numel()), users[i]))
+            labels_t = self._labels(labels, items.numel(), f"supports[{i}] labels")
+            checked.append((items, labels_t, users[i]))
         width = max(1, max(items.numel() for items, _, _ in checked))
         d = self.net.in_dim
         x = torch.zeros(len(checked), width, d)
@@ -269,6 +276,9 @@ def save(
 ) -> None:
     """Write an MPP artifact: ``config.json`` (+ rule, inner loop), weights, feature tables."""
     directory.mkdir(parents=True, exist_ok=True)
+    user_ids, item_ids = id_maps_of(users, items)
+    ids = {"users": user_ids.to_json(), "items": item_ids.to_json()}
+    (directory / IDS_FILE).write_text(json.dumps(ids))
     user_t, user_fields = _table_tensors("users", users)
     item_t, item_fields = _table_tensors("items", items)
     save_file({**user_t, **item_t}, str(directory / FEATURES_FILE))
@@ -301,4 +311,5 @@ def load(directory: Path | str) -> MPPRecommender:
     net = MPPNet(MPPConfig.from_dict(config["model"]), users, items)
     net.load_state_dict(load_file(str(directory / WEIGHTS_FILE)))
     rule = PartitionRule.from_dict(config["rule"])
-    return MPPRecommender(net, rule, config["inner_steps"], config["inner_lr"], config)
+    ids = load_id_maps(directory)
+    return MPPRecommender(net, rule, config["inner_steps"], config["inner_lr"], config, ids)

@@ -91,21 +91,20 @@ class OnlineConfig:
     Attributes:
         mode: ``"maml"`` (SGD on the user's query loss through the inner loop) or ``"reptile"``
             (move the meta-init toward the parameters adapted on support + query).
-        lr: online SGD step size (``maml``), applied to the fixed part too when it is updated.
-        reptile_lr: interpolation step of ``reptile``.
+        lr: online SGD step size (``maml``) or interpolation step ε (``reptile``); the fixed
+            part, when updated, takes SGD steps of this size on the query loss.
         update_fixed: also update θ_f (the forgetting-check variant; MPP keeps it frozen).
     """
 
     mode: str = "maml"
     lr: float = 0.05
-    reptile_lr: float = 0.1
     update_fixed: bool = False
 
     def __post_init__(self) -> None:
         if self.mode not in ONLINE_MODES:
             raise ValueError(f"OnlineConfig.mode={self.mode!r}, allowed {ONLINE_MODES}")
-        if not (self.lr > 0 and self.reptile_lr > 0):
-            raise ValueError("OnlineConfig.lr and reptile_lr must be > 0")
+        if not self.lr > 0:
+            raise ValueError(f"OnlineConfig.lr must be > 0, got {self.lr}")
 
 
 class MetaLearner(nn.Module):
@@ -379,7 +378,7 @@ def online_update(learner: MetaLearner, task: Task, config: OnlineConfig) -> Non
     fixed, adaptive = learner.parts()
     batch = collate_tasks([task])
     if config.mode == "reptile":
-        _reptile_step(learner, task, adaptive, config.reptile_lr)
+        _reptile_step(learner, task, adaptive, config.lr)
         if not config.update_fixed:
             return
     targets = list(adaptive.values()) if config.mode == "maml" else []
