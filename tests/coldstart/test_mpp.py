@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -248,3 +249,46 @@ def test_reptile_step_moves_the_meta_init_only(split: EpisodeSplit) -> None:
     assert any(not torch.equal(after[n], before[n]) for n in adaptive)
     stream(learner, split.test[:3], OnlineConfig(mode="reptile", lr=0.5, update_fixed=True))
     assert any(not torch.equal(after[n], before[n]) for n in fixed)
+
+
+def test_interrupted_meta_training_resumes_to_the_same_result(
+    split: EpisodeSplit, tmp_path: Path
+) -> None:
+    full = _learner(split, "film", steps=6, eval_every=2)
+    expected = train_offline(full, split)
+    part = _learner(split, "film", steps=6, eval_every=2)
+    # Stop after the step-4 checkpoint (a run killed there), then rerun the same command.
+    calls = {"n": 0}
+    real_auc = mean_user_auc
+
+    def dying_auc(preds, tasks):  # type: ignore[no-untyped-def]
+        calls["n"] += 1
+        if calls["n"] == 4:  # step 0, 2, 4 done; die while measuring step 6
+            raise KeyboardInterrupt
+        return real_auc(preds, tasks)
+
+    import warmstart.coldstart.mpp_train as mt
+
+    mt.mean_user_auc = dying_auc  # type: ignore[assignment]
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            train_offline(part, split, checkpoint=tmp_path)
+    finally:
+        mt.mean_user_auc = real_auc
+    resumed = _learner(split, "film", steps=6, eval_every=2)
+    measured = {"n": 0}
+
+    def counting_auc(preds, tasks):  # type: ignore[no-untyped-def]
+        measured["n"] += 1
+        return real_auc(preds, tasks)
+
+    mt.mean_user_auc = counting_auc  # type: ignore[assignment]
+    try:
+        result = train_offline(resumed, split, checkpoint=tmp_path)
+    finally:
+        mt.mean_user_auc = real_auc
+    assert measured["n"] == 1  # only step 6 was run again
+    assert [h["step"] for h in result.history] == [0, 2, 4, 6]
+    assert result.history[-1]["valid_auc"] == pytest.approx(expected.history[-1]["valid_auc"])
+    for (n, a), (_, b) in zip(full.state_dict().items(), resumed.state_dict().items(), strict=True):
+        torch.testing.assert_close(a, b, msg=n)

@@ -141,12 +141,16 @@ def run_seed(
     fit_s: dict[str, float] = {}
 
     pooled = new_learner(split, config.model, config.rule, meta).net
-    res, fit_s[POOLED] = _timed(lambda: train_pooled(pooled, split, meta, progress))
+    res, fit_s[POOLED] = _timed(
+        lambda: train_pooled(pooled, split, meta, progress, out_dir / "ckpt" / "pooled")
+    )
     curves[POOLED], preds[POOLED] = res.history, predict_pooled(pooled, tasks)
     log(f"seed {seed} {POOLED}: valid AUC {res.best_valid_auc:.4f} ({fit_s[POOLED]:.0f}s)")
 
     learner = new_learner(split, config.model, config.rule, meta)
-    res, fit_s[OFFLINE] = _timed(lambda: train_offline(learner, split, progress))
+    res, fit_s[OFFLINE] = _timed(
+        lambda: train_offline(learner, split, progress, out_dir / "ckpt" / "offline")
+    )
     curves[OFFLINE], preds[OFFLINE] = res.history, predict_adapted(learner, tasks)
     log(f"seed {seed} {OFFLINE}: valid AUC {res.best_valid_auc:.4f} ({fit_s[OFFLINE]:.0f}s)")
     save(
@@ -181,6 +185,7 @@ def run_seed(
             meta,
             progress,
             MAML,
+            out_dir / "ckpt" / "maml",
         )
 
     res, fit_s[MAML] = _timed(train_melu)

@@ -17,15 +17,23 @@ drives MPP, pooled training and the MeLU-style MAML baseline with the same budge
 from __future__ import annotations
 
 import copy
+import json
 import math
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, replace
+from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors.torch import load_file
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from warmstart.checkpoint import (
+    optimizer_state_tensors,
+    restore_optimizer_state,
+    save_tensors_atomic,
+)
 from warmstart.coldstart.mpp import (
     MPPConfig,
     MPPNet,
@@ -262,6 +270,19 @@ class TrainResult:
     best_valid_auc: float
 
 
+@dataclass
+class _Loop:
+    """Resumable state of ``train_steps`` (besides the module and optimizer)."""
+
+    step: int
+    order: np.ndarray
+    pos: int
+    best: float
+    best_step: int
+    best_state: dict[str, Tensor]
+    history: list[dict[str, float]]
+
+
 def train_steps(
     module: nn.Module,
     loss_fn: Callable[[TaskBatch], Tensor],
@@ -270,38 +291,98 @@ def train_steps(
     config: MetaConfig,
     progress: bool = False,
     desc: str = "meta-train",
+    checkpoint: Path | None = None,
 ) -> TrainResult:
     """Adam on ``module``'s trainable parameters for ``config.steps`` steps of ``batch_size`` users.
 
     Validation AUC is measured at step 0 and every ``eval_every`` steps; the weights of the best
-    measurement are kept (model selection on valid users only).
+    measurement are kept (model selection on valid users only). With ``checkpoint`` (a folder),
+    the run is saved at every measurement and a rerun continues from the last one.
     """
     if not tasks:
         raise ValueError("train_steps: no train tasks")
     params = [p for p in module.parameters() if p.requires_grad]
     opt = torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
     rng = np.random.default_rng(config.seed)
-    order, pos = rng.permutation(len(tasks)), 0
-    best, best_step, best_state = valid_auc(), 0, copy.deepcopy(module.state_dict())
-    history = [{"step": 0.0, "valid_auc": best, "train_loss": float("nan")}]
-    losses: list[float] = []
-    for step in tqdm(range(1, config.steps + 1), desc=desc, disable=not progress, leave=False):
-        if pos + config.batch_size > len(order):
-            order, pos = rng.permutation(len(tasks)), 0
-        batch = collate_tasks([tasks[i] for i in order[pos : pos + config.batch_size]])
-        pos += config.batch_size
-        loss = loss_fn(batch)
+    loop = _resume(checkpoint, module, opt, rng, config) if checkpoint else None
+    if loop is None:
+        first = valid_auc()
+        loop = _Loop(0, rng.permutation(len(tasks)), 0, first, 0, _snapshot(module),
+                     [{"step": 0.0, "valid_auc": first, "train_loss": float("nan")}])  # fmt: skip
+    steps = range(loop.step + 1, config.steps + 1)
+    for step in tqdm(steps, desc=desc, disable=not progress, leave=False):
+        if loop.pos + config.batch_size > len(loop.order):
+            loop.order, loop.pos = rng.permutation(len(tasks)), 0
+        idx = loop.order[loop.pos : loop.pos + config.batch_size]
+        loop.pos += config.batch_size
+        loss = loss_fn(collate_tasks([tasks[i] for i in idx]))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        losses.append(float(loss.detach()))
         if step % config.eval_every == 0 or step == config.steps:
             value = valid_auc()
-            history.append({"step": float(step), "valid_auc": value, "train_loss": losses[-1]})
-            if value > best:
-                best, best_step, best_state = value, step, copy.deepcopy(module.state_dict())
-    module.load_state_dict(best_state)
-    return TrainResult(history, best_step, best)
+            loop.history.append(
+                {"step": float(step), "valid_auc": value, "train_loss": float(loss.detach())}
+            )
+            if value > loop.best:
+                loop.best, loop.best_step, loop.best_state = value, step, _snapshot(module)
+            loop.step = step
+            if checkpoint:
+                _save_loop(checkpoint, module, opt, rng, loop, config)
+    module.load_state_dict(loop.best_state)
+    return TrainResult(loop.history, loop.best_step, loop.best)
+
+
+def _snapshot(module: nn.Module) -> dict[str, Tensor]:
+    return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+
+def _save_loop(
+    directory: Path,
+    module: nn.Module,
+    opt: torch.optim.Optimizer,
+    rng: np.random.Generator,
+    loop: _Loop,
+    config: MetaConfig,
+) -> None:
+    """``last.safetensors`` (weights, best weights, Adam slots) + ``last.json`` (loop state)."""
+    tensors = {f"model.{k}": v.contiguous() for k, v in _snapshot(module).items()}
+    tensors |= {f"best.{k}": v.contiguous() for k, v in loop.best_state.items()}
+    tensors |= optimizer_state_tensors(opt, "opt.")
+    save_tensors_atomic(tensors, directory / "last.safetensors")
+    meta = {
+        "config": asdict(config), "step": loop.step, "order": loop.order.tolist(),
+        "pos": loop.pos, "best": loop.best, "best_step": loop.best_step,
+        "history": loop.history, "rng": rng.bit_generator.state,
+    }  # fmt: skip
+    tmp = directory / "last.json.tmp"
+    tmp.write_text(json.dumps(meta))
+    tmp.replace(directory / "last.json")
+
+
+def _resume(
+    directory: Path,
+    module: nn.Module,
+    opt: torch.optim.Optimizer,
+    rng: np.random.Generator,
+    config: MetaConfig,
+) -> _Loop | None:
+    """The saved loop state (weights and optimizer restored) or None when there is none or it
+    was written with another config."""
+    path = directory / "last.json"
+    if not path.is_file():
+        return None
+    meta = json.loads(path.read_text())
+    if meta["config"] != json.loads(json.dumps(asdict(config))):
+        return None
+    tensors = load_file(str(directory / "last.safetensors"))
+    module.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+    best = {k[5:]: v for k, v in tensors.items() if k.startswith("best.")}
+    restore_optimizer_state(opt, tensors, "opt.")
+    rng.bit_generator.state = meta["rng"]
+    order = np.asarray(meta["order"], dtype=np.int64)
+    return _Loop(meta["step"], order, meta["pos"], meta["best"], meta["best_step"], best,
+                 meta["history"])  # fmt: skip
 
 
 def new_learner(
@@ -313,7 +394,12 @@ def new_learner(
     return MetaLearner(net, rule, config)
 
 
-def train_offline(learner: MetaLearner, split: EpisodeSplit, progress: bool = False) -> TrainResult:
+def train_offline(
+    learner: MetaLearner,
+    split: EpisodeSplit,
+    progress: bool = False,
+    checkpoint: Path | None = None,
+) -> TrainResult:
     """Offline MPP meta-training on ``split.train``, selected on ``split.valid`` AUC."""
     return train_steps(
         learner,
@@ -323,11 +409,16 @@ def train_offline(learner: MetaLearner, split: EpisodeSplit, progress: bool = Fa
         learner.config,
         progress,
         "offline MPP",
+        checkpoint,
     )
 
 
 def train_pooled(
-    net: MPPNet, split: EpisodeSplit, config: MetaConfig, progress: bool = False
+    net: MPPNet,
+    split: EpisodeSplit,
+    config: MetaConfig,
+    progress: bool = False,
+    checkpoint: Path | None = None,
 ) -> TrainResult:
     """Conventional training of the same network on train users' rows, selected on valid AUC."""
     return train_steps(
@@ -338,6 +429,7 @@ def train_pooled(
         config,
         progress,
         "pooled",
+        checkpoint,
     )
 
 
