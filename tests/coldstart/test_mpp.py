@@ -292,3 +292,20 @@ def test_interrupted_meta_training_resumes_to_the_same_result(
     assert result.history[-1]["valid_auc"] == pytest.approx(expected.history[-1]["valid_auc"])
     for (n, a), (_, b) in zip(full.state_dict().items(), resumed.state_dict().items(), strict=True):
         torch.testing.assert_close(a, b, msg=n)
+
+
+def test_paired_bootstrap_aligns_shared_users_across_seed_orders() -> None:
+    from warmstart.coldstart.mpp_compare import CONDITIONS, paired
+
+    def result(users: list[int], offset: float) -> dict[str, object]:
+        base = {u: 0.5 + 0.01 * u for u in users}
+        per_user = {n: [base[u] for u in users] for n in CONDITIONS}
+        per_user["offline MPP"] = [base[u] + offset for u in users]
+        return {"stream_users": users, "per_user_auc": per_user}
+
+    a = result([1, 2, 3, 4], 0.1)
+    b = result([4, 2, 1, 3], 0.1)  # same users, another arrival order
+    out = paired([a, b], n_boot=200)
+    assert out["shared_users"]
+    r = out["pairs"]["offline MPP - pooled"]
+    assert r["delta"] == pytest.approx(0.1) and r["lo"] == pytest.approx(0.1)

@@ -282,19 +282,31 @@ def auc_table(per_seed: Sequence[Mapping[str, Any]]) -> str:
     return _aligned(header, rows)
 
 
+def _per_user(result: Mapping[str, Any], name: str, users: Sequence[int]) -> np.ndarray:
+    """``(U,)`` per-user AUC of ``name`` for ``users`` in that order (NaN where undefined)."""
+    by_user = dict(zip(result["stream_users"], result["per_user_auc"][name], strict=True))
+    return np.array([np.nan if by_user[u] is None else by_user[u] for u in users], dtype=float)
+
+
 def paired(per_seed: Sequence[Mapping[str, Any]], n_boot: int = 10_000) -> dict[str, Any]:
-    """Paired bootstrap of each claim's difference A - B over users (per-user AUC)."""
-    shared = all(r["stream_users"] == per_seed[0]["stream_users"] for r in per_seed)
+    """Paired bootstrap of each claim's difference A - B over users (per-user AUC).
+
+    When every seed streamed the same users (Last.fm's official tasks, in a seeded order each),
+    users are aligned by id and resampled jointly across seeds; otherwise within each seed.
+    """
+    first = set(per_seed[0]["stream_users"])
+    shared = all(set(r["stream_users"]) == first for r in per_seed)
     out = {}
     for a, b, claim in PAIRS:
-        diffs = []
+        pairs = []
         for r in per_seed:
-            va = np.array([np.nan if v is None else v for v in r["per_user_auc"][a]])
-            vb = np.array([np.nan if v is None else v for v in r["per_user_auc"][b]])
-            ok = np.isfinite(va) & np.isfinite(vb)
-            diffs.append((va - vb)[ok])
-        same = shared and len({d.size for d in diffs}) == 1
-        out[f"{a} - {b}"] = {"claim": claim, **paired_bootstrap(diffs, same, n_boot=n_boot)}
+            users = sorted(first) if shared else r["stream_users"]
+            pairs.append((_per_user(r, a, users), _per_user(r, b, users)))
+        ok = [np.isfinite(va) & np.isfinite(vb) for va, vb in pairs]
+        if shared:  # the same users in every seed's array
+            ok = [np.logical_and.reduce(ok)] * len(ok)
+        diffs = [(va - vb)[m] for (va, vb), m in zip(pairs, ok, strict=True)]
+        out[f"{a} - {b}"] = {"claim": claim, **paired_bootstrap(diffs, shared, n_boot=n_boot)}
     return {"shared_users": shared, "pairs": out}
 
 
