@@ -27,6 +27,7 @@ GROUPS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     ("retrieval", "dense passage retrieval (RocketQA)", ("warmstart.cli.retrieval",)),
     ("mpp", "Meta Parameter Partition: offline/online meta-learning", ("warmstart.cli.mpp",)),
     ("serve", "online serving (JIZHI): HTTP server, check, MF export", ("warmstart.cli.serve",)),
+    ("distill", "elastic knowledge distillation on Ray (EDL-Dist)", ("warmstart.cli.distill",)),
 )
 
 
