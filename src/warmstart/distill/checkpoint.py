@@ -1,5 +1,5 @@
 """Student checkpoints: weights + optimizer moments + step (``retrieval.training``'s checkpoint
-helpers, safetensors + JSON) plus the sample ledger, so a resumed run's exactly-once accounting
+helpers over ``warmstart.checkpoint``, safetensors + JSON) plus the sample ledger, so a resumed run's exactly-once accounting
 continues where the killed one stopped.
 
 Each checkpoint is written into its own ``step-<n>/`` folder; ``latest.json`` is replaced
@@ -15,9 +15,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import nn
 
+from warmstart.checkpoint import save_tensors_atomic
 from warmstart.distill.dispatch import SampleLedger
 from warmstart.retrieval.training import TrainState, load_checkpoint, save_checkpoint
 
@@ -45,7 +46,7 @@ def save_student(
     if target.exists():
         shutil.rmtree(target)
     save_checkpoint(target, model, opt, TrainState(step=state.step, losses=list(state.losses)))
-    save_file({"counts": torch.from_numpy(ledger.counts)}, str(target / "ledger.safetensors"))
+    save_tensors_atomic({"counts": torch.from_numpy(ledger.counts)}, target / "ledger.safetensors")
     (target / "student.json").write_text(json.dumps({"step": state.step, "extra": state.extra}))
     tmp = folder / (LATEST + ".tmp")
     tmp.write_text(json.dumps({"dir": target.name, "step": state.step}))

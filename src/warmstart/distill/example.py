@@ -32,8 +32,7 @@ from warmstart.retrieval.encoders import (
     load_encoder,
     save_encoder,
 )
-from warmstart.retrieval.evaluation import run_from_rows
-from warmstart.retrieval.index import build_index
+from warmstart.retrieval.evaluation import exact_index, run_from_rows
 from warmstart.retrieval.inference import Document, Hit, Retriever
 from warmstart.retrieval.mining import (
     Candidates,
@@ -199,7 +198,7 @@ def reranker(cross_dir: Path, collection: RetrievalCollection, batch_size: int =
         Document(d, t, x)
         for d, t, x in zip(collection.doc_ids, collection.titles, collection.texts, strict=True)
     ]
-    index = build_index("exact", dual.dim)
+    index = exact_index(np.zeros((len(docs), dual.dim), dtype=np.float32))
     return Retriever(dual, tokenizer, index, docs, (cross, tokenizer), batch_size)
 
 
@@ -210,14 +209,13 @@ def rerank_per_query(
     split: str = "test",
     bf16: bool = True,
 ) -> dict[str, tuple[float, float, float]]:
-    """Per-query (nDCG@10, MRR@10, Recall@100) of ``candidates`` reordered by ``model.rerank``."""
-    rows = []
+    """Per-query (nDCG@10, MRR@10, Recall@100) of ``candidates`` reordered by
+    ``model.rerank_many`` (bf16 autocast when ``bf16``: 3x faster on this CPU)."""
+    hits = [[_hit(collection, int(r)) for r in row] for row in candidates.rows]
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-        for query, row in zip(candidates.queries, candidates.rows, strict=True):
-            hits = [_hit(collection, int(r)) for r in row]
-            reranked = model.rerank(query, hits)
-            where = {collection.doc_ids[int(r)]: int(r) for r in row}
-            rows.append([where[h.doc_id] for h in reranked])
+        reranked = model.rerank_many(candidates.queries, hits)
+    where = {d: i for i, d in enumerate(collection.doc_ids)}
+    rows = [[where[h.doc_id] for h in hit_list] for hit_list in reranked]
     run = run_from_rows(candidates.query_ids, np.asarray(rows), collection.doc_ids)
     return retrieval_per_query(run, collection.qrels[split])
 
