@@ -94,6 +94,7 @@ def main() -> None:
     )
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--steps", type=int, default=60)
+    parser.add_argument("--depth", type=int, default=50, help="BM25 candidates reranked")
     args = parser.parse_args()
     torch.set_num_threads(1)
     args.workdir.mkdir(parents=True, exist_ok=True)
@@ -101,7 +102,7 @@ def main() -> None:
     config = ExampleConfig()
     teacher = train_teacher(collection, _backbone(), default_teacher_dir(), config)
     data = student_dataset(collection, config, seed=0)
-    candidates = bm25_candidates(collection, collection.split_queries("test"), config.depth)
+    candidates = bm25_candidates(collection, collection.split_queries("test"), args.depth)
     scores = {"teacher": evaluate(teacher, collection, candidates, args.workdir / "teacher.json")}
     actor = None
     for seed in args.seeds:
@@ -120,12 +121,14 @@ def main() -> None:
             scores[f"{mode}-s{seed}"] = evaluate(
                 folder / "student", collection, candidates, folder / "per_query.json"
             )
-    summary(scores, args.seeds, args.steps, args.workdir)
+    summary(scores, args.seeds, args.steps, args.depth, args.workdir)
 
 
-def summary(scores: dict[str, Any], seeds: list[int], steps: int, workdir: Path) -> None:
+def summary(
+    scores: dict[str, Any], seeds: list[int], steps: int, depth: int, workdir: Path
+) -> None:
     print(
-        f"\nSciFact test, BM25 top 50 reranked, {len(scores['teacher'])} queries, {steps} student steps"
+        f"\nSciFact test, BM25 top {depth} reranked, {len(scores['teacher'])} queries, {steps} student steps"
     )
     print(f"BM25 order is the input; teacher nDCG@10 {mean_ndcg(scores['teacher']):.4f}")
     print("| student | " + " | ".join(f"seed {s}" for s in seeds) + " | mean |")

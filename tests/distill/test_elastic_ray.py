@@ -99,6 +99,13 @@ def test_teachers_join_leave_die_and_the_student_resumes(address: str, tmp_path:
 
         procs.append(_teacher(address, "tB", 0.1, logs / "tB.log"))  # joins from another process
         joined = _wait_for(first, r"teacher joined: tB \{'pid': (\d+)", student)
+        status = subprocess.run(
+            [*CLI, "distill", "status", "--address", address],
+            capture_output=True, text=True, env=_env(), timeout=120,
+        )  # fmt: skip
+        assert status.returncode == 0, status.stderr
+        assert "tB:" in status.stdout and "run-local0:" in status.stdout
+        assert re.search(r"student: (step \d+, \d+ in flight|none has published)", status.stdout)
 
         leaving = _teacher(address, "tC", 0.1, logs / "tC.log")
         procs.append(leaving)
