@@ -428,7 +428,8 @@ def test_many_users_split_into_passes_give_the_same_answers(
 
     rec = load_recommender(saved[0])
     rng = np.random.default_rng(1)
-    states = rec.adapt_many([(rng.choice(40, 5), rng.integers(1, 6, 5)) for _ in range(7)])
+    supports = [(rng.choice(40, n), rng.integers(1, 6, n)) for n in (20, 0, 30, 5, 20, 1, 2)]
+    states = rec.adapt_many(supports)
     candidates = [rng.choice(40, size=n, replace=False) for n in (40, 3, 25, 40, 1, 17, 9)]
     one_pass = rec.score_many(states, candidates)
     shared = rec.score(states, np.arange(40))
@@ -447,3 +448,7 @@ def test_many_users_split_into_passes_give_the_same_answers(
     np.testing.assert_allclose(rec.score(states, np.arange(40)), shared, rtol=1e-5, atol=1e-6)
     for i, state in enumerate(states):
         np.testing.assert_allclose(shared[i], rec.score(state, np.arange(40)), rtol=1e-5)
+    # adaptation: A = 16, so 45 padded support pairs a pass
+    assert rec._passes([s[0].size for s in supports], 16) == [(0, 2), (2, 3), (3, 5), (5, 7)]
+    for a, b in zip(rec.adapt_many(supports), states, strict=True):
+        np.testing.assert_allclose(a.params, b.params, rtol=1e-5, atol=1e-6)

@@ -328,7 +328,9 @@ class ColdStartRecommender:
         if len(who) != len(checked):
             raise ValueError(f"users: {len(who)} users for {len(checked)} support sets")
         who = [self._check_user(u, f"users[{i}]") for i, u in enumerate(who)]
-        return self._adapt_checked(checked, who) if checked else []
+        code = self.model.encoder.out_features  # (pairs, A) is the widest adaptation tensor
+        groups = self._passes([r.size for r, _ in checked], code) if checked else []
+        return [s for a, b in groups for s in self._adapt_checked(checked[a:b], who[a:b])]
 
     @torch.no_grad()
     def _adapt_checked(
@@ -417,19 +419,21 @@ class ColdStartRecommender:
             out += [scores[i, : r.size].copy() for i, r in enumerate(rows[a:b])]
         return out
 
-    def _passes(self, sizes: list[int]) -> list[tuple[int, int]]:
-        """Consecutive user ranges ``[a, b)`` scored in one padded pass each.
+    def _passes(self, sizes: list[int], row_width: int | None = None) -> list[tuple[int, int]]:
+        """Consecutive user ranges ``[a, b)`` computed in one padded pass each.
 
-        A pass holds as many users as fit in ``_PASS_ELEMENTS`` floats of fc1 output (padded
-        ``users x max candidates x H1``), never fewer than one user. Why: per user, scoring 1,000
-        candidates is compute-bound (~0.45 ms on one core), so batching gains nothing there,
-        while (U, I, H1) intermediates above ~1 MB come from fresh pages on every call (glibc
-        returns them to the OS), which measured 2-3x slower per user (8 users x 1,000
-        candidates: 1.3 ms/user in one pass, 0.54 in passes of this size). Short candidate
-        lists (the serving path's re-ranking) still share a pass: 64 users x 100 candidates
-        run in 7 passes, 2.7x cheaper per user than one at a time.
+        A pass holds as many users as fit in ``_PASS_ELEMENTS`` floats of its widest
+        intermediate (padded ``users x max rows x row_width``; scoring: candidates x H1, the
+        default; adaptation: support pairs x the code width), never fewer than one user.
+
+        Why: intermediates above ~1 MB come from fresh pages on every call (glibc hands them
+        back to the OS), which measured 2-3x slower per user (8 users x 1,000 candidates: 1.3
+        ms/user in one pass, 0.54 in passes of this size), while scoring 1,000 candidates is
+        already compute-bound per user (~0.45 ms on one core), so a bigger pass gains nothing.
+        Short lists still share a pass: 64 users x 100 candidates run in 7 passes.
         """
-        budget = max(1, _PASS_ELEMENTS // self._fc1_bias.numel())  # padded rows per pass
+        width_of_row = self._fc1_bias.numel() if row_width is None else row_width
+        budget = max(1, _PASS_ELEMENTS // width_of_row)  # padded rows per pass
         passes, start, width = [], 0, 0
         for i, n in enumerate(sizes):
             wider = max(width, n)
