@@ -252,14 +252,23 @@ def _table(per_seed: list[dict[str, dict[str, float]]], columns: tuple[str, ...]
     return format_table({n: aggregate_seeds([r[n] for r in per_seed]) for n in names}, columns)
 
 
+def topk_tables(
+    runs: list[dict[str, Any]], keys: tuple[str, ...]
+) -> tuple[str, str, str, dict[str, Any]]:
+    """What ``topk`` prints from per-seed runs (``topk``, ``per_user``, ``users``, ``rating``
+    each): the top-k table, the rating table, the paired text and its numbers. Also used to
+    merge several ``topk.json`` (``experiments/merge_topk.py``)."""
+    table = _table([r["topk"] for r in runs], (*keys, *LIST_KEYS, "users"))
+    rating = _table([r["rating"] for r in runs], (*COLDSTART_KEYS, "users"))
+    paired_text, paired = _paired(runs, keys)
+    return table, rating, paired_text, paired
+
+
 def run_topk(args: argparse.Namespace) -> int:
     torch.set_num_threads(args.threads)
     runs = [_seed_run(args, seed) for seed in args.seeds]
     keys = TOPK_KEYS + (SAMPLED_KEYS if args.sampled else ())
-    columns = (*keys, *LIST_KEYS, "users")
-    table = _table([r["topk"] for r in runs], columns)
-    rating = _table([r["rating"] for r in runs], (*COLDSTART_KEYS, "users"))
-    paired_text, paired = _paired(runs, keys)
+    table, rating, paired_text, paired = topk_tables(runs, keys)
     where = "official tasks" if args.dataset == "lastfm-coldnas" else f"{args.protocol} protocol"
     print(f"\n{args.dataset} ({where}), full-catalogue top-k, test users, seeds {args.seeds}")
     print(
