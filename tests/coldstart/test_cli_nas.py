@@ -148,3 +148,19 @@ def test_user_errors_exit_2_and_bugs_keep_their_traceback(
     monkeypatch.setattr(nas, "run_evaluate", bug)
     with pytest.raises(KeyError, match="missing"):
         main(["coldstart", "evaluate", "--model", "m"])
+
+
+@pytest.mark.parametrize("dataset", ["movielens-1m", "movielens-100k"])
+def test_trained_models_keep_raw_ids_and_titles(
+    dataset: str, tiny_data_dir: Path, tmp_path: Path
+) -> None:
+    """``train`` on a dataset in its official layout writes the raw MovieIDs and the titles."""
+    args = ["coldstart", "train", *COMMON[2:], "--dataset", dataset, "--data-dir"]
+    argv = [*args, str(tiny_data_dir), "--out", str(tmp_path), "--structure", "film"]
+    assert main([*argv, "--epochs", "1", "--no-cache"]) == 0
+    rec = load_recommender(tmp_path / "seed0")
+    raw = list(rec.item_ids.ids)
+    assert all(isinstance(i, int) for i in raw) and raw == sorted(raw) and raw[0] >= 1
+    [first] = rec.describe(rec.item_ids.to_rows([raw[0]]))
+    assert first["id"] == raw[0] and f"{raw[0]}" in first["title"] and first["genres"]
+    assert isinstance(first["year"], int)
