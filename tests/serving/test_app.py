@@ -111,9 +111,9 @@ def test_health_ready_stats_metrics_openapi(client, tiny_artifacts):
     assert client.get("/readyz").status_code == 200
     stats = client.get("/v1/stats").json()
     names = [s["name"] for s in stats["recommend"]["stages"]]
-    assert names == ["lookup", "adapt", "candidates", "rank"]
+    assert names == ["lookup", "model"]  # adapt → candidates → rank fused (the default)
     metrics = client.get("/metrics").text
-    assert 'warmstart_stage_items_total{outcome="completed",stage="rank"} 1.0' in metrics
+    assert 'warmstart_stage_items_total{outcome="completed",stage="model"} 1.0' in metrics
     assert "warmstart_request_seconds_bucket" in metrics
     paths = client.get("/openapi.json").json()["paths"]
     assert {"/v1/recommend", "/v1/search", "/healthz", "/readyz", "/metrics"} <= set(paths)

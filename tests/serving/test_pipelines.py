@@ -55,26 +55,28 @@ def expected(models, items, ratings, k, n):
     return cands[best], scores[best]
 
 
-def test_concurrent_requests_equal_the_unbatched_computation(models, tiny_artifacts):
+@pytest.mark.parametrize("fused", [False, True])
+def test_concurrent_requests_equal_the_unbatched_computation(models, tiny_artifacts, fused):
     tasks = tiny_artifacts.split.test[:12]
     reqs = [
         RecommendRequest(items=t.support_items, ratings=t.support_labels, k=5, n_candidates=20)
         for t in tasks
     ]
-    pipeline, _ = make_pipeline(models)
+    pipeline, _ = make_pipeline(models, RecommendConfig(fused=fused))
     out = run_requests(pipeline, reqs)
     for t, got in zip(tasks, out, strict=True):
         rows, scores = expected(models, t.support_items, t.support_labels, 5, 20)
         np.testing.assert_array_equal(got.rows, rows)
         np.testing.assert_allclose(got.scores, scores, rtol=1e-5, atol=1e-6)
         assert got.state == "adapted" and not set(got.rows) & set(t.support_items)
-    sizes = pipeline.snapshot()["stages"][3]["batch_sizes"]
+    sizes = pipeline.snapshot()["stages"][-1]["batch_sizes"]
     assert sum(s * n for s, n in sizes.items()) == 12
 
 
-def test_known_user_is_written_back_then_served_from_the_store(models, tiny_artifacts):
+@pytest.mark.parametrize("fused", [False, True])
+def test_known_user_is_written_back_then_served_from_the_store(models, tiny_artifacts, fused):
     t = tiny_artifacts.split.test[0]
-    pipeline, _ = make_pipeline(models)
+    pipeline, _ = make_pipeline(models, RecommendConfig(fused=fused))
     first = RecommendRequest("u1", t.support_items, t.support_labels, k=5, exclude=np.array([0]))
     (a,) = run_requests(pipeline, [first])
     (b,) = run_requests(pipeline, [RecommendRequest("u1", k=5, exclude=np.array([0]))])
@@ -105,7 +107,9 @@ def test_user_record_round_trip(models, tiny_artifacts):
 
 def test_shedding_rejects_before_the_queue_grows_and_degrades_first(models, tiny_artifacts):
     t = tiny_artifacts.split.test[0]
-    config = RecommendConfig(admission=AdmissionConfig(deadline_ms=100, degrade_at=0.5))
+    config = RecommendConfig(
+        fused=False, admission=AdmissionConfig(deadline_ms=100, degrade_at=0.5)
+    )
     pipeline, _ = make_pipeline(models, config)
 
     def measured(seconds):  # as if every batch so far had taken `seconds`
