@@ -28,3 +28,13 @@ def tiny_data_dir(_tiny_data: tuple[Path, dict[str, dict[str, int]]]) -> Path:
 def tiny_counts(_tiny_data: tuple[Path, dict[str, dict[str, int]]]) -> dict[str, dict[str, int]]:
     """The counts ``official.write_all`` returned for ``tiny_data_dir``."""
     return _tiny_data[1]
+
+
+@pytest.fixture(scope="session")
+def tiny_demo(tmp_path_factory: pytest.TempPathFactory):
+    """A demo built with the ``tiny`` preset on tiny data, search included (shared by the demo
+    route tests and the browser tests: built once per session)."""
+    from fixtures.demo import build_tiny_demo
+
+    root = tmp_path_factory.mktemp("demo")
+    return root, build_tiny_demo(root)

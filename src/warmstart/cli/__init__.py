@@ -28,6 +28,11 @@ GROUPS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     ("mpp", "Meta Parameter Partition: offline/online meta-learning", ("warmstart.cli.mpp",)),
     ("serve", "online serving (JIZHI): HTTP server, check, MF export", ("warmstart.cli.serve",)),
     ("distill", "elastic knowledge distillation on Ray (EDL-Dist)", ("warmstart.cli.distill",)),
+    (
+        "demo",
+        "the web demo: train (cached), serve the page, print its URL",
+        ("warmstart.cli.demo",),
+    ),
 )
 
 

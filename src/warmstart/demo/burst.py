@@ -1,6 +1,6 @@
 """A short, bounded load burst the server sends to itself over loopback (the dashboard button).
 
-Open-loop Poisson arrivals of ``POST /v1/recommend`` for random new users, at a rate meant to
+Open-loop Poisson arrivals of ``POST /v1/recommend`` for random users, at a rate meant to
 exceed what the machine can serve, so the admission controller sheds (503) and the dashboard's
 shed rate and queue depths move. Bounded three ways: a request count, a duration and a
 concurrency cap; the client runs on its own event loop in a worker thread, never on the
@@ -149,17 +149,31 @@ async def run_burst(
     return result
 
 
-def random_user(item_ids: list[Any], weights: np.ndarray, size: int = 10) -> Body:
-    """Request bodies of new users rating ``size`` items drawn by popularity, 1-5 stars."""
+def random_user(
+    item_ids: list[Any],
+    weights: np.ndarray,
+    size: int = 10,
+    deadline_ms: float | None = None,
+    users: int = 200,
+    returning: float = 0.5,
+) -> Body:
+    """Request bodies: new users rating ``size`` items drawn by popularity (1-5 stars), each
+    under one of ``users`` ids so the store keeps their state; a ``returning`` share are those
+    users coming back without new ratings (a store lookup: the tier hit rates move). The
+    server's default deadline applies unless ``deadline_ms`` is given."""
     p = np.asarray(weights, dtype=np.float64)
     p = p / p.sum()
 
     def body(rng: np.random.Generator) -> dict[str, Any]:
-        rows = rng.choice(len(item_ids), size=size, replace=False, p=p)
-        stars = rng.integers(1, 6, size=size)
-        inter = [
-            {"item": item_ids[r], "rating": float(s)} for r, s in zip(rows, stars, strict=True)
-        ]
-        return {"interactions": inter, "k": 10}
+        out: dict[str, Any] = {"user_id": f"burst-{rng.zipf(1.1) % users}", "k": 10}
+        if rng.random() >= returning:
+            rows = rng.choice(len(item_ids), size=min(size, len(item_ids)), replace=False, p=p)
+            stars = rng.integers(1, 6, size=rows.size)
+            out["interactions"] = [
+                {"item": item_ids[r], "rating": float(s)} for r, s in zip(rows, stars, strict=True)
+            ]
+        if deadline_ms is not None:
+            out["deadline_ms"] = deadline_ms
+        return out
 
     return body

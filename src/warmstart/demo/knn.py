@@ -64,7 +64,11 @@ def cooccurrence_knn(
     common = (r.T @ r).toarray()  # (I, I) co-rating counts
     counts = np.diag(common).copy()
     n = np.maximum(counts, 1.0)
-    sim = common / (n[:, None] ** (1 - alpha) * n[None, :] ** alpha) * (common / (common + shrink))
+    sim = (
+        common
+        / (n[:, None] ** (1 - alpha) * n[None, :] ** alpha)
+        * (common / np.maximum(common + shrink, 1e-12))
+    )
     np.fill_diagonal(sim, -np.inf)
     k = min(k, n_items - 1)
     top = np.argpartition(-sim, k - 1, axis=1)[:, :k]  # (I, K)

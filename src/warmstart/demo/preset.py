@@ -18,6 +18,9 @@ from warmstart.coldstart.baselines import MFConfig
 from warmstart.coldstart.model import ColdNASConfig
 from warmstart.coldstart.training import TrainConfig
 
+BUILD_VERSION = 2
+"""Part of every cache key: bumped when what a build writes changes (e.g. an artifact format)."""
+
 CANDIDATE_KINDS = ("mf", "knn")
 
 
@@ -129,7 +132,7 @@ class DemoPreset:
             ),
             "search": (self.retrieval_backbone,),
         }[part]
-        text = json.dumps([_plain(p) for p in parts], sort_keys=True, default=str)
+        text = json.dumps([BUILD_VERSION, *map(_plain, parts)], sort_keys=True, default=str)
         return f"{part}-{hashlib.sha256(text.encode()).hexdigest()[:12]}"
 
 

@@ -32,7 +32,9 @@ async function api(path, body) {
   try { data = await res.json(); } catch (err) { data = null; }
   if (!res.ok) {
     const detail = data && (data.detail || data.error || data.message);
-    const text = typeof detail === "string" ? detail : JSON.stringify(detail || res.statusText);
+    const text = typeof detail === "string" ? detail
+      : Array.isArray(detail) ? detail.map((d) => `${(d.loc || []).slice(1).join(".")}: ${d.msg}`).join("; ")
+      : JSON.stringify(detail || res.statusText);
     throw new ApiError(res.status, text, res.headers.get("retry-after"));
   }
   const server = Number(res.headers.get("x-latency-ms") || (data && data.latency_ms));
@@ -167,7 +169,7 @@ $("#reset").addEventListener("click", () => { ratings.clear(); renderRated(); re
 let seq = 0;
 async function refresh() {
   const rated = [...ratings].filter(([, s]) => s > 0);
-  const body = { items: rated.map(([id]) => id), ratings: rated.map(([, s]) => s), k: 10 };
+  const body = { interactions: rated.map(([item, rating]) => ({ item, rating })), k: 10 };
   const mine = ++seq;
   try {
     const { data, rtt, server } = await api("/v1/recommend", body);
@@ -182,7 +184,8 @@ async function refresh() {
       : "No ratings yet: this is what the model gives a user it knows nothing about.";
     let why = {};
     if (rated.length && recs.length) {
-      try { why = (await api("/v1/demo/explain", { rated: body.items, ratings: body.ratings, items: recs.map((r) => r.id) })).data.why || {}; }
+      const explain = { rated: rated.map(([id]) => id), ratings: rated.map(([, s]) => s), items: recs.map((r) => r.id) };
+      try { why = (await api("/v1/demo/explain", explain)).data.why || {}; }
       catch (err) { why = {}; }
       if (mine !== seq) return;
     }
@@ -215,7 +218,8 @@ $("#search-form").addEventListener("submit", async (e) => {
   const rerank = canRerank && $("#rerank").checked;
   $("#search-meta").textContent = "Searching…";
   try {
-    const { data, rtt, server } = await api("/v1/search", { query, k: 10, rerank });
+    // a person waits for a search longer than the API's default 100 ms deadline
+    const { data, rtt, server } = await api("/v1/search", { query, k: 10, rerank, deadline_ms: 5000 });
     clearError();
     const hits = data.hits || data.results || [];
     const ms = server != null ? `server ${server.toFixed(1)} ms · round trip ${rtt.toFixed(1)} ms` : `round trip ${rtt.toFixed(1)} ms`;
@@ -301,7 +305,7 @@ $("#burst").addEventListener("click", async () => {
   btn.disabled = true;
   status.textContent = "Burst running…";
   try {
-    const { data } = await api("/v1/demo/burst", {});
+    const { data } = await api("/v1/demo/burst", window.burstOptions || {});
     status.textContent = `Burst done: ${data.sent} requests in ${data.seconds.toFixed(1)} s, ${data.ok} answered, ` +
       `${data.shed} shed (503), ${data.errors} errors; p99 of answered ${data.p99_ms.toFixed(1)} ms.`;
   } catch (err) {

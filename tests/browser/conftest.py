@@ -1,0 +1,72 @@
+"""Browser tests: Playwright drives Debian's chromium (headless, no browser download) against
+the demo server over a tiny demo build. They skip, saying how to enable them, when Playwright
+or /usr/bin/chromium is missing. Screenshots go to tests/browser/screenshots/ (gitignored)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+CHROMIUM = Path(os.environ.get("WARMSTART_CHROMIUM", "/usr/bin/chromium"))
+FLAGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+SHOTS = Path(__file__).parent / "screenshots"
+
+
+def _skip_reason() -> str | None:
+    try:
+        import playwright.sync_api  # noqa: F401
+    except ImportError:
+        return "Playwright missing: `pip install playwright` (the dev extra; never `playwright install`)"
+    if not CHROMIUM.is_file():
+        return (
+            f"{CHROMIUM} missing: `apt-get install -y chromium` (make setup does it as root), "
+            "or point WARMSTART_CHROMIUM at a Chromium binary"
+        )
+    return None
+
+
+@pytest.fixture(scope="session")
+def demo_url(tiny_demo) -> Iterator[str]:
+    reason = _skip_reason()
+    if reason:
+        pytest.skip(reason)
+    from warmstart.demo.app import create_demo_app
+    from warmstart.serving.runner import running
+
+    with running(create_demo_app(tiny_demo[1])) as url:
+        yield url
+
+
+@pytest.fixture(scope="session")
+def browser(demo_url: str) -> Iterator[object]:
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=FLAGS)
+        yield b
+        b.close()
+
+
+@pytest.fixture()
+def page(browser, request: pytest.FixtureRequest) -> Iterator[object]:
+    phone = request.node.get_closest_marker("phone") is not None
+    size = {"width": 390, "height": 844} if phone else {"width": 1280, "height": 900}
+    context = browser.new_context(viewport=size)  # type: ignore[attr-defined]
+    pg = context.new_page()
+    errors: list[str] = []
+    pg.on("pageerror", lambda err: errors.append(str(err)))
+    yield pg
+    SHOTS.mkdir(exist_ok=True)
+    pg.screenshot(path=str(SHOTS / f"{request.node.name}.png"), full_page=True)
+    context.close()
+    assert not errors, f"JavaScript errors on the page: {errors}"
