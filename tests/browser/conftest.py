@@ -35,7 +35,7 @@ def _skip_reason() -> str | None:
     return None
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def demo_url(tiny_demo) -> Iterator[str]:
     reason = _skip_reason()
     if reason:
@@ -47,8 +47,10 @@ def demo_url(tiny_demo) -> Iterator[str]:
         yield url
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser(demo_url: str) -> Iterator[object]:
+    # module scope: Playwright's sync API keeps an event loop running on the main thread until
+    # it stops, and later tests call asyncio.run()
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:
