@@ -6,7 +6,7 @@ import httpx
 import pytest
 
 pytestmark = pytest.mark.browser
-TIMEOUT_MS = 20_000
+TIMEOUT_MS = 45_000
 
 
 def _rec_ids(page) -> list[str]:
@@ -107,7 +107,7 @@ def test_burst_moves_the_shed_rate(page, demo_url) -> None:
     )
     page.wait_for_function(
         "document.querySelector('#burst-status').textContent.startsWith('Burst done')",
-        timeout=30_000,
+        timeout=60_000,
     )
     status = page.locator("#burst-status").inner_text()
     shed = int(status.split(" shed")[0].rsplit(" ", 1)[-1])
