@@ -48,6 +48,7 @@ MF = RUNS / "mf-ml1m"
 RETRIEVER = RUNS / "scifact-zero-shot"
 SUPPORT, CANDIDATES, K = 20, 500, 10
 P99_MS, MAX_ERRORS = 100.0, 0.001
+MAX_IN_FLIGHT = int(os.environ.get("WS_BENCH_MAX_IN_FLIGHT", "512"))  # the server default
 SERVER_CPU = 1  # every server process (and its children) runs on this core
 CLIENT_CPU = 0
 
@@ -260,7 +261,7 @@ def ours_config(port: int, workdir: Path, **store: Any) -> dict[str, Any]:
         "models": {"coldnas": str(COLDNAS), "mf": str(MF)},
         "store": {"memory_mb": 64, "lmdb_path": str(workdir / "lmdb"), **store},
         "compute": {"workers": 1, "intra_op_threads": 1, "io_workers": 1},
-        "admission": {"deadline_ms": P99_MS},
+        "admission": {"deadline_ms": P99_MS, "max_in_flight": MAX_IN_FLIGHT},
     }
 
 
