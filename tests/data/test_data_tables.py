@@ -68,7 +68,7 @@ def test_csv_nan_rating(tmp_path: Path) -> None:
     lines[5] = ",".join(parts)
     path.write_text("\n".join(lines) + "\n")
     with pytest.raises(
-        ValueError, match=r"inter\.csv: line 6: field 'label' is not a finite number"
+        ValueError, match=r"inter\.csv: line 6: field 'rating' is not a finite number"
     ):
         load_table_dataset(path)
 

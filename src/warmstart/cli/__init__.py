@@ -36,6 +36,17 @@ GROUPS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
 )
 
 
+# (command name, help, module whose ``register(parser)`` adds its options): commands without
+# sub-commands
+COMMANDS: tuple[tuple[str, str, str], ...] = (
+    (
+        "recommend",
+        "top-k recommendations for ratings typed on the command line",
+        "warmstart.cli.recommend",
+    ),
+)
+
+
 USER_ERRORS: tuple[type[Exception], ...] = (ValueError, FileNotFoundError)
 """What the project raises for a user's mistake (bad value, missing file): exit code 2."""
 
@@ -59,6 +70,9 @@ def build_parser() -> argparse.ArgumentParser:
             # a group may also run without a sub-command (`warmstart serve --config FILE`)
             if hasattr(module, "configure_group"):
                 module.configure_group(group, commands)
+    for name, help_text, module_name in COMMANDS:
+        command = groups.add_parser(name, help=help_text, description=help_text)
+        importlib.import_module(module_name).register(command)
     return parser
 
 

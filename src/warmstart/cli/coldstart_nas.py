@@ -17,6 +17,8 @@ from typing import Any
 import torch
 
 from warmstart.cli.options import add_cache_dir, add_data_dir, resolve_cache_dir, resolve_data_dir
+from warmstart.coldstart.artifacts import save_model
+from warmstart.coldstart.catalog import ItemInfo
 from warmstart.coldstart.compare import (
     DATASETS,
     CompareConfig,
@@ -25,6 +27,7 @@ from warmstart.coldstart.compare import (
     load_split,
     model_meta,
     supernet_line,
+    with_item_ids,
 )
 from warmstart.coldstart.evaluate import evaluate, format_table
 from warmstart.coldstart.structure import Structure
@@ -142,6 +145,19 @@ def register(commands: argparse._SubParsersAction) -> None:
         required=True,
         help="JSON file, or 'film', 'full', or a short form like 'add|add|max+add|-'",
     )
+    own = train.add_argument_group(
+        "your own data (instead of --dataset)",
+        "a CSV/Parquet with columns user_id,item_id,rating[,timestamp] (docs/data.md)",
+    )
+    own.add_argument("--interactions", type=Path, default=None, help="interactions table")
+    own.add_argument("--user-features", type=Path, default=None, help="user feature table")
+    own.add_argument("--item-features", type=Path, default=None, help="item feature table")
+    own.add_argument(
+        "--item-titles",
+        type=Path,
+        default=None,
+        help="CSV item_id,title[,year][,genres] shown by `warmstart recommend` (genres |-separated)",
+    )
     train.set_defaults(func=run_train)
 
     ev = commands.add_parser(
@@ -214,7 +230,53 @@ def _read_structure(spec: str) -> Structure:
             return Structure.from_json(path.read_text())
         except (ValueError, KeyError) as err:
             raise ValueError(f"{path}: not a structure JSON ({err})") from err
+    if spec.endswith(".json") or "/" in spec or "\\" in spec:
+        raise FileNotFoundError(f"--structure {spec}: file does not exist")
     return Structure.parse(spec)
+
+
+def read_item_titles(path: Path, split: EpisodeSplit) -> ItemInfo:
+    """Display rows of the split's items from a CSV ``item_id,title[,year][,genres]``."""
+    import pandas as pd
+
+    from warmstart.data.parsing import require_file
+
+    require_file(path, "item titles table")
+    frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+    columns = [c for c in ("title", "year", "genres") if c in frame.columns]
+    if frame.columns[0] != "item_id" or "title" not in columns:
+        raise ValueError(
+            f"{path}: line 1: header must be item_id,title[,year][,genres], got "
+            f"{','.join(frame.columns)!r}"
+        )
+    ints = frame["item_id"].str.fullmatch(r"-?\d+").all()
+    by_id: dict[Any, dict[str, Any]] = {}
+    for line, rec in enumerate(frame.to_dict("records"), 2):
+        year = rec.get("year", "")
+        if year and not year.isdigit():
+            raise ValueError(f"{path}: line {line}: field 'year' must be an integer, got {year!r}")
+        by_id[int(rec["item_id"]) if ints else rec["item_id"]] = {
+            "title": rec["title"],
+            "year": int(year) if year else None,
+            "genres": [g for g in rec.get("genres", "").split("|") if g],
+        }
+    return ItemInfo.aligned(split.dataset.items.ids.tolist(), by_id, columns)
+
+
+def _own_split(args: argparse.Namespace) -> EpisodeSplit:
+    """Episodes of one's own interactions table (``--interactions``), cut by ``--protocol``."""
+    from warmstart.data.episodes import EpisodeConfig, build_episodes
+    from warmstart.data.tables import load_table_dataset
+
+    dataset = load_table_dataset(
+        args.interactions,
+        name=args.interactions.stem,
+        user_features=args.user_features,
+        item_features=args.item_features,
+    )
+    make = EpisodeConfig.melu if args.protocol == "melu" else EpisodeConfig.tanp
+    split = build_episodes(dataset, make(args.seed))
+    return with_item_ids(split) if args.item_ids else split
 
 
 def run_train(args: argparse.Namespace) -> int:
@@ -222,7 +284,7 @@ def run_train(args: argparse.Namespace) -> int:
     config = _config(args)
     preset = config.preset_for(args.seed)
     structure = _read_structure(args.structure)
-    split = _split(config, args.seed)
+    split = _split(config, args.seed) if args.interactions is None else _own_split(args)
     out = args.out / f"seed{args.seed}"
     predictor = FixedStructurePredictor(
         structure,
@@ -237,9 +299,15 @@ def run_train(args: argparse.Namespace) -> int:
     print(
         f"structure {structure}: best valid MSE {predictor.result.best_valid_mse:.4f} at epoch {predictor.result.best_epoch}"
     )
-    export_model(
-        out / "model", predictor.model, split, config, model_meta(config, args.seed, preset)
-    )
+    meta = model_meta(config, args.seed, preset)
+    if args.interactions is None:
+        export_model(out / "model", predictor.model, split, config, meta)
+    else:
+        meta = {**meta, "dataset": "custom", "interactions": str(args.interactions)}
+        info = read_item_titles(args.item_titles, split) if args.item_titles else None
+        save_model(
+            out / "model", predictor.model, split.dataset.users, split.dataset.items, meta, info
+        )
     _print_metrics(f"{structure} (test)", evaluate(predictor, split.test))
     print(f"model written to {out / 'model'}")
     return 0

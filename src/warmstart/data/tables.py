@@ -148,10 +148,12 @@ def read_interactions(path: Path) -> pd.DataFrame:
             f"{path}: line 1: header must be user_id,item_id,rating[,timestamp], got {','.join(header)!r}"
         )
     id_kind: Kind = "int" if _ids_are_ints(path) else "str"
-    columns = [Column("user", id_kind), Column("item", id_kind), Column("label", "float")]
+    # read under the file's own column names, so errors say `rating`, not `label`
+    columns = [Column("user_id", id_kind), Column("item_id", id_kind), Column("rating", "float")]
     if len(header) == 4:
         columns.append(Column("timestamp", "int"))
-    return read_delimited(path, columns, sep=",", header=True, quoting=0)
+    frame = read_delimited(path, columns, sep=",", header=True, quoting=0)
+    return frame.rename(columns={"user_id": "user", "item_id": "item", "rating": "label"})
 
 
 def _ids_are_ints(path: Path) -> bool:
