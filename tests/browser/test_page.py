@@ -40,6 +40,8 @@ def test_rate_movies_with_the_keyboard_and_recommendations_change(page, demo_url
     assert before[0] not in after  # a rated movie is never recommended
     assert "ms" in page.locator("#rec-latency").inner_text()
     assert page.locator("#rated li[data-stars='5']").count() == 1
+    # the typed title picked that very movie (exact titles come first in the typeahead)
+    assert page.locator("#rated li[data-stars='5']").get_attribute("data-id") == before[0]
     # a second movie rated 1 star changes them again; reset empties the ratings
     page.fill("#movie-q", "")
     page.keyboard.type(page.locator("#recs li[data-id] strong").nth(1).inner_text())

@@ -91,15 +91,15 @@ function genreChips(genres) {
 function matches(query, limit = 8) {
   const q = query.trim().toLowerCase();
   if (!q) return [];
-  const out = [];
+  // Exact titles first (typing "Toy Story" must offer Toy Story before the more popular
+  // Toy Story 2), then prefix/word/substring matches in popularity order.
+  const exact = [], out = [];
   for (const m of catalog) {                 // catalogue is sorted by popularity
     const t = m._key;
-    if (t.startsWith(q) || t.includes(" " + q) || (q.length > 2 && t.includes(q))) {
-      out.push(m);
-      if (out.length >= limit) break;
-    }
+    if (t === q) exact.push(m);
+    else if (out.length < limit && (t.startsWith(q) || t.includes(" " + q) || (q.length > 2 && t.includes(q)))) out.push(m);
   }
-  return out;
+  return exact.concat(out).slice(0, limit);
 }
 
 const input = $("#movie-q"), list = $("#movie-list");
