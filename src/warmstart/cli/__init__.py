@@ -1,5 +1,7 @@
 """The ``warmstart`` command: the only place that reads argv and the environment.
 
+What warmstart is (the top-level ``--help``): ``DESCRIPTION``.
+
 Each command group lives in its own module with a ``register(subparsers)`` function that adds
 its sub-commands; a sub-command stores its handler in ``func`` (called with the parsed args,
 returns an exit code).
@@ -47,12 +49,45 @@ COMMANDS: tuple[tuple[str, str, str], ...] = (
 )
 
 
+DESCRIPTION = (
+    "warmstart: personalised recommendation and retrieval on a CPU. Get recommendations for a "
+    "few ratings (`warmstart coldstart train`, then `warmstart recommend`), search a document "
+    "collection (`warmstart retrieval index`, then `search`), reproduce the papers' tables, "
+    "serve models over HTTP. Every command has --help."
+)
+
+
+def positive_int(text: str) -> int:
+    """argparse type of counts such as ``--threads``: an integer >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def _polish(parser: argparse.ArgumentParser) -> None:
+    """Every parser below ``parser``: defaults shown in ``--help``, ``--threads`` >= 1."""
+    parser.formatter_class = argparse.ArgumentDefaultsHelpFormatter
+    for action in parser._actions:
+        if action.dest == "threads" and action.type is int:
+            action.type = positive_int
+        if isinstance(action, argparse._SubParsersAction):
+            helps = {a.dest: a.help for a in action._choices_actions}
+            for name, sub in action.choices.items():
+                if not sub.description:  # the one-line help is the page's description too
+                    sub.description = helps.get(name)
+                _polish(sub)
+
+
 USER_ERRORS: tuple[type[Exception], ...] = (ValueError, FileNotFoundError)
 """What the project raises for a user's mistake (bad value, missing file): exit code 2."""
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="warmstart", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="warmstart", description=DESCRIPTION)
     groups = parser.add_subparsers(dest="group", metavar="GROUP")
     groups.required = True
     for name, help_text, modules in GROUPS:
@@ -73,6 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
     for name, help_text, module_name in COMMANDS:
         command = groups.add_parser(name, help=help_text, description=help_text)
         importlib.import_module(module_name).register(command)
+    _polish(parser)
     return parser
 
 

@@ -284,6 +284,12 @@ def run_train(args: argparse.Namespace) -> int:
     config = _config(args)
     preset = config.preset_for(args.seed)
     structure = _read_structure(args.structure)
+    expected = preset.model.n_positions
+    if structure.n_positions != expected:
+        raise ValueError(
+            f"--structure {args.structure}: {structure.n_positions} positions, the model has "
+            f"{expected} (hidden sizes {preset.model.hidden_sizes})"
+        )
     split = _split(config, args.seed) if args.interactions is None else _own_split(args)
     out = args.out / f"seed{args.seed}"
     predictor = FixedStructurePredictor(

@@ -43,10 +43,20 @@ def run_summary(args: argparse.Namespace) -> int:
     data_dir = resolve_data_dir(args.data_dir)
     cache_dir = resolve_cache_dir(args.cache_dir, args.no_cache)
     names = [args.dataset] if args.dataset else list(SUMMARY_NAMES)
+    missing = 0
     for name in names:
         start = time.perf_counter()
-        counts = dataset_counts(name, data_dir, lambda n, d: load_dataset(n, d, cache_dir))
+        try:
+            counts = dataset_counts(name, data_dir, lambda n, d: load_dataset(n, d, cache_dir))
+        except FileNotFoundError as err:  # mark it and go on to the next dataset
+            print(f"{name}: MISSING ({err})")
+            missing += 1
+            continue
         print(f"{format_counts(name, counts)}  [{time.perf_counter() - start:.2f}s]")
+    if missing == len(names):
+        raise FileNotFoundError(
+            f"{data_dir}: no dataset found (pass --data-dir or run `make data`)"
+        )
     return 0
 
 

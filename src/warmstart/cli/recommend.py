@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from warmstart.cli import positive_int
 from warmstart.coldstart.inference import ColdStartRecommender, load_recommender
 from warmstart.data.display import split_title
 
@@ -122,13 +123,6 @@ def _format(records: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def _positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
-
-
 def register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--model",
@@ -143,8 +137,8 @@ def register(parser: argparse.ArgumentParser) -> None:
         metavar="ITEM=RATING",
         help='a rating: title (year optional) or raw item id, e.g. "Toy Story=5" or 1=4; repeat',
     )
-    parser.add_argument("--k", type=_positive, default=10, help="how many items to print")
-    parser.add_argument("--threads", type=_positive, default=1, help="torch CPU threads")
+    parser.add_argument("--k", type=positive_int, default=10, help="how many items to print")
+    parser.add_argument("--threads", type=positive_int, default=1, help="torch CPU threads")
     parser.set_defaults(func=run)
 
 

@@ -59,8 +59,14 @@ def cmd_pipeline(args: argparse.Namespace) -> int:
     """MD0 -> CE -> MD1 -> MD2 (+ ablations), each step skipped when done."""
     from warmstart.retrieval.pipeline import run_pipeline
 
+    only = [s.strip() for s in args.only.split(",")] if args.only else None
+    steps = tuple(_config(args).steps)
+    unknown = [s for s in only or () if s not in steps]
+    if unknown:
+        raise ValueError(
+            f"--only: unknown step(s) {', '.join(unknown)}; the steps are {', '.join(steps)}"
+        )
     _threads(args)
-    only = args.only.split(",") if args.only else None
     results = run_pipeline(_context(args), only=only)
     print(format_table(results))
     return 0
