@@ -55,7 +55,8 @@ def run_summary(args: argparse.Namespace) -> int:
         print(f"{format_counts(name, counts)}  [{time.perf_counter() - start:.2f}s]")
     if missing == len(names):
         raise FileNotFoundError(
-            f"{data_dir}: no dataset found (pass --data-dir or run `make data`)"
+            f"{data_dir}: no dataset found (pass --data-dir, or run "
+            f"`warmstart data fetch --data-dir {data_dir}`)"
         )
     return 0
 
