@@ -104,3 +104,11 @@ def test_every_subcommand_has_help_and_shows_defaults() -> None:
         return missing
 
     assert walk(top, "warmstart") == []
+
+
+@pytest.mark.parametrize("query", ["", "   "])
+def test_search_refuses_an_empty_query(
+    query: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["retrieval", "search", "--retriever", str(tmp_path), query]) == 2
+    assert "query: empty" in capsys.readouterr().err

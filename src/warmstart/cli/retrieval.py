@@ -129,16 +129,15 @@ def cmd_mine(args: argparse.Namespace) -> int:
 
 def cmd_index(args: argparse.Namespace) -> int:
     """Encode the corpus with a trained dual encoder and write a retriever folder."""
-    from warmstart.retrieval.encoders import CrossEncoder, DualEncoder, load_encoder
+    from warmstart.retrieval.encoders import CrossEncoder, load_encoder
     from warmstart.retrieval.encoding import encode_corpus_cached
     from warmstart.retrieval.index import build_index
     from warmstart.retrieval.inference import Document, export_retriever
 
     _threads(args)
     collection = _collection(args)
-    model, tokenizer = load_encoder(args.model)
-    if not isinstance(model, DualEncoder):
-        raise ValueError(f"{args.model}: not a dual encoder")
+    args.preset = getattr(args, "preset", "scifact_cpu")  # zero-shot: the preset's encoder settings
+    model, tokenizer, _ = _dense_model(args)
     vectors = encode_corpus_cached(
         model, tokenizer, collection.passages(), args.cache_dir, desc="encode corpus"
     )
@@ -163,8 +162,17 @@ def cmd_search(args: argparse.Namespace) -> int:
     """Answer one query from a saved retriever folder and print the ranked passages."""
     from warmstart.retrieval.inference import Retriever
 
+    if not args.query.strip():
+        raise ValueError("query: empty; give the question to search for, e.g. 'is caffeine safe'")
     _threads(args)
     retriever = Retriever.load(args.retriever)
+    if args.rerank and getattr(retriever, "cross", None) is None:
+        raise ValueError(
+            f"--rerank: {args.retriever} has no cross-encoder; train one with the pipeline's ce "
+            "step (`warmstart retrieval pipeline --workdir W --only zero_shot,md0,ce`; its time on "
+            "a CPU is in docs/retrieval.md) and rebuild the folder with `warmstart retrieval "
+            "index ... --cross W/ce/model`"
+        )
     hits = retriever.search(retriever.encode_queries([args.query]), args.k)[0]
     if args.rerank:
         hits = retriever.rerank(args.query, hits)
@@ -371,7 +379,11 @@ def register(commands: Any) -> None:
 
     p = commands.add_parser("index", help="encode the corpus and write a retriever folder")
     _common(p)
-    p.add_argument("--model", type=Path, required=True, help="trained dual encoder folder")
+    p.add_argument(
+        "--model",
+        required=True,
+        help="zero-shot (the offline MiniLM as shipped) or a trained dual encoder folder",
+    )
     p.add_argument("--cross", type=Path, default=None, help="cross-encoder folder (rerank)")
     p.add_argument("--kind", default="exact", help="index kind: exact|flat|ivf|hnsw")
     p.add_argument("--out", type=Path, required=True)
