@@ -28,6 +28,7 @@ def test_topk_prints_one_table_and_writes_json(
         "ColdNAS (ranking)",
         "two-stage MF -> FiLM (ranking)",
         "two-stage kNN -> FiLM (ranking)",
+        "offline MPP",
     )
     for name in names:
         assert name in out
@@ -41,6 +42,8 @@ def test_topk_prints_one_table_and_writes_json(
     first = report["per_seed"][0]["topk"]["item-kNN"]
     assert {"HR@10", "coverage@10", "overlap@10", "pop rank@10", "HR@10 s100"} <= set(first)
     assert "FiLM (ranking)" in report["per_seed"][0]["rating"]
+    assert "offline MPP minus" in out
+    assert set(report["paired"]["offline MPP"]) == set(report["paired"]["FiLM (ranking)"])
     assert set(report["paired"]["FiLM (ranking)"]) == {
         "item popularity",
         "MF + per-user ridge",

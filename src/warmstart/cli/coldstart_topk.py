@@ -4,7 +4,8 @@ users of ``compare``'s splits (``coldstart/topk.py``), one table over seeds, ``D
 Methods: item popularity (train likes), MF + per-user ridge, item-kNN, the rating-trained fixed
 FiLM, ColdNAS and MeLU-MAML of ``compare``, FiLM and ColdNAS trained with the ranking objective
 (``coldstart/ranking.py``, the search run under that objective), and two-stage rankers
-(MF + ridge or item-kNN candidates, ordered by the ranking-trained FiLM). The rating metrics of
+(MF + ridge or item-kNN candidates, ordered by the ranking-trained FiLM), and offline MPP
+(``coldstart/mpp_topk.py``, ``mpp compare``'s documented settings). The rating metrics of
 ``compare`` are printed for every method that predicts ratings, ranking-trained ones included.
 """
 
@@ -29,6 +30,7 @@ from warmstart.coldstart.evaluate import (
     paired_table,
     report_of,
 )
+from warmstart.coldstart.mpp_topk import MPPRanker
 from warmstart.coldstart.ranking import LOSSES, RankingConfig
 from warmstart.coldstart.topk import (
     LIST_KEYS,
@@ -146,6 +148,14 @@ def _fit_rankers(
         if simple.name not in skip:
             simple.fit(split)
             rankers.append(simple)
+    mpp = MPPRanker(seed=seed, checkpoint=args.out / f"seed{seed}" / "mpp")
+    if mpp.name not in skip:
+        start = time.perf_counter()
+        mpp.fit(split)
+        took, res = time.perf_counter() - start, mpp.result_
+        best = f", valid AUC {res.best_valid_auc:.4f} at step {res.best_step}" if res else ""
+        print(f"seed {seed} {mpp.name}: fitted ({took:.0f}s{best})", flush=True)
+        rankers.append(mpp)
     structures = []
     for method in [*compare, *ranked]:
         start = time.perf_counter()
@@ -229,11 +239,13 @@ def _seed_run(args: argparse.Namespace, seed: int) -> dict[str, Any]:
 
 
 def _paired(runs: list[dict[str, Any]], keys: tuple[str, ...]) -> tuple[str, dict[str, Any]]:
-    """Each cold-start model (ranking-trained, two-stage) minus each baseline, paired over users."""
+    """Each cold-start model (ranking-trained, two-stage, offline MPP) minus each baseline,
+    paired over users."""
     names = list(runs[0]["per_user"])
     shared = all(r["users"] == runs[0]["users"] for r in runs)
     texts, numbers = [], {}
-    for ref in [n for n in names if "(ranking)" in n]:  # ranking-trained and two-stage
+    models = [n for n in names if "(ranking)" in n or n == MPPRanker.name]
+    for ref in models:  # ranking-trained, two-stage and offline MPP
         per_user = {n: [r["per_user"][n] for r in runs] for n in [ref, *BASELINES] if n in names}
         if len(per_user) < 2:
             continue
