@@ -132,7 +132,9 @@ input.addEventListener("keydown", (e) => {
   else if (e.key === "Enter") { e.preventDefault(); if (active >= 0 && shown[active]) pick(shown[active]); }
   else if (e.key === "Escape") { closeList(); }
 });
-input.addEventListener("blur", () => setTimeout(closeList, 100));
+// Close after a blur (the delay lets a click on an option land first), unless the input has
+// focus again by then: a stale timer must not close the list of a new query.
+input.addEventListener("blur", () => setTimeout(() => { if (document.activeElement !== input) closeList(); }, 100));
 
 function pick(movie) {
   input.value = ""; shown = []; closeList();
