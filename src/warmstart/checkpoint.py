@@ -9,17 +9,26 @@ rebuilt it with the same settings) or are kept by the caller in its own JSON.
 Used by the RocketQA trainers (``retrieval.training``: ``optimizer.safetensors``, no prefix) and
 the ColdNAS trainer (``coldstart.training``: entries ``opt.<i>.<slot>`` inside ``last.safetensors``
 beside the weights), so checkpoints written before this module existed load unchanged.
+
+Also the JSON side of every versioned artifact folder (index, MF and item-kNN serving artifacts):
+:func:`read_versioned_json`.
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors.torch import save_file
 
-__all__ = ["optimizer_state_tensors", "restore_optimizer_state", "save_tensors_atomic"]
+__all__ = [
+    "optimizer_state_tensors",
+    "read_versioned_json",
+    "restore_optimizer_state",
+    "save_tensors_atomic",
+]
 
 
 def optimizer_state_tensors(
@@ -64,3 +73,18 @@ def save_tensors_atomic(
     tmp = path.with_name(path.name + ".tmp")
     save_file(tensors, str(tmp), metadata=metadata)
     tmp.replace(path)
+
+
+def read_versioned_json(path: Path, version: int, missing: str) -> dict[str, Any]:
+    """An artifact's JSON config, refused unless its ``format_version`` is ``version``.
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist (``missing`` is the message).
+        ValueError: another ``format_version``, naming the file.
+    """
+    if not path.is_file():
+        raise FileNotFoundError(missing)
+    config: dict[str, Any] = json.loads(path.read_text())
+    if config.get("format_version") != version:
+        raise ValueError(f"{path}: unsupported format_version {config.get('format_version')!r}")
+    return config

@@ -27,6 +27,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
+from warmstart.checkpoint import read_versioned_json
 from warmstart.coldstart.baselines import ALSModel, fit_new_users
 from warmstart.coldstart.catalog import IdMap
 from warmstart.data.types import Task
@@ -178,11 +179,9 @@ def load_mf(directory: Path | str) -> MFRecommender:
     """Load an artifact written by :func:`export_mf` (safetensors + JSON; nothing unpickled)."""
     directory = Path(directory)
     path = directory / CONFIG_FILE
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no MF artifact (expected {CONFIG_FILE})")
-    config = json.loads(path.read_text())
-    if config.get("format_version") != FORMAT_VERSION:
-        raise ValueError(f"{path}: unsupported format_version {config.get('format_version')!r}")
+    config = read_versioned_json(
+        path, FORMAT_VERSION, f"{path}: no MF artifact (expected {CONFIG_FILE})"
+    )
     tensors = load_file(str(directory / WEIGHTS_FILE))
     items = tensors["items"].numpy().astype(np.float64)
     model = ALSModel(

@@ -27,6 +27,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
+from warmstart.checkpoint import read_versioned_json
 from warmstart.coldstart.catalog import IdMap
 
 FORMAT_VERSION = 1
@@ -201,11 +202,9 @@ def load_knn(directory: Path | str) -> ItemKNN:
     """Load :func:`export_knn` output (safetensors + JSON, nothing unpickled)."""
     directory = Path(directory)
     path = directory / CONFIG_FILE
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no item-kNN artifact (expected {CONFIG_FILE})")
-    config = json.loads(path.read_text())
-    if config.get("format_version") != FORMAT_VERSION:
-        raise ValueError(f"{path}: unsupported format_version {config.get('format_version')!r}")
+    config = read_versioned_json(
+        path, FORMAT_VERSION, f"{path}: no item-kNN artifact (expected {CONFIG_FILE})"
+    )
     t = load_file(str(directory / WEIGHTS_FILE))
     ids = IdMap.from_json(config["item_ids"])
     return ItemKNN(

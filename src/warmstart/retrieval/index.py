@@ -37,6 +37,7 @@ from typing import Any, ClassVar, Protocol
 import numpy as np
 import torch
 
+from warmstart.checkpoint import read_versioned_json
 from warmstart.retrieval.threads import check_threads, intra_op_threads
 
 __all__ = [
@@ -598,11 +599,9 @@ def load_index(path: Path, threads: int | None = None) -> ExactIndex | FaissInde
     check_threads(threads)
     path = Path(path)
     meta_file = path / _META_FILE
-    if not meta_file.is_file():
-        raise FileNotFoundError(f"no saved index at {path} (missing {_META_FILE})")
-    meta = json.loads(meta_file.read_text())
-    if meta.get("format_version") != _FORMAT_VERSION:
-        raise ValueError(f"{meta_file}: unsupported format_version {meta.get('format_version')!r}")
+    meta = read_versioned_json(
+        meta_file, _FORMAT_VERSION, f"no saved index at {path} (missing {_META_FILE})"
+    )
     params = dict(meta["config"])
     config = _make_config(meta["kind"], params.pop("dim"), params)
     index: ExactIndex | FaissIndex
