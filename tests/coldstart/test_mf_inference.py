@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from warmstart.coldstart.baselines import fit_als, fit_new_users
+from fixtures.mf import tiny_als
+from warmstart.coldstart.baselines import fit_new_users
 from warmstart.coldstart.mf_inference import export_mf, load_mf
 from warmstart.data.synthetic import synthetic_split
 
@@ -13,17 +14,7 @@ from warmstart.data.synthetic import synthetic_split
 @pytest.fixture(scope="module")
 def fitted():
     split = synthetic_split(n_users=60, n_items=40, interactions_per_user=(15, 25), seed=1)
-    inter = split.train_interactions()
-    model = fit_als(
-        inter["user"].to_numpy(),
-        inter["item"].to_numpy(),
-        inter["label"].to_numpy(),
-        (split.dataset.n_users, split.dataset.n_items),
-        dim=4,
-        l2=5.0,
-        sweeps=5,
-        rng=np.random.default_rng(0),
-    )
+    model = tiny_als(split)
     return split, model
 
 

@@ -104,10 +104,9 @@ class TinyArtifacts:
 
 def write_tiny_artifacts(folder: Path) -> TinyArtifacts:
     """A 1-epoch ColdNAS model and an ALS model on one synthetic split, exported for serving."""
-    import numpy as np
     import torch
 
-    from warmstart.coldstart.baselines import fit_als
+    from fixtures.mf import tiny_als
     from warmstart.coldstart.mf_inference import export_mf
     from warmstart.coldstart.model import ColdNASConfig
     from warmstart.coldstart.structure import Structure
@@ -121,17 +120,7 @@ def write_tiny_artifacts(folder: Path) -> TinyArtifacts:
         split, Structure.parse("mul+add|-|-|-"), config, TrainConfig(epochs=1)
     )
     export(folder / "coldnas", model, split.dataset.users, split.dataset.items, {"seed": 3})
-    inter = split.train_interactions()
-    als = fit_als(
-        inter["user"].to_numpy(),
-        inter["item"].to_numpy(),
-        inter["label"].to_numpy(),
-        (split.dataset.n_users, split.dataset.n_items),
-        dim=4,
-        l2=5.0,
-        sweeps=5,
-        rng=np.random.default_rng(0),
-    )
+    als = tiny_als(split)
     export_mf(folder / "mf", als, 10.0, split.dataset.items.ids, split.dataset.rating_range)
     return TinyArtifacts(folder / "coldnas", folder / "mf", split)
 
