@@ -3,6 +3,7 @@
 warmstart serve --config FILE            # foreground; SIGINT/SIGTERM drains, then exits
 warmstart serve check --config FILE      # start it, call every endpoint, exit 0/1
 warmstart serve export-mf --model DIR --out DIR   # ALS factors for the candidate stage
+warmstart serve plan --logs DIR --p99-ms 100 --cores N --out FILE   # config from traffic logs
 """
 
 from __future__ import annotations
@@ -53,6 +54,24 @@ def register(commands: argparse._SubParsersAction) -> None:
     export.add_argument("--sweeps", type=int, default=20)
     export.add_argument("--threads", type=int, default=1)
     export.set_defaults(func=run_export_mf)
+    plan = commands.add_parser(
+        "plan",
+        help="fit service times from traffic logs, simulate, search the knobs, write a config",
+    )
+    plan.add_argument("--logs", type=Path, required=True, help="traffic log directory (or file)")
+    plan.add_argument("--p99-ms", type=float, default=100.0, help="p99 latency target")
+    plan.add_argument("--cores", type=float, required=True, help="cores the server may use")
+    plan.add_argument("--out", type=Path, default=Path("runs/serve/planned.json"))
+    plan.add_argument(
+        "--max-degraded",
+        type=float,
+        default=0.05,
+        help="largest share of degraded requests at the planned rate (1 = no limit)",
+    )
+    plan.add_argument("--max-errors", type=float, default=0.001, help="largest error share")
+    plan.add_argument("--requests", type=int, default=3000, help="simulated requests per rate")
+    plan.add_argument("--seed", type=int, default=0)
+    plan.set_defaults(func=run_plan)
 
 
 def _config(args: argparse.Namespace) -> ServeConfig:
@@ -146,4 +165,28 @@ def run_export_mf(args: argparse.Namespace) -> int:
         },
     )
     print(json.dumps({"out": str(args.out), **selected}))
+    return 0
+
+
+def run_plan(args: argparse.Namespace) -> int:
+    from warmstart.serving.planner.plan import make_plan, write_plan
+    from warmstart.serving.planner.search import Target
+
+    target = Target(
+        max_errors=args.max_errors, max_degraded=args.max_degraded, n=args.requests, seed=args.seed
+    )
+    plan = make_plan(args.logs, args.p99_ms, args.cores, target, progress=print)
+    report = write_plan(plan, args.out)
+    s = plan.summary()
+    for name in ("logged", "planned"):
+        r = s[name]
+        print(
+            f"{name:8s} predicted capacity {r['capacity']:7.1f} requests/s at p99 "
+            f"{r['p99_ms']:6.1f} ms (degraded {r['degraded']:.1%})"
+        )
+    for knob, (old, new) in s["changes"].items():
+        print(f"  {knob}: {old} -> {new}")
+    print(f"planned for {plan.logged.cores:.2f} cores (CPU share at saturation in the logs: "
+          f"{plan.model.cpu_share:.2f})")  # fmt: skip
+    print(f"config: {args.out}\nreport: {report}")
     return 0

@@ -48,6 +48,7 @@ from warmstart.serving.pipelines import (
     SearchRequest,
 )
 from warmstart.serving.store import TieredStore, build_store
+from warmstart.serving.trafficlog import TrafficLog, attach
 
 log = logging.getLogger(__name__)
 
@@ -178,6 +179,7 @@ class Server:
         self.store: TieredStore | None = None
         self.reloads = 0
         self._reload_lock = asyncio.Lock()
+        self.traffic: TrafficLog | None = None
 
     async def start(self) -> None:
         c = self.config
@@ -189,6 +191,8 @@ class Server:
             c.store.redis_url,
             **({"retry_s": c.store.redis_retry_s} if c.store.redis_url else {}),
         )
+        if c.traffic_log.path is not None:
+            self.traffic = TrafficLog(c.traffic_log, c.to_dict())
         self.recommend, self.search = await self._build(c.models)
         for p in (self.recommend, self.search):
             if p is not None:
@@ -214,6 +218,8 @@ class Server:
                 Retriever.load, Path(paths.retriever), threads=self.config.compute.intra_op_threads
             )
             search = SearchPipeline(retriever, self.compute, self.config.search)
+        attach(self.traffic, rec, "recommend")
+        attach(self.traffic, search, "search")
         return rec, search
 
     async def reload(self, paths: ModelPaths) -> dict[str, Any]:
@@ -238,6 +244,8 @@ class Server:
                 await p.drain()
         if self.store is not None:
             self.store.close()
+        if self.traffic is not None:
+            self.traffic.close()
         for pool in (self.compute, self.io):
             if pool is not None:
                 pool.shutdown()

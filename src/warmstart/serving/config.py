@@ -25,6 +25,7 @@ from typing import Any, TypeVar
 from warmstart.serving.admission import AdmissionConfig
 from warmstart.serving.engine import StageConfig
 from warmstart.serving.pipelines import RecommendConfig, SearchConfig
+from warmstart.serving.trafficlog import TrafficLogConfig
 
 C = TypeVar("C")
 
@@ -84,6 +85,7 @@ class ServeConfig:
         admin_token_env: environment variable holding the admin bearer token (read by the CLI);
             admin routes are disabled when it is unset.
         drain_s: how long shutdown waits for in-flight requests.
+        traffic_log: per-stage timings for the planner (off unless ``traffic_log.path``).
     """
 
     host: str = "127.0.0.1"
@@ -96,6 +98,7 @@ class ServeConfig:
     admission: AdmissionConfig = field(default_factory=AdmissionConfig)
     admin_token_env: str = "WARMSTART_ADMIN_TOKEN"
     drain_s: float = 10.0
+    traffic_log: TrafficLogConfig = field(default_factory=TrafficLogConfig)
 
     def __post_init__(self) -> None:
         if not 0 <= self.port < 65536:
@@ -138,6 +141,7 @@ _NESTED: dict[str, type] = {
     "recommend": RecommendConfig,
     "search": SearchConfig,
     "admission": AdmissionConfig,
+    "traffic_log": TrafficLogConfig,
     "lookup": StageConfig,
     "adapt": StageConfig,
     "candidates": StageConfig,

@@ -224,6 +224,8 @@ class Stage(Generic[T, R]):
         self._workers: list[asyncio.Task[None]] = []
         self._busy = 0
         self._busy_items = 0
+        # traffic log hook (serving.trafficlog.StageRecorder): called with (items, start, end)
+        self.recorder: Callable[[list[_Item], float, float], None] | None = None
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -360,9 +362,12 @@ class Stage(Generic[T, R]):
         finally:
             self._busy -= 1
             self._busy_items -= len(batch)
-            self.metrics.observe_service(self.clock() - start)
+            end = self.clock()
+            self.metrics.observe_service(end - start)
             size = len(batch)
             self.metrics.batch_sizes[size] = self.metrics.batch_sizes.get(size, 0) + 1
+            if self.recorder is not None:
+                self.recorder(batch, start, end)
         self.metrics.completed += len(batch)
         for item, result in zip(batch, results, strict=True):
             if not item.future.done():

@@ -1,0 +1,165 @@
+"""Search of the knobs for the highest arrival rate that meets the p99 target (in simulation).
+
+Capacity of one configuration: bisection on the arrival rate between 0 and 1.5× the CPU bound
+(cores / CPU per request), each step one simulation with the same seed (common random numbers,
+so two configurations are compared on the same arrivals and noise). A rate passes when the
+simulated p99 (of all requests, refusals included, as the benchmark counts) is within the target,
+fewer than ``max_errors`` of the requests fail, and at most ``max_degraded`` are degraded.
+
+The knobs are searched by coordinate descent from the logged configuration: one knob at a time
+over its grid, keeping a change only when it raises capacity by more than ``min_gain``, for
+``passes`` rounds. It finds a good configuration, not provably the best: knobs interact (batch
+size with wait, workers with threads), and the simulator is a model.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from warmstart.serving.planner.fit import TrafficModel
+from warmstart.serving.planner.simulate import SimConfig, SimResult, StageKnobs, simulate
+
+BATCHES = (1, 2, 4, 8, 16, 32, 64, 128)
+WAITS = (0.0, 0.0005, 0.001, 0.002, 0.005, 0.01)
+CONCURRENCY = (1, 2, 4)
+DEGRADE_AT = (0.25, 0.5, 0.75, 1.0)
+
+
+@dataclass(frozen=True)
+class Target:
+    """What a rate must meet. ``n``: simulated requests per rate; ``steps``: bisections."""
+
+    p99_s: float = 0.1
+    max_errors: float = 0.001
+    max_degraded: float = 1.0
+    n: int = 3000
+    steps: int = 7
+    seed: int = 0
+
+
+@dataclass
+class Capacity:
+    rate: float
+    result: SimResult | None  # the simulation at ``rate`` (None when nothing passed)
+    simulations: int
+
+
+def cpu_bound(model: TrafficModel, config: SimConfig) -> float:
+    """Requests/s at which the cores are saturated (cheapest batching, degraded work allowed)."""
+    per_request = model.overhead_s
+    for c in model.classes:
+        for v in c.visits:
+            stage = model.stages[v.stage]
+            b = config.stages.get(v.stage, StageKnobs()).max_batch
+            units = v.units if v.degraded is None or not config.shed else min(v.units, v.degraded)
+            per_item = stage.mean(b, b * units, config.threads) / b
+            per_request += c.share * v.prob * per_item * config.threads
+    return config.cores / max(per_request, 1e-9)
+
+
+def passes(result: SimResult, target: Target) -> bool:
+    return (
+        result.p99_s() <= target.p99_s
+        and result.error_rate < target.max_errors
+        and result.degraded_fraction <= target.max_degraded
+    )
+
+
+def capacity(model: TrafficModel, config: SimConfig, target: Target) -> Capacity:
+    """Highest passing arrival rate of ``config`` (bisection)."""
+    hi = 1.5 * cpu_bound(model, config)
+    lo, best, runs = 0.0, None, 0
+    for _ in range(target.steps):
+        rate = (lo + hi) / 2
+        result = simulate(model, config, rate, target.n, target.seed)
+        runs += 1
+        if passes(result, target):
+            lo, best = rate, result
+        else:
+            hi = rate
+    return Capacity(lo, best, runs)
+
+
+Knob = tuple[str, tuple[object, ...], Callable[[SimConfig, object], SimConfig]]
+
+
+def _stage_knob(stage: str, field: str, values: tuple[object, ...]) -> Knob:
+    def set_(config: SimConfig, value: object) -> SimConfig:
+        stages = dict(config.stages)
+        knobs: Any = stages.get(stage, StageKnobs())
+        stages[stage] = dataclasses.replace(knobs, **{field: value})
+        return dataclasses.replace(config, stages=stages)
+
+    return (f"{stage}.{field}", values, set_)
+
+
+def _global_knob(field: str, values: tuple[object, ...]) -> Knob:
+    return (field, values, lambda c, v: dataclasses.replace(c, **{field: v}))
+
+
+def knobs(model: TrafficModel, config: SimConfig) -> Iterator[Knob]:
+    """Every knob with its grid: pool threads and torch threads (within ``cores``, plus one
+    worker more than cores for I/O overlap), then per visited stage batch, wait, concurrency,
+    then the degrade threshold."""
+    cores = max(1, int(config.cores))
+    yield _global_knob("workers", tuple(range(1, cores + 2)))
+    yield _global_knob("threads", tuple(range(1, cores + 1)))
+    visited = {v.stage for c in model.classes for v in c.visits if v.prob >= 0.01}
+    for stage in sorted(visited):
+        yield _stage_knob(stage, "max_batch", BATCHES)
+        yield _stage_knob(stage, "max_wait_s", WAITS)
+        yield _stage_knob(stage, "concurrency", CONCURRENCY)
+    if config.shed:
+        yield _global_knob("degrade_at", DEGRADE_AT)
+
+
+@dataclass
+class SearchResult:
+    best: SimConfig
+    best_capacity: Capacity
+    start_capacity: Capacity
+    tried: list[tuple[str, object, float]]  # (knob, value, capacity)
+    simulations: int
+
+
+def search(
+    model: TrafficModel,
+    start: SimConfig,
+    target: Target,
+    passes_: int = 2,
+    min_gain: float = 0.01,
+    progress: Callable[[str], None] | None = None,
+) -> SearchResult:
+    """Coordinate descent over ``knobs`` from ``start``; see the module docstring."""
+    cache: dict[tuple[object, ...], Capacity] = {}
+    sims = 0
+
+    def evaluate(config: SimConfig) -> Capacity:
+        nonlocal sims
+        key = config.key()
+        if key not in cache:
+            cache[key] = capacity(model, config, target)
+            sims += cache[key].simulations
+        return cache[key]
+
+    best, tried = start, []
+    best_cap = first = evaluate(start)
+    for _ in range(passes_):
+        improved = False
+        for name, values, set_ in knobs(model, best):
+            for value in values:
+                candidate = set_(best, value)
+                if candidate.workers * candidate.threads > 2 * max(1.0, candidate.cores):
+                    continue  # oversubscribed beyond reason
+                cap = evaluate(candidate)
+                tried.append((name, value, cap.rate))
+                if cap.rate > best_cap.rate * (1 + min_gain):
+                    best, best_cap, improved = candidate, cap, True
+                    if progress:
+                        progress(f"{name} = {value}: {cap.rate:.0f} requests/s")
+        if not improved:
+            break
+    return SearchResult(best, best_cap, first, tried, sims)

@@ -1,0 +1,405 @@
+"""Discrete-event simulation of the staged pipeline on a few cores (the planner's predictor).
+
+What is simulated, after ``serving.engine`` and ``serving.admission``:
+
+- Poisson arrivals; each request costs ``overhead_s`` of event-loop CPU (``ingress`` share
+  before admission, the rest after its last stage), on one event-loop thread (FIFO).
+- Admission: the engine's predicted wait (queue depth, ``max_batch``, ``concurrency``, the
+  median of the last 32 service times, ``max_wait_s``) against the deadline: reject (503),
+  degrade (fewer work units, or skip a stage) or admit; ``max_in_flight`` caps requests.
+- Stages: bounded queue, ``concurrency`` workers that take the first item, then collect until
+  ``max_batch`` items or ``max_wait_s``; a request past its deadline is dropped at the boundary.
+- Compute: one pool of ``workers`` threads shared by the stages (FIFO); a call's CPU demand
+  comes from the fitted ``ServiceModel`` (with its noise) and uses ``threads`` cores.
+- Cores: every running call and the event loop share ``cores`` by processor sharing (each
+  progresses at ``min(1, cores / demand)``), which is how one core is split among threads.
+
+Not simulated: the GIL (Python parts of a model call block the event loop on more than one
+core), memory bandwidth, the client's own overhead, other processes on the same cores.
+"""
+
+from __future__ import annotations
+
+import functools
+import heapq
+import math
+import statistics
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from warmstart.serving.planner.fit import RequestClass, TrafficModel
+
+INGRESS = 0.6  # share of the per-request overhead before admission (parse, validate, map ids)
+CLIENT_TIMEOUT_S = 2.0  # the load generator gives up after this (an error)
+
+
+@dataclass(frozen=True)
+class StageKnobs:
+    max_batch: int = 32
+    max_wait_s: float = 0.001
+    concurrency: int = 1
+    queue_size: int = 2048
+
+
+@dataclass(frozen=True)
+class SimConfig:
+    """The knobs the planner searches (and what the simulator runs).
+
+    Attributes:
+        stages: knobs per stage name.
+        workers / threads: compute pool threads and torch intra-op threads per call.
+        cores: cores the server process may use.
+        deadline_s / degrade_at / max_in_flight / shed: admission (``AdmissionConfig``).
+    """
+
+    stages: dict[str, StageKnobs]
+    workers: int = 1
+    threads: int = 1
+    cores: float = 1.0
+    deadline_s: float = 0.1
+    degrade_at: float = 0.5
+    max_in_flight: int = 512
+    shed: bool = True
+
+    def key(self) -> tuple[Any, ...]:
+        return (
+            tuple(sorted(self.stages.items())),
+            self.workers,
+            self.threads,
+            self.cores,
+            self.deadline_s,
+            self.degrade_at,
+            self.max_in_flight,
+            self.shed,
+        )
+
+
+@dataclass
+class SimResult:
+    rate: float
+    latencies_s: np.ndarray
+    errors: int
+    degraded: int
+    requests: int
+    cpu_busy: float = 0.0
+
+    @property
+    def error_rate(self) -> float:
+        return self.errors / max(self.requests, 1)
+
+    def p99_s(self) -> float:
+        return float(np.percentile(self.latencies_s, 99)) if self.latencies_s.size else math.inf
+
+    def p50_s(self) -> float:
+        return float(np.percentile(self.latencies_s, 50)) if self.latencies_s.size else math.inf
+
+    @property
+    def degraded_fraction(self) -> float:
+        return self.degraded / max(self.requests, 1)
+
+
+@dataclass
+class _Req:
+    i: int
+    arrival: float
+    cls: RequestClass
+    visits: list[tuple[str, float]] = field(default_factory=list)  # (stage, units), in order
+    deadline: float = math.inf
+    degraded: bool = False
+    failed: bool = False
+
+
+class _Stage:
+    def __init__(self, name: str, knobs: StageKnobs) -> None:
+        self.name, self.k = name, knobs
+        self.queue: deque[tuple[_Req, float]] = deque()
+        self.idle = knobs.concurrency
+        self.collecting: list[tuple[_Req, float]] | None = None
+        self.collect_token = 0
+        self.busy = 0
+        self.busy_items = 0
+        self.recent: deque[float] = deque(maxlen=32)
+        self.service = 0.0  # median of ``recent`` once it holds 3 (the engine's MIN_SAMPLES)
+
+    def observe(self, seconds: float) -> None:
+        self.recent.append(seconds)
+        if len(self.recent) >= 3:
+            self.service = statistics.median(self.recent)
+
+    @property
+    def load(self) -> int:
+        return len(self.queue) + self.busy_items + len(self.collecting or ())
+
+    def predicted_wait(self, extra: int) -> float:
+        """``engine.Stage.predicted_wait_s``."""
+        depth = len(self.queue)
+        batches = math.ceil((depth + extra) / self.k.max_batch)
+        rounds = math.ceil(batches / self.k.concurrency) + (1 if self.busy else 0)
+        wait = self.k.max_wait_s if depth + extra < self.k.max_batch else 0.0
+        return rounds * self.service + wait
+
+
+class Simulator:
+    """One run of ``n`` requests at ``rate`` through ``config`` with the fitted ``model``."""
+
+    def __init__(self, model: TrafficModel, config: SimConfig, seed: int = 0) -> None:
+        self.model, self.config = model, config
+        self.rng = np.random.default_rng(seed)
+        self.stages = {
+            v.stage: _Stage(v.stage, config.stages.get(v.stage, StageKnobs()))
+            for c in model.classes
+            for v in c.visits
+        }
+        self.now = 0.0
+        self._events: list[tuple[float, int, Callable[[], None]]] = []
+        self._seq = 0
+        # processor sharing: job id -> [remaining work (s), cores demanded, on_done]
+        self._jobs: dict[int, list[Any]] = {}
+        self._job_id = 0
+        self._demand = 0.0  # cores demanded by the running jobs
+        self._cpu_version = 0
+        self._last = 0.0
+        self._loop: deque[tuple[float, Callable[[], None]]] = deque()
+        self._loop_busy = False
+        self._pool: deque[tuple[_Stage, list[tuple[_Req, float]]]] = deque()
+        self._pool_free = config.workers
+        self.in_flight = 0
+        self.cpu_busy = 0.0
+
+    # ------------------------------------------------------------------ event plumbing
+
+    def _at(self, t: float, fn: Callable[[], None]) -> None:
+        self._seq += 1
+        heapq.heappush(self._events, (t, self._seq, fn))
+
+    def _speed(self) -> float:
+        demand = self._demand
+        return min(1.0, self.config.cores / demand) if demand > 0 else 1.0
+
+    def _advance(self) -> None:
+        dt = self.now - self._last
+        if dt > 0 and self._jobs:
+            speed = self._speed()
+            for j in self._jobs.values():
+                j[0] -= dt * speed
+            self.cpu_busy += dt * min(self.config.cores, self._demand)
+        self._last = self.now
+
+    def _reschedule(self) -> None:
+        self._cpu_version += 1
+        if not self._jobs:
+            return
+        version, speed = self._cpu_version, self._speed()
+        soonest = min(j[0] for j in self._jobs.values())
+        self._at(self.now + max(0.0, soonest) / speed, lambda: self._cpu_done(version))
+
+    def _cpu_done(self, version: int) -> None:
+        if version != self._cpu_version:
+            return
+        self._advance()
+        done = [k for k, j in self._jobs.items() if j[0] <= 1e-12]
+        finished = [self._jobs.pop(k) for k in done]
+        self._demand = sum(j[1] for j in self._jobs.values())
+        callbacks = [j[2] for j in finished]
+        for cb in callbacks:
+            cb()
+        self._reschedule()
+
+    def _run_cpu(self, work: float, cores: float, on_done: Callable[[], None]) -> None:
+        self._advance()
+        self._job_id += 1
+        self._jobs[self._job_id] = [work, cores, on_done]
+        self._demand += cores
+        self._reschedule()
+
+    # ------------------------------------------------------------------ the event loop
+
+    def _loop_submit(self, work: float, then: Callable[[], None]) -> None:
+        self._loop.append((work, then))
+        if not self._loop_busy:
+            self._loop_next()
+
+    def _loop_next(self) -> None:
+        if not self._loop:
+            self._loop_busy = False
+            return
+        self._loop_busy = True
+        work, then = self._loop.popleft()
+
+        def done() -> None:
+            then()
+            self._loop_next()
+
+        self._run_cpu(work, 1.0, done)
+
+    # ------------------------------------------------------------------ requests
+
+    def run(self, rate: float, n: int, warmup: float = 0.1) -> SimResult:
+        classes = self.model.classes
+        shares = np.array([c.share for c in classes])
+        picks = self.rng.choice(len(classes), n, p=shares / shares.sum())
+        times = np.cumsum(self.rng.exponential(1.0 / rate, n))
+        reqs = []
+        for i, (t, c) in enumerate(zip(times, picks, strict=True)):
+            req = _Req(i, float(t), classes[c])
+            reqs.append(req)
+            self._at(float(t), functools.partial(self._arrive, req))
+        self.latency = np.full(n, np.nan)
+        self.errors = np.zeros(n, bool)
+        self.degraded = np.zeros(n, bool)
+        while self._events:
+            t, _, fn = heapq.heappop(self._events)
+            self.now = t
+            fn()
+        keep = slice(int(warmup * n), n)
+        lat = self.latency[keep]
+        return SimResult(
+            rate,
+            lat[~np.isnan(lat)],
+            int(self.errors[keep].sum()),
+            int(self.degraded[keep].sum()),
+            int(n - int(warmup * n)),
+            self.cpu_busy / max(self.now, 1e-9),
+        )
+
+    def _arrive(self, req: _Req) -> None:
+        self._loop_submit(INGRESS * self.model.overhead_s, lambda: self._admit(req))
+
+    def _path(self, req: _Req) -> list[_Stage]:
+        return [self.stages[s] for s, _ in req.visits]
+
+    def _admit(self, req: _Req) -> None:
+        c = self.config
+        for v in req.cls.visits:
+            if self.rng.random() < v.prob:
+                req.visits.append((v.stage, v.units))
+        if self.in_flight >= c.max_in_flight:
+            return self._fail(req)
+        predicted = self._predict(self._path(req))
+        if c.shed and predicted > c.degrade_at * c.deadline_s:
+            by_name = {v.stage: v for v in req.cls.visits}
+            degraded = [
+                (s, by_name[s].degraded) for s, _ in req.visits if by_name[s].degraded is not None
+            ]
+            if self._predict([self.stages[s] for s, _ in degraded]) > c.deadline_s:
+                return self._fail(req)
+            req.visits = [(s, float(u)) for s, u in degraded if u is not None]
+            req.degraded = True
+            self.degraded[req.i] = True
+        self.in_flight += 1
+        req.deadline = self.now + c.deadline_s
+        self._next(req)
+
+    def _predict(self, path: list[_Stage]) -> float:
+        total, upstream = 0.0, 0
+        for stage in path:
+            total += stage.predicted_wait(upstream + 1)
+            upstream += stage.load
+        return total
+
+    def _fail(self, req: _Req, admitted: bool = False) -> None:
+        """A 503 (refused, queue full or deadline passed): answered through the event loop."""
+        req.failed = True
+        self.errors[req.i] = True
+        if admitted:
+            self.in_flight -= 1
+        work = (1 - INGRESS) * 0.5 * self.model.overhead_s
+        self._loop_submit(work, lambda: self._answer(req))
+
+    def _answer(self, req: _Req) -> None:
+        latency = self.now - req.arrival
+        self.latency[req.i] = min(latency, CLIENT_TIMEOUT_S)
+        if latency > CLIENT_TIMEOUT_S:
+            self.errors[req.i] = True
+
+    def _next(self, req: _Req) -> None:
+        if not req.visits:
+            self.in_flight -= 1
+            work = (1 - INGRESS) * self.model.overhead_s
+            return self._loop_submit(work, lambda: self._answer(req))
+        name, units = req.visits.pop(0)
+        stage = self.stages[name]
+        if self.now >= req.deadline:
+            return self._fail(req, admitted=True)
+        if len(stage.queue) >= stage.k.queue_size:
+            return self._fail(req, admitted=True)
+        item = (req, units)
+        if stage.collecting is not None:
+            stage.collecting.append(item)
+            if len(stage.collecting) >= stage.k.max_batch:
+                self._dispatch(stage)
+            return
+        stage.queue.append(item)
+        self._take(stage)
+
+    # ------------------------------------------------------------------ stage workers
+
+    def _take(self, stage: _Stage) -> None:
+        """An idle worker takes queued items and collects until full or ``max_wait_s``."""
+        if not stage.idle or not stage.queue or stage.collecting is not None:
+            return
+        stage.idle -= 1
+        take = min(stage.k.max_batch, len(stage.queue))
+        stage.collecting = [stage.queue.popleft() for _ in range(take)]
+        if take >= stage.k.max_batch or stage.k.max_wait_s <= 0:
+            return self._dispatch(stage)
+        stage.collect_token += 1
+        token = stage.collect_token
+        self._at(self.now + stage.k.max_wait_s, lambda: self._timer(stage, token))
+
+    def _timer(self, stage: _Stage, token: int) -> None:
+        if stage.collecting is not None and token == stage.collect_token:
+            self._dispatch(stage)
+
+    def _dispatch(self, stage: _Stage) -> None:
+        items, stage.collecting = stage.collecting or [], None
+        stage.collect_token += 1
+        live = []
+        for req, units in items:
+            if self.now >= req.deadline:
+                self._fail(req, admitted=True)
+            else:
+                live.append((req, units))
+        if not live:
+            stage.idle += 1
+            return self._take(stage)
+        stage.busy += 1
+        stage.busy_items += len(live)
+        self._pool.append((stage, live))
+        self._pool_run()
+        self._take(stage)  # another idle worker may start on what is queued
+
+    def _pool_run(self) -> None:
+        while self._pool_free and self._pool:
+            stage, items = self._pool.popleft()
+            self._pool_free -= 1
+            model = self.model.stages[stage.name]
+            units = sum(u for _, u in items)
+            work = model.sample(len(items), units, self.config.threads, self.rng)
+            self._run_cpu(
+                work,
+                float(self.config.threads),
+                functools.partial(self._batch_done, stage, items, self.now),
+            )
+
+    def _batch_done(self, stage: _Stage, items: list[tuple[_Req, float]], start: float) -> None:
+        self._pool_free += 1
+        stage.observe(self.now - start)
+        stage.busy -= 1
+        stage.busy_items -= len(items)
+        stage.idle += 1
+        for req, _ in items:
+            self._next(req)
+        self._take(stage)
+        self._pool_run()
+
+
+def simulate(
+    model: TrafficModel, config: SimConfig, rate: float, n: int = 4000, seed: int = 0
+) -> SimResult:
+    """Simulate ``n`` Poisson arrivals at ``rate`` requests/s (the first 10% are warm-up)."""
+    return Simulator(model, config, seed).run(rate, n)

@@ -1,0 +1,169 @@
+"""Planner: service-time fit on synthetic logs, the simulator against M/D/1, the search, the
+written config in the server's loader, and the CLI."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from warmstart.serving.config import ServeConfig
+from warmstart.serving.planner.fit import (
+    RequestClass,
+    ServiceModel,
+    TrafficModel,
+    Visit,
+    fit_service,
+    fit_traffic,
+)
+from warmstart.serving.planner.plan import make_plan, sim_config, write_plan
+from warmstart.serving.planner.search import Target, capacity, passes, search
+from warmstart.serving.planner.simulate import SimConfig, StageKnobs, simulate
+from warmstart.serving.trafficlog import TrafficLog, TrafficLogConfig, read_events
+
+A, B, C = 0.0012, 0.0002, 0.9e-6  # s per call, per item, per candidate (like ML-1M ColdNAS)
+
+
+def synthetic_log(path: Path, n_batches: int = 600, seed: int = 0) -> None:
+    """A log of a recommend server: known service times (+5% noise), some degraded items."""
+    rng = np.random.default_rng(seed)
+    now = [0.0]
+    log = TrafficLog(
+        TrafficLogConfig(path=str(path)), ServeConfig().to_dict(), clock=lambda: now[0]
+    )
+    for _ in range(n_batches):
+        n = int(rng.integers(1, 17))
+        units = [500 if rng.random() < 0.8 else 100 for _ in range(n)]
+        for _ in range(n):
+            now[0] += rng.exponential(1 / 300)
+            log.request("recommend", "admit", 0.003)
+        cpu = (A + B * n + C * sum(units)) * rng.lognormal(0, 0.05)
+        log.batch("recommend", "model", now[0], cpu, [0.001] * n, sum(units), 0, cpu)
+    log.close()
+
+
+def test_fit_service_recovers_known_coefficients() -> None:
+    rng = np.random.default_rng(1)
+    n = rng.integers(1, 33, 400).astype(float)
+    u = n * rng.choice([100.0, 500.0], 400)
+    cpu = A + B * n + C * u + rng.normal(0, 1e-5, 400)
+    a, b, c = fit_service(n, u, cpu)
+    assert a == pytest.approx(A, rel=0.05)
+    assert b == pytest.approx(B, rel=0.05)
+    assert c == pytest.approx(C, rel=0.05)
+    # units proportional to items: the unit term is not identifiable, the item term carries it
+    a, b, c = fit_service(n, 500 * n, A + (B + 500 * C) * n)
+    assert c == 0 and b == pytest.approx(B + 500 * C) and a == pytest.approx(A)
+
+
+def test_fit_traffic_on_synthetic_logs(tmp_path: Path) -> None:
+    synthetic_log(tmp_path)
+    model = fit_traffic(read_events(tmp_path))
+    stage = model.stages["model"]
+    assert stage.a == pytest.approx(A, rel=0.15)
+    assert stage.b == pytest.approx(B, rel=0.15)
+    assert stage.c == pytest.approx(C, rel=0.1)
+    assert stage.noise[50] == pytest.approx(1.0, abs=0.03)
+    (cls,) = model.classes
+    (visit,) = cls.visits
+    assert cls.pipeline == "recommend" and cls.share == 1.0
+    assert visit.stage == "model" and visit.units == 500 and visit.degraded == 100
+    assert visit.prob == pytest.approx(1.0, abs=0.01)
+    assert model.rate == pytest.approx(300, rel=0.1)
+
+
+def _single_stage(service_s: float, overhead_s: float = 0.0) -> TrafficModel:
+    """One stage, deterministic service ``service_s`` per call of one item."""
+    stage = ServiceModel(service_s, 0.0, 0.0)
+    visit = Visit("s", 1.0, 1.0, 1.0)
+    return TrafficModel({"s": stage}, (RequestClass("recommend", 1.0, (visit,)),), overhead_s)
+
+
+def _unbatched(**kw: object) -> SimConfig:
+    return SimConfig(
+        {"s": StageKnobs(1, 0.0, 1, 10**6)}, deadline_s=10.0, shed=False, max_in_flight=10**6,
+        **kw,  # type: ignore[arg-type]
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("rho", [0.5, 0.8])
+def test_simulator_matches_md1_mean_wait(rho: float) -> None:
+    """M/D/1: mean time in system = D + rho·D / (2(1 - rho)) (Pollaczek-Khinchine)."""
+    d = 0.001
+    model, config = _single_stage(d), _unbatched()
+    result = simulate(model, config, rho / d, n=20000, seed=3)
+    expected = d + rho * d / (2 * (1 - rho))
+    assert result.latencies_s.mean() == pytest.approx(expected, rel=0.06)
+    assert result.errors == 0 and result.cpu_busy == pytest.approx(rho, abs=0.03)
+
+
+def test_simulator_shares_the_core_between_loop_and_compute() -> None:
+    """On one core the event-loop overhead and the compute serialise (utilisation adds up)."""
+    model = _single_stage(0.001, overhead_s=0.001)
+    r = simulate(model, _unbatched(), 300, n=6000, seed=0)
+    assert r.cpu_busy == pytest.approx(0.6, abs=0.03)
+    two = simulate(model, _unbatched(cores=2.0), 300, n=6000, seed=0)
+    assert two.latencies_s.mean() < r.latencies_s.mean()
+
+
+def _fixed_cost(overhead_s: float) -> TrafficModel:
+    """One stage with a large fixed cost per call (4 ms) and 0.5 ms per item."""
+    visit = Visit("s", 1.0, 1.0, 1.0)
+    return TrafficModel(
+        {"s": ServiceModel(0.004, 0.0005, 0.0)},
+        (RequestClass("recommend", 1.0, (visit,)),),
+        overhead_s,
+    )
+
+
+def test_batching_raises_simulated_capacity() -> None:
+    """Batches amortise the fixed cost, so capacity grows with max_batch."""
+    model = _fixed_cost(0.0)
+    target = Target(p99_s=0.1, n=2000, steps=6)
+    one = capacity(model, SimConfig({"s": StageKnobs(1, 0.0)}), target).rate
+    many = capacity(model, SimConfig({"s": StageKnobs(32, 0.0)}), target).rate
+    assert many > 2 * one
+
+
+def test_search_returns_a_feasible_better_config() -> None:
+    model = _fixed_cost(0.0002)
+    target = Target(p99_s=0.1, n=1500, steps=5)
+    start = SimConfig({"s": StageKnobs(2, 0.0)})
+    result = search(model, start, target, passes_=1)
+    assert result.best_capacity.rate >= result.start_capacity.rate
+    assert result.best.stages["s"].max_batch > 2
+    check = simulate(model, result.best, result.best_capacity.rate, target.n, target.seed)
+    assert passes(check, target)
+
+
+def test_written_config_loads_in_the_server(tmp_path: Path) -> None:
+    synthetic_log(tmp_path / "logs", n_batches=300)
+    target = Target(n=800, steps=4)
+    plan = make_plan(tmp_path / "logs", 100, 1, target)
+    report = write_plan(plan, tmp_path / "planned.json")
+    loaded = ServeConfig.from_file(tmp_path / "planned.json")
+    knobs = plan.planned.stages["model"]
+    assert loaded.recommend.rank.max_batch == knobs.max_batch
+    assert loaded.recommend.rank.max_wait_s == knobs.max_wait_s
+    assert loaded.compute.workers == plan.planned.workers
+    assert loaded.traffic_log.path is None  # the plan is served without logging
+    assert sim_config(loaded.to_dict(), plan.model, 1) == dataclasses.replace(
+        plan.planned, max_in_flight=loaded.admission.max_in_flight
+    )
+    assert report.is_file() and plan.summary()["planned"]["capacity"] > 0
+
+
+def test_cli_plan(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from warmstart.cli import main
+
+    synthetic_log(tmp_path / "logs", n_batches=200)
+    out = tmp_path / "p.json"
+    code = main(
+        ["serve", "plan", "--logs", str(tmp_path / "logs"), "--p99-ms", "100", "--cores", "1",
+         "--out", str(out), "--requests", "300"]
+    )  # fmt: skip
+    assert code == 0
+    assert "predicted capacity" in capsys.readouterr().out
+    ServeConfig.from_file(out)

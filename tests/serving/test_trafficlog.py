@@ -1,0 +1,118 @@
+"""Traffic log: line format round trip, sampling, size-bounded rotation, the stage hook."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+from warmstart.serving.admission import Admission
+from warmstart.serving.config import ServeConfig
+from warmstart.serving.engine import ComputePool, Overloaded, Stage, StageConfig
+from warmstart.serving.trafficlog import (
+    FILE_NAME,
+    TrafficLog,
+    TrafficLogConfig,
+    attach,
+    log_files,
+    read_events,
+)
+
+
+def test_round_trip(tmp_path: Path) -> None:
+    log = TrafficLog(TrafficLogConfig(path=str(tmp_path)), {"compute": {"workers": 1}})
+    log.request("recommend", "admit", 0.004)
+    log.batch("recommend", "model", log.t0 + 0.01, 0.0025, [0.001, 0.0005], 1000, 3)
+    log.close()
+    events = list(read_events(tmp_path))
+    assert [e["e"] for e in events] == ["meta", "req", "batch", "tick"]
+    meta, req, batch, tick = events
+    assert meta["server"] == {"compute": {"workers": 1}} and meta["v"] == 1
+    assert req["p"] == "recommend" and req["d"] == "admit" and req["pred"] == 0.004
+    assert batch["s"] == "model" and batch["n"] == 2 and batch["u"] == 1000
+    assert batch["svc"] == 0.0025 and batch["wait"] == [0.001, 0.0005] and batch["q"] == 3
+    assert batch["t"] == pytest.approx(0.01)
+    assert tick["req"] == 1 and tick["cpu"] >= 0
+
+
+def test_cut_last_line_is_skipped_and_version_checked(tmp_path: Path) -> None:
+    log = TrafficLog(TrafficLogConfig(path=str(tmp_path)))
+    log.request("search", "reject", -1.0)
+    log.close()
+    with open(tmp_path / FILE_NAME, "ab") as f:
+        f.write(b'{"e": "batch", "t": 0.1, "s"')  # a crash mid-line
+    assert [e["e"] for e in read_events(tmp_path)] == ["meta", "req", "tick"]
+    (tmp_path / FILE_NAME).write_text('{"e": "meta", "v": 99}\n')
+    with pytest.raises(ValueError, match="format 99"):
+        list(read_events(tmp_path))
+
+
+def test_rotation_bounds_the_files(tmp_path: Path) -> None:
+    config = TrafficLogConfig(path=str(tmp_path), max_mb=2 / 1024, files=3, tick_s=1e-9)
+    log = TrafficLog(config)
+    for i in range(2000):
+        log.batch("recommend", "model", log.t0 + i, 0.001, [0.0] * 4, 4, 0)
+    log.close()
+    files = log_files(tmp_path)
+    assert len(files) == 3
+    for f in files:  # each file at most max_bytes plus one line, each starts with meta
+        assert f.stat().st_size < 2048 + 512
+        assert f.read_bytes().startswith(b'{"e":"meta"')
+    times = [e["t"] for e in read_events(tmp_path) if e["e"] == "batch"]
+    assert times == sorted(times) and times[-1] == pytest.approx(1999)  # the newest kept
+
+
+def test_sampling_keeps_a_fraction(tmp_path: Path) -> None:
+    log = TrafficLog(TrafficLogConfig(path=str(tmp_path), sample=0.25))
+    for _ in range(4000):
+        log.request("recommend", "admit", 0.0)
+    log.close()
+    events = list(read_events(tmp_path))
+    kept = sum(e["e"] == "req" for e in events)
+    assert 800 < kept < 1200
+    assert sum(e["req"] for e in events if e["e"] == "tick") == 4000  # ticks count them all
+
+
+def test_config_entry_and_validation() -> None:
+    config = ServeConfig.from_dict({"traffic_log": {"path": "runs/t", "sample": 0.5}})
+    assert config.traffic_log == TrafficLogConfig(path="runs/t", sample=0.5)
+    assert ServeConfig().traffic_log.path is None  # off by default
+    with pytest.raises(ValueError, match=r"traffic_log\.sample"):
+        ServeConfig.from_dict({"traffic_log": {"sample": 0}})
+
+
+class _Pipe:
+    """The attributes ``attach`` uses: stages as attributes and an admission."""
+
+    def __init__(self, stage: Stage) -> None:
+        self.model = stage
+        self.admission = Admission()
+
+
+def test_stage_hook_records_batches_and_admission(tmp_path: Path) -> None:
+    log = TrafficLog(TrafficLogConfig(path=str(tmp_path)))
+    pool = ComputePool(1, None)
+    stage = Stage("model", lambda xs: [2 * x for x in xs], StageConfig(8, 0.0), pool)
+    pipe = _Pipe(stage)
+    attach(log, pipe, "recommend")
+
+    async def main() -> list[int]:
+        await stage.start()
+        try:
+            return list(await asyncio.gather(*(stage.submit(i) for i in range(5))))
+        finally:
+            await stage.stop()
+
+    assert asyncio.run(main()) == [0, 2, 4, 6, 8]
+    pipe.admission.admit([stage], [stage], 1.0)
+    pipe.admission.config = type(pipe.admission.config)(max_in_flight=1)
+    pipe.admission.in_flight = 1
+    with pytest.raises(Overloaded):
+        pipe.admission.admit([stage], [stage], 1.0)
+    log.close()
+    pool.shutdown()
+    events = list(read_events(tmp_path))
+    batches = [e for e in events if e["e"] == "batch"]
+    assert sum(b["n"] for b in batches) == 5 and all(b["s"] == "model" for b in batches)
+    assert [e["d"] for e in events if e["e"] == "req"] == ["admit", "reject"]
