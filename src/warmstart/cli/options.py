@@ -38,6 +38,23 @@ def resolve_cache_dir(flag: Path | None, disabled: bool = False) -> Path | None:
     return (Path(xdg) if xdg else Path.home() / ".cache") / "warmstart"
 
 
+EMBEDDING_CACHE_ENV = "WARMSTART_CACHE"
+
+
+def resolve_embedding_cache(flag: Path | None) -> Path:
+    """The one corpus-embedding cache of ``retrieval train|pipeline|index|evaluate`` and the
+    demo: ``--cache-dir``, ``$WARMSTART_CACHE``, else ``embeddings/`` in the cache folder of
+    :func:`resolve_cache_dir` (``~/.cache/warmstart/embeddings``)."""
+    if flag is not None:
+        return flag
+    env = os.environ.get(EMBEDDING_CACHE_ENV)
+    if env:
+        return Path(env)
+    base = resolve_cache_dir(None)
+    assert base is not None
+    return base / "embeddings"
+
+
 def add_cache_dir(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--cache-dir",

@@ -10,7 +10,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from warmstart.cli.options import add_data_dir, resolve_data_dir
+from warmstart.cli.options import add_data_dir, resolve_data_dir, resolve_embedding_cache
 
 PRESETS = ("scifact_cpu", "tiny")
 
@@ -52,7 +52,13 @@ def _config(args: argparse.Namespace) -> Any:
 def _context(args: argparse.Namespace) -> Any:
     from warmstart.retrieval.pipeline import PipelineContext
 
-    return PipelineContext(_collection(args), _backbone(args), args.workdir, _config(args))
+    return PipelineContext(
+        _collection(args),
+        _backbone(args),
+        args.workdir,
+        _config(args),
+        embedding_cache=resolve_embedding_cache(args.cache_dir),
+    )
 
 
 def cmd_pipeline(args: argparse.Namespace) -> int:
@@ -128,54 +134,80 @@ def cmd_mine(args: argparse.Namespace) -> int:
 
 
 def cmd_index(args: argparse.Namespace) -> int:
-    """Encode the corpus with a trained dual encoder and write a retriever folder."""
-    from warmstart.retrieval.encoders import CrossEncoder, load_encoder
-    from warmstart.retrieval.encoding import encode_corpus_cached
-    from warmstart.retrieval.index import build_index
-    from warmstart.retrieval.inference import Document, export_retriever
+    """Write a retriever folder for ``--model``: BM25 (no encoder, seconds) or a dense model
+    whose corpus vectors come from the shared embedding cache (encoded once)."""
+    from warmstart.retrieval.inference import Document, export_bm25_retriever, export_retriever
 
     _threads(args)
     collection = _collection(args)
-    args.preset = getattr(args, "preset", "scifact_cpu")  # zero-shot: the preset's encoder settings
-    model, tokenizer, _ = _dense_model(args)
-    vectors = encode_corpus_cached(
-        model, tokenizer, collection.passages(), args.cache_dir, desc="encode corpus"
-    )
-    index = build_index(args.kind, vectors.shape[1])
-    index.add(vectors)
     docs = [
         Document(d, t, x)
         for d, t, x in zip(collection.doc_ids, collection.titles, collection.texts, strict=True)
     ]
-    cross = None
-    if args.cross is not None:
-        ce, ce_tok = load_encoder(args.cross)
-        if not isinstance(ce, CrossEncoder):
-            raise ValueError(f"{args.cross}: not a cross-encoder")
-        cross = (ce, ce_tok)
+    cross = _cross_encoder(args.cross)
+    if str(args.model) == "bm25":
+        from warmstart.retrieval.bm25 import BM25Retriever
+
+        bm25 = BM25Retriever(_bm25_config(args)).fit(collection.passages())
+        export_bm25_retriever(args.out, bm25, docs, cross)
+        print(f"wrote {args.out} ({bm25.n_docs} documents, BM25 index)")
+        return 0
+    _no_bm25_flags(args)
+    from warmstart.retrieval.encoding import encode_corpus_cached
+    from warmstart.retrieval.index import build_index
+
+    model, tokenizer, _ = _dense_model(args)
+    vectors = encode_corpus_cached(
+        model,
+        tokenizer,
+        collection.passages(),
+        resolve_embedding_cache(args.cache_dir),
+        bf16=args.bf16,
+        desc="encode corpus",
+    )
+    index = build_index(args.kind, vectors.shape[1])
+    index.add(vectors)
     export_retriever(args.out, model, tokenizer, index, docs, cross)
     print(f"wrote {args.out} ({index.ntotal} documents, {args.kind} index)")
     return 0
 
 
+def _cross_encoder(folder: Path | None) -> Any:
+    from warmstart.retrieval.encoders import CrossEncoder, load_encoder
+
+    if folder is None:
+        return None
+    ce, ce_tok = load_encoder(folder)
+    if not isinstance(ce, CrossEncoder):
+        raise ValueError(f"--cross {folder}: not a cross-encoder")
+    return ce, ce_tok
+
+
+RERANK_HINT = (
+    "--rerank: {folder} has no cross-encoder. To get one: train it with the pipeline's ce step, "
+    "`warmstart retrieval pipeline --workdir W --only zero_shot,md0,ce` (on a 2-core CPU about "
+    "45 min: the corpus encode ~8 min, unless cached, MD0 ~1 min, the cross-encoder's 3 epochs "
+    "37 min; docs/retrieval.md has the measured times), then rebuild the folder with "
+    "`warmstart retrieval index ... --cross W/ce/model`"
+)
+
+
 def cmd_search(args: argparse.Namespace) -> int:
-    """Answer one query from a saved retriever folder and print the ranked passages."""
-    from warmstart.retrieval.inference import Retriever
+    """Answer one query from a saved retriever folder (BM25 or dense) and print the ranked
+    passages."""
+    from warmstart.retrieval.inference import load_retriever
 
     if not args.query.strip():
         raise ValueError("query: empty; give the question to search for, e.g. 'is caffeine safe'")
     _threads(args)
-    retriever = Retriever.load(args.retriever)
-    if args.rerank and getattr(retriever, "cross", None) is None:
-        raise ValueError(
-            f"--rerank: {args.retriever} has no cross-encoder; train one with the pipeline's ce "
-            "step (`warmstart retrieval pipeline --workdir W --only zero_shot,md0,ce`; its time on "
-            "a CPU is in docs/retrieval.md) and rebuild the folder with `warmstart retrieval "
-            "index ... --cross W/ce/model`"
-        )
-    hits = retriever.search(retriever.encode_queries([args.query]), args.k)[0]
+    retriever = load_retriever(args.retriever)
+    if args.rerank and retriever.cross is None:
+        raise ValueError(RERANK_HINT.format(folder=args.retriever))
+    hits = retriever.search_texts([args.query], args.k)[0]
     if args.rerank:
         hits = retriever.rerank(args.query, hits)
+    if not hits:
+        print("no passage shares a word with the query")
     for rank, hit in enumerate(hits, 1):
         snippet = hit.text[: args.snippet].replace("\n", " ")
         print(f"{rank:>3}  {hit.score:8.4f}  {hit.doc_id}  {hit.title}\n       {snippet}")
@@ -242,6 +274,14 @@ def _bm25_config(args: argparse.Namespace) -> Any:
     )
 
 
+def _no_bm25_flags(args: argparse.Namespace) -> None:
+    """ValueError when BM25 settings are given for a dense ``--model``."""
+    given = [n for n in BM25_DEFAULTS if getattr(args, n) is not None]
+    if given:
+        flags = ", ".join("--" + n.replace("_", "-") for n in given)
+        raise ValueError(f"{flags}: BM25 settings, but --model {args.model} is a dense model")
+
+
 def evaluate_run(args: argparse.Namespace) -> dict[str, Any]:
     """The run ``warmstart retrieval evaluate`` scores: settings, metrics, ranked doc ids."""
     from warmstart.retrieval.evaluation import EVAL_DEPTH, evaluate_rows, run_from_rows
@@ -257,7 +297,6 @@ def evaluate_run(args: argparse.Namespace) -> dict[str, Any]:
         "documents": len(collection),
         "depth": EVAL_DEPTH,
     }
-    bm25_flags = [n for n in BM25_DEFAULTS if getattr(args, n) is not None]
     if args.model is None or str(args.model) == "bm25":
         from warmstart.retrieval.bm25 import BM25Retriever
 
@@ -273,13 +312,12 @@ def evaluate_run(args: argparse.Namespace) -> dict[str, Any]:
             lowercase=c.lowercase,
         )
     else:
-        if bm25_flags:
-            flags = ", ".join("--" + n.replace("_", "-") for n in bm25_flags)
-            raise ValueError(f"{flags}: BM25 settings, but --model {args.model} is a dense model")
+        _no_bm25_flags(args)
         from warmstart.retrieval.evaluation import dense_run
 
         model, tokenizer, dense = _dense_model(args)
-        scores, rows = dense_run(model, tokenizer, collection, ids, cache_dir=args.cache_dir)
+        cache = resolve_embedding_cache(args.cache_dir)
+        scores, rows = dense_run(model, tokenizer, collection, ids, cache_dir=cache)
         settings.update(dense)
     metrics = evaluate_rows(ids, rows, collection.doc_ids, collection.qrels[args.split])
     run = run_from_rows(ids, rows, collection.doc_ids)
@@ -339,8 +377,19 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
 
 
+CACHE_HELP = (
+    "corpus-embedding cache shared by train, pipeline, index and evaluate (default: "
+    "$WARMSTART_CACHE, else ~/.cache/warmstart/embeddings)"
+)
+
+
+def _cache_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--cache-dir", type=Path, default=None, help=CACHE_HELP)
+
+
 def _pipeline_options(parser: argparse.ArgumentParser) -> None:
     _common(parser)
+    _cache_option(parser)
     parser.add_argument("--workdir", type=Path, default=Path("runs/retrieval/scifact"))
     parser.add_argument("--preset", choices=PRESETS, default="scifact_cpu")
     parser.add_argument("--backbone", type=Path, default=None, help="default: all-MiniLM-L6-v2")
@@ -356,10 +405,21 @@ def _pipeline_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def register(commands: Any) -> None:
-    env_cache = os.environ.get("WARMSTART_CACHE")
-    default_cache = Path(env_cache) if env_cache else Path("runs/retrieval/cache")
+def _bm25_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--bm25-k1", type=float, default=None, help="BM25 k1 (default 0.9)")
+    parser.add_argument("--bm25-b", type=float, default=None, help="BM25 b (default 0.4)")
+    parser.add_argument(
+        "--bm25-stemmer",
+        choices=("auto", "english", "none"),
+        default=None,
+        help="auto (default: English Snowball if PyStemmer is installed), english, none",
+    )
+    parser.add_argument(
+        "--bm25-stopwords", choices=("english", "none"), default=None, help="default english"
+    )
 
+
+def register(commands: Any) -> None:
     p = commands.add_parser("pipeline", help="run MD0 -> CE -> MD1 -> MD2 (resumable)")
     _pipeline_options(p)
     p.add_argument("--steps", default=None, help="comma-separated subset (optional steps)")
@@ -377,22 +437,35 @@ def register(commands: Any) -> None:
     p.add_argument("--high", type=float, default=0.9, help="pseudo-positive if P > high")
     p.set_defaults(func=cmd_mine)
 
-    p = commands.add_parser("index", help="encode the corpus and write a retriever folder")
+    p = commands.add_parser(
+        "index", help="write a retriever folder (BM25, or a dense model over the encoded corpus)"
+    )
     _common(p)
+    _cache_option(p)
     p.add_argument(
         "--model",
         required=True,
-        help="zero-shot (the offline MiniLM as shipped) or a trained dual encoder folder",
+        help="bm25 (lexical, no encoding: seconds), zero-shot (the offline MiniLM as shipped), a "
+        "trained dual encoder folder, or a pre-trained backbone folder",
     )
     p.add_argument("--cross", type=Path, default=None, help="cross-encoder folder (rerank)")
-    p.add_argument("--kind", default="exact", help="index kind: exact|flat|ivf|hnsw")
+    p.add_argument("--kind", default="exact", help="dense index kind: exact|flat|ivf|hnsw")
+    p.add_argument(
+        "--preset", choices=PRESETS, default="scifact_cpu", help="dual settings of a backbone"
+    )
+    p.add_argument(
+        "--bf16",
+        action="store_true",
+        help="encode in bf16 autocast: ~2x faster on CPUs with AVX-512 BF16/AMX, much slower "
+        "on others",
+    )
+    _bm25_options(p)
     p.add_argument("--out", type=Path, required=True)
-    p.add_argument("--cache-dir", type=Path, default=default_cache)
     p.set_defaults(func=cmd_index)
 
     p = commands.add_parser("search", help="answer a query from a retriever folder")
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--retriever", type=Path, required=True)
+    p.add_argument("--retriever", type=Path, required=True, help="a folder `index` wrote")
     p.add_argument("query")
     p.add_argument("-k", type=int, default=10)
     p.add_argument("--rerank", action="store_true", help="reorder with the cross-encoder")
@@ -403,6 +476,7 @@ def register(commands: Any) -> None:
         "evaluate", help="nDCG@10 / MRR@10 / Recall@100 of BM25 or a dense model on a BEIR split"
     )
     _common(p)
+    _cache_option(p)
     p.add_argument(
         "--model",
         default=None,
@@ -413,17 +487,6 @@ def register(commands: Any) -> None:
     p.add_argument(
         "--preset", choices=PRESETS, default="scifact_cpu", help="dual settings of a backbone"
     )
-    p.add_argument("--cache-dir", type=Path, default=default_cache, help="corpus vectors cache")
-    p.add_argument("--bm25-k1", type=float, default=None, help="BM25 k1 (default 0.9)")
-    p.add_argument("--bm25-b", type=float, default=None, help="BM25 b (default 0.4)")
-    p.add_argument(
-        "--bm25-stemmer",
-        choices=("auto", "english", "none"),
-        default=None,
-        help="auto (default: English Snowball if PyStemmer is installed), english, none",
-    )
-    p.add_argument(
-        "--bm25-stopwords", choices=("english", "none"), default=None, help="default english"
-    )
+    _bm25_options(p)
     p.add_argument("--out", type=Path, default=None, help="write settings, metrics and run (JSON)")
     p.set_defaults(func=cmd_evaluate)

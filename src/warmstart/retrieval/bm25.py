@@ -12,22 +12,28 @@ Example::
 
     bm25 = BM25Retriever().fit(passages)
     scores, positions = bm25.search(["what causes scurvy"], k=10)
+    bm25.save(folder)                      # bm25.json + bm25s's arrays (no pickle)
+    same = BM25Retriever.load(folder)
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from warmstart.checkpoint import read_versioned_json
 from warmstart.retrieval.threads import check_threads
 
 __all__ = ["BM25Config", "BM25Retriever", "bm25_run", "evaluate_bm25"]
 
 _STEMMERS = ("auto", "english")
 _FIELDS = ("title+text", "text")
+_FORMAT_VERSION = 1
 
 
 @dataclass(frozen=True)
@@ -148,6 +154,42 @@ class BM25Retriever:
             tokens, k=kk, show_progress=False, n_threads=self.threads or 0
         )
         return np.asarray(scores, dtype=np.float32), np.asarray(ids, dtype=np.int64)
+
+    def save(self, folder: Path) -> None:
+        """Write ``folder/bm25.json`` (settings, the stemming used, the document count) and
+        ``folder/index/`` (bm25s's score matrix and vocabulary: numpy arrays and JSON, no pickle)."""
+        if self._model is None:
+            raise ValueError("BM25Retriever.save called before fit")
+        folder = Path(folder)
+        self._model.save(folder / "index", show_progress=False)
+        # the stemmer actually used, so a folder built with PyStemmer refuses to load without it
+        config = {**asdict(self.config), "stemmer": "english" if self.stemming else None}
+        meta = {"format_version": _FORMAT_VERSION, "config": config, "n_docs": self._n_docs}
+        (folder / "bm25.json").write_text(json.dumps(meta, indent=1))
+
+    @classmethod
+    def load(cls, folder: Path, threads: int | None = None) -> BM25Retriever:
+        """A retriever saved by :meth:`save`, ready to ``search``.
+
+        Raises:
+            FileNotFoundError: no ``bm25.json`` in ``folder``.
+            ValueError: another format version, or the index holds another document count.
+        """
+        import bm25s
+
+        folder = Path(folder)
+        meta = read_versioned_json(
+            folder / "bm25.json", _FORMAT_VERSION, f"{folder}: no bm25.json (not a BM25 folder)"
+        )
+        out = cls(BM25Config(**meta["config"]), threads)
+        out._model = bm25s.BM25.load(folder / "index", show_progress=False, allow_pickle=False)
+        out._n_docs = int(meta["n_docs"])
+        if out._model.scores["num_docs"] != out._n_docs:
+            raise ValueError(
+                f"{folder}: bm25.json says {out._n_docs} documents, index/ holds "
+                f"{out._model.scores['num_docs']}"
+            )
+        return out
 
 
 def bm25_run(

@@ -142,10 +142,14 @@ def texts_fingerprint(texts: Sequence[str]) -> str:
     return digest.hexdigest()
 
 
-def corpus_cache_key(model: DualEncoder, passages: Sequence[str]) -> str:
-    """Key of a corpus embedding matrix: passage tower weights + encoding settings + corpus."""
+def corpus_cache_key(model: DualEncoder, passages: Sequence[str], bf16: bool = False) -> str:
+    """Key of a corpus embedding matrix: passage tower weights + encoding settings + corpus.
+    bf16 vectors differ slightly from fp32 ones, so they get their own key (the fp32 key is the
+    one written before bf16 was part of it)."""
     cfg = model.config
-    settings = f"{cfg.pooling}|{cfg.similarity}|{cfg.passage_max_length}"
+    settings = f"{cfg.pooling}|{cfg.similarity}|{cfg.passage_max_length}" + (
+        "|bf16" if bf16 else ""
+    )
     parts = (module_fingerprint(model.passage_tower), settings, texts_fingerprint(passages))
     return hashlib.sha256("|".join(parts).encode()).hexdigest()[:32]
 
@@ -160,12 +164,16 @@ def encode_corpus_cached(
     bf16: bool = False,
     desc: str | None = None,
 ) -> np.ndarray:
-    """Passage embeddings (N, H), read from ``cache_dir`` when the same key was encoded before."""
+    """Passage embeddings (N, H), read from ``cache_dir`` when the same key was encoded before.
+
+    One cache folder serves every caller (the CLI's ``retrieval train|pipeline|index|evaluate``
+    and the demo default to ``~/.cache/warmstart/embeddings``), so a corpus is encoded once per
+    passage tower, not once per command."""
     if cache_dir is None:
         return encode_texts(
             model, tokenizer, passages, side="passage", batch_size=batch_size, bf16=bf16, desc=desc
         )
-    path = cache_dir / f"corpus-{corpus_cache_key(model, passages)}.safetensors"
+    path = cache_dir / f"corpus-{corpus_cache_key(model, passages, bf16)}.safetensors"
     if path.is_file():
         return load_file(str(path))["embeddings"].numpy()
     vectors = encode_texts(

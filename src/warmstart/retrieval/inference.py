@@ -8,6 +8,11 @@ Imports model classes and the index only (never training code). A retriever fold
     docs.jsonl    one {"id", "title", "text"} per index row
     cross/        optional cross-encoder for ``rerank``
 
+A BM25 retriever folder (:func:`export_bm25_retriever`, :class:`LexicalRetriever`) holds
+``bm25.json`` + ``index/`` (``BM25Retriever.save``) in place of ``model/`` + ``index/``, the same
+``docs.jsonl`` and optional ``cross/``. :func:`load_retriever` opens either kind; both answer
+``search_texts(queries, k)`` and ``rerank``.
+
 Methods are safe for concurrent readers: the (stateful) fast tokenizers are guarded by a lock
 (``retrieval.text.tokenize``), the models run in ``inference_mode`` and never change after
 loading. Text goes through the same functions as in training (``retrieval.text.passage_text``,
@@ -25,6 +30,7 @@ from pathlib import Path
 import numpy as np
 from transformers import PreTrainedTokenizerBase
 
+from warmstart.retrieval.bm25 import BM25Retriever
 from warmstart.retrieval.encoders import CrossEncoder, DualEncoder, load_encoder, save_encoder
 from warmstart.retrieval.encoding import encode_texts, score_pairs
 from warmstart.retrieval.index import VectorIndex, load_index
@@ -65,11 +71,43 @@ def export_retriever(
     folder.mkdir(parents=True, exist_ok=True)
     save_encoder(model, tokenizer, folder / "model")
     index.save(folder / "index")
+    _write_documents(folder, documents, cross)
+
+
+def export_bm25_retriever(
+    folder: Path,
+    bm25: BM25Retriever,
+    documents: Sequence[Document],
+    cross: tuple[CrossEncoder, PreTrainedTokenizerBase] | None = None,
+) -> None:
+    """Write a BM25 retriever folder that :meth:`LexicalRetriever.load` (and
+    :func:`load_retriever`) reads; ``bm25`` was fitted on the documents' passage texts."""
+    if bm25.n_docs != len(documents):
+        raise ValueError(f"BM25 holds {bm25.n_docs} documents but {len(documents)} given")
+    folder.mkdir(parents=True, exist_ok=True)
+    bm25.save(folder)
+    _write_documents(folder, documents, cross)
+
+
+def _write_documents(
+    folder: Path,
+    documents: Sequence[Document],
+    cross: tuple[CrossEncoder, PreTrainedTokenizerBase] | None,
+) -> None:
     with (folder / "docs.jsonl").open("w") as f:
         for d in documents:
             f.write(json.dumps({"id": d.doc_id, "title": d.title, "text": d.text}) + "\n")
     if cross is not None:
         save_encoder(cross[0], cross[1], folder / "cross")
+
+
+def _read_cross(folder: Path) -> tuple[CrossEncoder, PreTrainedTokenizerBase] | None:
+    if not (folder / "cross").is_dir():
+        return None
+    ce, ce_tok = load_encoder(folder / "cross")
+    if not isinstance(ce, CrossEncoder):
+        raise ValueError(f"{folder / 'cross'}: not a cross-encoder")
+    return ce, ce_tok
 
 
 def _read_documents(path: Path) -> list[Document]:
@@ -84,92 +122,23 @@ def _read_documents(path: Path) -> list[Document]:
     return docs
 
 
-class Retriever:
-    """Query encoder + index (+ cross-encoder); see the module docstring for the folder layout.
-
-    Args:
-        batch_size: texts (queries, or query-passage pairs) per forward pass.
-        threads: thread policy of every call (``retrieval.threads``): None (default) uses the
-            process's settings and changes nothing; ``n`` runs this object's encoding and
-            reranking with ``n`` intra-op threads in the calling thread only. ``Retriever.load``
-            gives the index the same policy.
-
-    Raises:
-        ValueError: the document count differs from the index size.
-    """
+class _Reranking:
+    """Hits of ``self.documents`` and ``rerank`` / ``rerank_many`` over ``self.cross``: what
+    both retriever kinds share."""
 
     def __init__(
         self,
-        model: DualEncoder,
-        tokenizer: PreTrainedTokenizerBase,
-        index: VectorIndex,
         documents: Sequence[Document],
-        cross: tuple[CrossEncoder, PreTrainedTokenizerBase] | None = None,
-        batch_size: int = 32,
-        threads: int | None = None,
+        cross: tuple[CrossEncoder, PreTrainedTokenizerBase] | None,
+        batch_size: int,
+        threads: int | None,
     ) -> None:
-        if len(documents) != index.ntotal:
-            raise ValueError(
-                f"{len(documents)} documents but the index holds {index.ntotal} vectors: "
-                "document i must be the index's row i"
-            )
         if batch_size < 1:
             raise ValueError(f"batch_size={batch_size}: must be >= 1")
-        self.model = model.eval()
-        self.tokenizer = tokenizer
-        self.index = index
         self.documents = list(documents)
         self.cross = None if cross is None else (cross[0].eval(), cross[1])
         self.batch_size = batch_size
         self.threads = check_threads(threads)
-
-    @classmethod
-    def load(cls, folder: Path, batch_size: int = 32, threads: int | None = None) -> Retriever:
-        """Load a folder written by :func:`export_retriever`.
-
-        Raises:
-            ValueError: not a dual encoder / cross-encoder where one is expected, or
-                ``docs.jsonl`` does not hold one document per index vector.
-        """
-        folder = Path(folder)
-        model, tokenizer = load_encoder(folder / "model")
-        if not isinstance(model, DualEncoder):
-            raise ValueError(f"{folder / 'model'}: not a dual encoder")
-        cross = None
-        if (folder / "cross").is_dir():
-            ce, ce_tok = load_encoder(folder / "cross")
-            if not isinstance(ce, CrossEncoder):
-                raise ValueError(f"{folder / 'cross'}: not a cross-encoder")
-            cross = (ce, ce_tok)
-        docs = _read_documents(folder / "docs.jsonl")
-        index = load_index(folder / "index", threads=threads)
-        if len(docs) != index.ntotal:
-            raise ValueError(
-                f"{folder}: docs.jsonl has {len(docs)} documents but index/ holds "
-                f"{index.ntotal} vectors; the folder is inconsistent (rewrite it with "
-                "export_retriever or `warmstart retrieval index`)"
-            )
-        return cls(model, tokenizer, index, docs, cross, batch_size, threads)
-
-    def encode_queries(self, texts: Sequence[str]) -> np.ndarray:
-        """(M,) query texts -> (M, H) float32 vectors, in length-sorted batches.
-
-        Raises:
-            ValueError: ``texts`` is one string, or an entry is not a string or is blank.
-        """
-        texts = _check_queries(texts, "texts")
-        with intra_op_threads(self.threads):
-            return encode_texts(
-                self.model, self.tokenizer, texts, side="query", batch_size=self.batch_size
-            )
-
-    def search(self, query_embeddings: np.ndarray, k: int) -> list[list[Hit]]:
-        """Top-k documents of each (M, H) query vector, best first."""
-        scores, rows = self.index.search(np.ascontiguousarray(query_embeddings, np.float32), k)
-        return [
-            [self._hit(int(r), float(s)) for r, s in zip(row, srow, strict=True) if r >= 0]
-            for row, srow in zip(rows, scores, strict=True)
-        ]
 
     def _hit(self, row: int, score: float) -> Hit:
         d = self.documents[row]
@@ -221,6 +190,162 @@ class Retriever:
                 [Hit(hits[i].doc_id, float(part[i]), hits[i].title, hits[i].text) for i in order]
             )
         return out
+
+
+class Retriever(_Reranking):
+    """Query encoder + index (+ cross-encoder); see the module docstring for the folder layout.
+
+    Args:
+        batch_size: texts (queries, or query-passage pairs) per forward pass.
+        threads: thread policy of every call (``retrieval.threads``): None (default) uses the
+            process's settings and changes nothing; ``n`` runs this object's encoding and
+            reranking with ``n`` intra-op threads in the calling thread only. ``Retriever.load``
+            gives the index the same policy.
+
+    Raises:
+        ValueError: the document count differs from the index size.
+    """
+
+    def __init__(
+        self,
+        model: DualEncoder,
+        tokenizer: PreTrainedTokenizerBase,
+        index: VectorIndex,
+        documents: Sequence[Document],
+        cross: tuple[CrossEncoder, PreTrainedTokenizerBase] | None = None,
+        batch_size: int = 32,
+        threads: int | None = None,
+    ) -> None:
+        if len(documents) != index.ntotal:
+            raise ValueError(
+                f"{len(documents)} documents but the index holds {index.ntotal} vectors: "
+                "document i must be the index's row i"
+            )
+        super().__init__(documents, cross, batch_size, threads)
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.index = index
+
+    @classmethod
+    def load(cls, folder: Path, batch_size: int = 32, threads: int | None = None) -> Retriever:
+        """Load a folder written by :func:`export_retriever`.
+
+        Raises:
+            ValueError: not a dual encoder / cross-encoder where one is expected, or
+                ``docs.jsonl`` does not hold one document per index vector.
+        """
+        folder = Path(folder)
+        if (folder / "bm25.json").is_file():
+            raise ValueError(
+                f"{folder}: a BM25 retriever folder (no query encoder); open it with "
+                "load_retriever or LexicalRetriever.load"
+            )
+        model, tokenizer = load_encoder(folder / "model")
+        if not isinstance(model, DualEncoder):
+            raise ValueError(f"{folder / 'model'}: not a dual encoder")
+        cross = _read_cross(folder)
+        docs = _read_documents(folder / "docs.jsonl")
+        index = load_index(folder / "index", threads=threads)
+        if len(docs) != index.ntotal:
+            raise ValueError(
+                f"{folder}: docs.jsonl has {len(docs)} documents but index/ holds "
+                f"{index.ntotal} vectors; the folder is inconsistent (rewrite it with "
+                "export_retriever or `warmstart retrieval index`)"
+            )
+        return cls(model, tokenizer, index, docs, cross, batch_size, threads)
+
+    def encode_queries(self, texts: Sequence[str]) -> np.ndarray:
+        """(M,) query texts -> (M, H) float32 vectors, in length-sorted batches.
+
+        Raises:
+            ValueError: ``texts`` is one string, or an entry is not a string or is blank.
+        """
+        texts = _check_queries(texts, "texts")
+        with intra_op_threads(self.threads):
+            return encode_texts(
+                self.model, self.tokenizer, texts, side="query", batch_size=self.batch_size
+            )
+
+    def search(self, query_embeddings: np.ndarray, k: int) -> list[list[Hit]]:
+        """Top-k documents of each (M, H) query vector, best first."""
+        scores, rows = self.index.search(np.ascontiguousarray(query_embeddings, np.float32), k)
+        return [
+            [self._hit(int(r), float(s)) for r, s in zip(row, srow, strict=True) if r >= 0]
+            for row, srow in zip(rows, scores, strict=True)
+        ]
+
+    def search_texts(self, queries: Sequence[str], k: int) -> list[list[Hit]]:
+        """Top-k documents of each query text, best first: ``search(encode_queries(queries))``."""
+        return self.search(self.encode_queries(queries), k)
+
+
+class LexicalRetriever(_Reranking):
+    """BM25 over the documents (+ cross-encoder); the BM25 folder of the module docstring.
+
+    Args:
+        bm25: fitted on the documents' ``passage_text(title, text)``, row i = document i.
+        batch_size, threads: as :class:`Retriever` (``threads`` also splits BM25 scoring).
+    """
+
+    def __init__(
+        self,
+        bm25: BM25Retriever,
+        documents: Sequence[Document],
+        cross: tuple[CrossEncoder, PreTrainedTokenizerBase] | None = None,
+        batch_size: int = 32,
+        threads: int | None = None,
+    ) -> None:
+        if len(documents) != bm25.n_docs:
+            raise ValueError(
+                f"{len(documents)} documents but BM25 holds {bm25.n_docs}: "
+                "document i must be BM25's row i"
+            )
+        super().__init__(documents, cross, batch_size, threads)
+        self.bm25 = bm25
+
+    @classmethod
+    def load(
+        cls, folder: Path, batch_size: int = 32, threads: int | None = None
+    ) -> LexicalRetriever:
+        """Load a folder written by :func:`export_bm25_retriever`.
+
+        Raises:
+            ValueError: ``docs.jsonl`` does not hold one document per BM25 row, or ``cross/``
+                is not a cross-encoder.
+        """
+        folder = Path(folder)
+        bm25 = BM25Retriever.load(folder, threads=threads)
+        docs = _read_documents(folder / "docs.jsonl")
+        if len(docs) != bm25.n_docs:
+            raise ValueError(
+                f"{folder}: docs.jsonl has {len(docs)} documents but the BM25 index holds "
+                f"{bm25.n_docs}; rewrite it with `warmstart retrieval index --model bm25`"
+            )
+        return cls(bm25, docs, _read_cross(folder), batch_size, threads)
+
+    def search_texts(self, queries: Sequence[str], k: int) -> list[list[Hit]]:
+        """Top-k documents of each query text by BM25 score, best first; documents sharing no
+        term with a query (score 0) are left out.
+
+        Raises:
+            ValueError: ``queries`` is one string, or an entry is not a string or is blank.
+        """
+        texts = _check_queries(queries, "queries")
+        scores, rows = self.bm25.search(texts, k)
+        return [
+            [self._hit(int(r), float(s)) for r, s in zip(row, srow, strict=True) if s > 0]
+            for row, srow in zip(rows, scores, strict=True)
+        ]
+
+
+def load_retriever(
+    folder: Path, batch_size: int = 32, threads: int | None = None
+) -> Retriever | LexicalRetriever:
+    """Open a retriever folder of either kind: BM25 (``bm25.json``) or dense (``model/``)."""
+    folder = Path(folder)
+    if (folder / "bm25.json").is_file():
+        return LexicalRetriever.load(folder, batch_size, threads)
+    return Retriever.load(folder, batch_size, threads)
 
 
 def _length(value: object) -> object:

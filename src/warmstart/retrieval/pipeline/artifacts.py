@@ -180,6 +180,9 @@ class PipelineContext:
     workdir: Path
     config: PipelineConfig
     log: Callable[[str], None] = print
+    embedding_cache: Path | None = None
+    """Corpus-embedding cache folder (``encoding.encode_corpus_cached``); None: ``workdir/cache``.
+    The CLI passes the cache it shares with ``retrieval index`` and ``evaluate``."""
     _passages: list[str] = field(init=False, repr=False)
     _doc_row: dict[str, int] = field(init=False, repr=False)
     _record: StepRecord | None = field(init=False, repr=False, default=None)
@@ -207,7 +210,7 @@ class PipelineContext:
 
     @property
     def cache_dir(self) -> Path:
-        return self.workdir / "cache"
+        return self.embedding_cache if self.embedding_cache is not None else self.workdir / "cache"
 
     def fingerprint(self, part: str) -> str:
         """Content fingerprint of a dataset part of this context's collection (cached)."""
