@@ -1,6 +1,7 @@
 """``warmstart serve``: run the HTTP server, check a running one, export the MF candidate model.
 
 warmstart serve --config FILE            # foreground; SIGINT/SIGTERM drains, then exits
+warmstart serve --ray --replicas N       # Ray Serve replicas behind its proxy (cli/serve_ray.py)
 warmstart serve check --config FILE      # start it, call every endpoint, exit 0/1
 warmstart serve export-mf --model DIR --out DIR   # ALS factors for the candidate stage
 warmstart serve plan --logs DIR --p99-ms 100 --cores N --out FILE   # config from traffic logs
@@ -18,11 +19,13 @@ if TYPE_CHECKING:
     from warmstart.serving.config import ServeConfig
 
 from warmstart.cli.options import add_cache_dir, add_data_dir, resolve_cache_dir, resolve_data_dir
+from warmstart.cli.serve_ray import add_ray_options
 
 
 def configure_group(group: argparse.ArgumentParser, commands: argparse._SubParsersAction) -> None:
     """``warmstart serve --config FILE`` runs the server (no sub-command needed)."""
     _server_options(group)
+    add_ray_options(group)
     commands.required = False
     group.set_defaults(func=run_serve)
 
@@ -92,6 +95,10 @@ def run_serve(args: argparse.Namespace) -> int:
 
     config = _config(args)
     token = os.environ.get(config.admin_token_env) or None
+    if args.ray:
+        from warmstart.cli.serve_ray import run_ray
+
+        return run_ray(args, lambda: _config(args), token)
     print(f"serving on http://{config.host}:{config.port} (admin {'on' if token else 'off'})")
     serve_forever(config, token)
     return 0
