@@ -146,14 +146,20 @@ def main() -> None:
     parser = add_common_args(argparse.ArgumentParser(description=__doc__.splitlines()[0]))
     parser.add_argument("--workload", choices=("recommend", "mixed"), default="recommend")
     parser.add_argument("--duration", type=float, default=5.0, help="seconds per arrival rate")
-    parser.add_argument("--refine", type=int, default=3, help="bisection steps")
+    parser.add_argument("--refine", type=int, default=4, help="bisection steps")
     parser.add_argument("--log-duration", type=float, default=3.0, help="seconds per ramp rate")
     parser.add_argument("--requests", type=int, default=3000, help="simulated per rate")
     parser.add_argument("--max-degraded", type=float, default=0.05, help="planner's limit")
+    parser.add_argument(
+        "--cores",
+        choices=("one", "logs"),
+        default="logs",
+        help="plan for the one server core, or for the CPU share it got while overloaded",
+    )
     parser.add_argument("--name", default=None)
     args = parser.parse_args()
-    if args.quick:
-        args.duration, args.refine, args.requests = 3.0, 2, 2000
+    if args.quick:  # a smoke run
+        args.duration, args.refine, args.requests, args.log_duration = 1.0, 0, 500, 1.0
     run(args)
 
 
@@ -169,7 +175,7 @@ def run(args: argparse.Namespace) -> None:
     workdir = bs.RUNS / "planner"
     workdir.mkdir(parents=True, exist_ok=True)
     w = args.workload
-    start = 100.0 if w == "recommend" else 25.0
+    start = 100.0 if w == "recommend" else 10.0
     result: dict[str, Any] = {"workload": w, "uptime_before": os.getloadavg()}
 
     print(f"[{w}] logs: default config, traffic log on, open-loop ramp", flush=True)
@@ -188,7 +194,7 @@ def run(args: argparse.Namespace) -> None:
     result["log_bytes"] = sum(f.stat().st_size for f in logdir.iterdir())
     print(f"  ramp {time.perf_counter() - t0:.0f} s, log {result['log_bytes'] / 1e6:.1f} MB")
 
-    print(f"[{w}] plan: --p99-ms {P99_MS:.0f} --cores 1", flush=True)
+    print(f"[{w}] plan: --p99-ms {P99_MS:.0f} --cores 1 ({args.cores})", flush=True)
     t0 = time.perf_counter()
     plan = make_plan(
         logdir,
@@ -196,13 +202,18 @@ def run(args: argparse.Namespace) -> None:
         1,
         Target(n=args.requests, max_degraded=args.max_degraded),
         progress=lambda m: print("  " + m),
+        cores_from_logs=args.cores == "logs",
     )
     planned_path = workdir / f"{w}-planned.json"
     write_plan(plan, planned_path)
     result["plan"] = plan.report()
     result["plan_seconds"] = time.perf_counter() - t0
     summary = plan.summary()
-    print(f"  planned in {result['plan_seconds']:.0f} s; changes {summary['changes']}", flush=True)
+    print(
+        f"  planned in {result['plan_seconds']:.0f} s for {plan.logged.cores:.2f} cores "
+        f"(CPU share while refusing {plan.model.cpu_share:.2f}); changes {summary['changes']}",
+        flush=True,
+    )
 
     measured = {}
     for name, config in (

@@ -74,6 +74,11 @@ def register(commands: argparse._SubParsersAction) -> None:
     plan.add_argument("--max-errors", type=float, default=0.001, help="largest error share")
     plan.add_argument("--requests", type=int, default=3000, help="simulated requests per rate")
     plan.add_argument("--seed", type=int, default=0)
+    plan.add_argument(
+        "--cores-from-logs",
+        action="store_true",
+        help="plan for the CPU share the server got while overloaded, when below --cores",
+    )
     plan.set_defaults(func=run_plan)
 
 
@@ -182,7 +187,9 @@ def run_plan(args: argparse.Namespace) -> int:
     target = Target(
         max_errors=args.max_errors, max_degraded=args.max_degraded, n=args.requests, seed=args.seed
     )
-    plan = make_plan(args.logs, args.p99_ms, args.cores, target, progress=print)
+    plan = make_plan(
+        args.logs, args.p99_ms, args.cores, target, print, cores_from_logs=args.cores_from_logs
+    )
     report = write_plan(plan, args.out)
     s = plan.summary()
     for name in ("logged", "planned"):
@@ -193,7 +200,7 @@ def run_plan(args: argparse.Namespace) -> int:
         )
     for knob, (old, new) in s["changes"].items():
         print(f"  {knob}: {old} -> {new}")
-    print(f"planned for {plan.logged.cores:.2f} cores (CPU share at saturation in the logs: "
+    print(f"planned for {plan.logged.cores:.2f} cores (CPU share while refusing, in the logs: "
           f"{plan.model.cpu_share:.2f})")  # fmt: skip
     print(f"config: {args.out}\nreport: {report}")
     return 0

@@ -23,6 +23,9 @@ from typing import Any
 import numpy as np
 
 QUANTILES = np.linspace(0.0, 1.0, 101)
+# stages every request of the pipeline passes (a logged shortfall is requests that expired
+# before reaching them); the others (lookup of a known user, rerank on request) are optional
+MANDATORY = frozenset({"model", "candidates", "rank", "encode", "index"})
 
 
 @dataclass(frozen=True)
@@ -82,9 +85,9 @@ class TrafficModel:
             coefficient of variation (1 for Poisson).
         server: the logged server config (of the last run).
         requests: request events read.
-        cpu_share: 95th percentile of the process's CPU seconds per wall second over the ticks;
-            ``saturated``: the logs hold refusals (the load went past capacity), so that share
-            is what the process could get (on a shared machine, less than its cores).
+        cpu_share: 95th percentile of the process's CPU seconds per wall second over the
+            ticks with a refusal (what it got while overloaded: on a shared machine, less than
+            its cores); ``saturated``: the logs hold refusals.
     """
 
     stages: dict[str, ServiceModel]
@@ -189,19 +192,23 @@ def fit_traffic(events: Iterable[dict[str, Any]]) -> TrafficModel:
         cv2,
         server,
         len(reqs),
-        cpu_share(ticks),
+        cpu_share(ticks, reqs),
         any(r["d"] == "reject" for r in reqs),
     )
 
 
-def cpu_share(ticks: list[dict[str, Any]]) -> float:
-    """95th percentile of CPU/wall over the ticks (the first tick of each run left out)."""
-    seen: set[int] = set()
+def cpu_share(ticks: list[dict[str, Any]], reqs: list[dict[str, Any]]) -> float:
+    """95th percentile of CPU/wall over the ticks that saw a refusal (0 when none did): the CPU
+    the process got while it was refusing work, i.e. what it could get then."""
+    refused: dict[int, list[float]] = defaultdict(list)
+    for r in reqs:
+        if r["d"] == "reject":
+            refused[r["run"]].append(r["t"])
     shares = []
     for t in ticks:
-        if t["run"] in seen and t["wall"] > 0:
+        times = np.asarray(refused.get(t["run"], ()))
+        if t["wall"] > 0 and ((times > t["t"] - t["wall"]) & (times <= t["t"])).any():
             shares.append(t["cpu"] / t["wall"])
-        seen.add(t["run"])
     return float(np.quantile(shares, 0.95)) if shares else 0.0
 
 
@@ -281,7 +288,7 @@ def request_classes(
                 continue
             items = sum(b["n"] for b in bs if _second(b) not in refused[pipeline])
             per_item = np.array([b["u"] / b["n"] for b in bs if b["n"]])
-            prob = min(1.0, items / max(len(calm), 1))
+            prob = 1.0 if stage in MANDATORY else min(1.0, items / max(len(calm), 1))
             units = float(np.quantile(per_item, 0.9)) if per_item.size else 1.0
             visits.append(Visit(stage, prob, units, _degraded(pipeline, stage, units, server)))
         classes.append(RequestClass(pipeline, total[pipeline] / n_all, tuple(visits)))

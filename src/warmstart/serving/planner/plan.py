@@ -185,8 +185,8 @@ def curve(
 
 
 def available_cores(model: TrafficModel, cores: float) -> float:
-    """``cores``, or less when saturated logs show the process never got that much CPU (a
-    shared machine): then the share it got at saturation."""
+    """``cores``, or the CPU share the process got while refusing work when that is less (a
+    shared machine where other processes took the rest)."""
     if model.saturated and 0 < model.cpu_share < cores:
         return model.cpu_share
     return cores
@@ -198,11 +198,17 @@ def make_plan(
     cores: float,
     target: Target | None = None,
     progress: Callable[[str], None] | None = None,
+    cores_from_logs: bool = False,
 ) -> Plan:
-    """Fit the logs under ``logs``, search, and build the config to write."""
+    """Fit the logs under ``logs``, search, and build the config to write.
+
+    ``cores_from_logs``: plan for ``available_cores`` instead of ``cores``.
+    """
     target = dataclasses.replace(target or Target(), p99_s=p99_ms / 1e3)
     model = fit_traffic(read_events(logs))
-    logged = sim_config(model.server, model, available_cores(model, cores))
+    if cores_from_logs:
+        cores = available_cores(model, cores)
+    logged = sim_config(model.server, model, cores)  # the logged deadline stays the server's
     result = search(model, logged, target, progress=progress)
     curves = {
         "logged": curve(model, logged, result.start_capacity.rate, target),
