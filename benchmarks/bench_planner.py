@@ -153,7 +153,7 @@ def main() -> None:
     parser.add_argument(
         "--cores",
         choices=("one", "logs"),
-        default="logs",
+        default="one",
         help="plan for the one server core, or for the CPU share it got while overloaded",
     )
     parser.add_argument("--name", default=None)
@@ -211,7 +211,8 @@ def run(args: argparse.Namespace) -> None:
     summary = plan.summary()
     print(
         f"  planned in {result['plan_seconds']:.0f} s for {plan.logged.cores:.2f} cores "
-        f"(CPU share while refusing {plan.model.cpu_share:.2f}); changes {summary['changes']}",
+        f"and {plan.logged.background:.2f} other runnable threads (CPU share while refusing "
+        f"{plan.model.cpu_share:.2f}); changes {summary['changes']}",
         flush=True,
     )
 

@@ -106,6 +106,9 @@ def test_simulator_shares_the_core_between_loop_and_compute() -> None:
     assert r.cpu_busy == pytest.approx(0.6, abs=0.03)
     two = simulate(model, _unbatched(cores=2.0), 300, n=6000, seed=0)
     assert two.latencies_s.mean() < r.latencies_s.mean()
+    # one other runnable thread on the core: a lone call takes twice its CPU time
+    alone = simulate(_single_stage(0.001), _unbatched(background=1.0), 5, n=300, seed=0)
+    assert alone.latencies_s.mean() == pytest.approx(0.002, rel=0.05)
 
 
 def _fixed_cost(overhead_s: float) -> TrafficModel:

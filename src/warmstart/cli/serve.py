@@ -79,6 +79,11 @@ def register(commands: argparse._SubParsersAction) -> None:
         action="store_true",
         help="plan for the CPU share the server got while overloaded, when below --cores",
     )
+    plan.add_argument(
+        "--no-background",
+        action="store_true",
+        help="ignore the other processes' load seen in the logs (plan for an idle machine)",
+    )
     plan.set_defaults(func=run_plan)
 
 
@@ -188,7 +193,13 @@ def run_plan(args: argparse.Namespace) -> int:
         max_errors=args.max_errors, max_degraded=args.max_degraded, n=args.requests, seed=args.seed
     )
     plan = make_plan(
-        args.logs, args.p99_ms, args.cores, target, print, cores_from_logs=args.cores_from_logs
+        args.logs,
+        args.p99_ms,
+        args.cores,
+        target,
+        print,
+        cores_from_logs=args.cores_from_logs,
+        background=not args.no_background,
     )
     report = write_plan(plan, args.out)
     s = plan.summary()
@@ -200,7 +211,7 @@ def run_plan(args: argparse.Namespace) -> int:
         )
     for knob, (old, new) in s["changes"].items():
         print(f"  {knob}: {old} -> {new}")
-    print(f"planned for {plan.logged.cores:.2f} cores (CPU share while refusing, in the logs: "
-          f"{plan.model.cpu_share:.2f})")  # fmt: skip
+    print(f"planned for {plan.logged.cores:.2f} cores, {plan.logged.background:.2f} other runnable "
+          f"threads (CPU share while refusing, in the logs: {plan.model.cpu_share:.2f})")  # fmt: skip
     print(f"config: {args.out}\nreport: {report}")
     return 0

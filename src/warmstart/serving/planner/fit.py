@@ -88,6 +88,9 @@ class TrafficModel:
         cpu_share: 95th percentile of the process's CPU seconds per wall second over the
             ticks with a refusal (what it got while overloaded: on a shared machine, less than
             its cores); ``saturated``: the logs hold refusals.
+        background: other runnable threads competing for the same cores, from the calls'
+            wall/CPU time ratio in the calmer half of the seconds (``ratio - 1``; 0 on an
+            otherwise idle machine).
     """
 
     stages: dict[str, ServiceModel]
@@ -100,6 +103,7 @@ class TrafficModel:
     requests: int = 0
     cpu_share: float = 0.0
     saturated: bool = False
+    background: float = 0.0
 
 
 def fit_service(n: np.ndarray, u: np.ndarray, cpu: np.ndarray) -> tuple[float, float, float]:
@@ -194,7 +198,25 @@ def fit_traffic(events: Iterable[dict[str, Any]]) -> TrafficModel:
         len(reqs),
         cpu_share(ticks, reqs),
         any(r["d"] == "reject" for r in reqs),
+        background_load(batches, ticks),
     )
+
+
+def background_load(batches: dict[str, list[dict[str, Any]]], ticks: list[dict[str, Any]]) -> float:
+    """``median(wall / cpu) - 1`` of the stage calls logged in the calmer half of the ticks.
+
+    A call that took twice its CPU time on the wall clock shared its core with about one other
+    runnable thread; in calm seconds the server's own event loop is mostly idle, so that other
+    thread belongs to someone else (what the simulator adds as a constant processor-sharing load).
+    """
+    calls = [b for bs in batches.values() for b in bs if (b.get("cpu") or 0) > 1e-4]
+    if not calls or not ticks:
+        return 0.0
+    calm_limit = float(np.median([t["req"] for t in ticks]))
+    calm = {(t["run"], int(t["t"])) for t in ticks if t["req"] <= calm_limit}
+    ratios = [b["svc"] / b["cpu"] for b in calls if (b["run"], int(b["t"]) + 1) in calm]
+    ratios = ratios or [b["svc"] / b["cpu"] for b in calls]
+    return max(0.0, float(np.median(ratios)) - 1.0)
 
 
 def cpu_share(ticks: list[dict[str, Any]], reqs: list[dict[str, Any]]) -> float:

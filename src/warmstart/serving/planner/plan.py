@@ -124,6 +124,8 @@ class Plan:
                 "cpu_share_p95": m.cpu_share,
                 "saturated": m.saturated,
                 "cores_planned_for": self.logged.cores,
+                "background": m.background,
+                "background_simulated": self.logged.background,
                 "stages": {
                     k: {
                         "a_ms": 1e3 * s.a,
@@ -199,16 +201,20 @@ def make_plan(
     target: Target | None = None,
     progress: Callable[[str], None] | None = None,
     cores_from_logs: bool = False,
+    background: bool = True,
 ) -> Plan:
     """Fit the logs under ``logs``, search, and build the config to write.
 
-    ``cores_from_logs``: plan for ``available_cores`` instead of ``cores``.
+    ``cores_from_logs``: plan for ``available_cores`` instead of ``cores``; ``background``:
+    simulate the other processes' load the logs show (``TrafficModel.background``).
     """
     target = dataclasses.replace(target or Target(), p99_s=p99_ms / 1e3)
     model = fit_traffic(read_events(logs))
     if cores_from_logs:
         cores = available_cores(model, cores)
-    logged = sim_config(model.server, model, cores)  # the logged deadline stays the server's
+    logged = dataclasses.replace(
+        sim_config(model.server, model, cores), background=model.background if background else 0.0
+    )
     result = search(model, logged, target, progress=progress)
     curves = {
         "logged": curve(model, logged, result.start_capacity.rate, target),

@@ -12,10 +12,11 @@ What is simulated, after ``serving.engine`` and ``serving.admission``:
 - Compute: one pool of ``workers`` threads shared by the stages (FIFO); a call's CPU demand
   comes from the fitted ``ServiceModel`` (with its noise) and uses ``threads`` cores.
 - Cores: every running call and the event loop share ``cores`` by processor sharing (each
-  progresses at ``min(1, cores / demand)``), which is how one core is split among threads.
+  progresses at ``min(1, cores / demand)``), which is how one core is split among threads;
+  ``background`` adds the runnable threads of other processes seen in the logs.
 
 Not simulated: the GIL (Python parts of a model call block the event loop on more than one
-core), memory bandwidth, the client's own overhead, other processes on the same cores.
+core), memory bandwidth, the client's own overhead, changes of the other processes' load.
 """
 
 from __future__ import annotations
@@ -54,6 +55,7 @@ class SimConfig:
         workers / threads: compute pool threads and torch intra-op threads per call.
         cores: cores the server process may use.
         deadline_s / degrade_at / max_in_flight / shed: admission (``AdmissionConfig``).
+        background: runnable threads of other processes sharing the cores (not a knob).
     """
 
     stages: dict[str, StageKnobs]
@@ -64,6 +66,7 @@ class SimConfig:
     degrade_at: float = 0.5
     max_in_flight: int = 512
     shed: bool = True
+    background: float = 0.0
 
     def key(self) -> tuple[Any, ...]:
         return (
@@ -75,6 +78,7 @@ class SimConfig:
             self.degrade_at,
             self.max_in_flight,
             self.shed,
+            self.background,
         )
 
 
@@ -177,8 +181,8 @@ class Simulator:
         heapq.heappush(self._events, (t, self._seq, fn))
 
     def _speed(self) -> float:
-        demand = self._demand
-        return min(1.0, self.config.cores / demand) if demand > 0 else 1.0
+        demand = self._demand + self.config.background
+        return min(1.0, self.config.cores / demand) if self._demand > 0 else 1.0
 
     def _advance(self) -> None:
         dt = self.now - self._last
