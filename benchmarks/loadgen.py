@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -24,6 +26,7 @@ class Sample:
     latency_s: float
     status: int  # 0 = transport error or timeout
     retry_after: bool = False
+    lag_s: float = 0.0  # scheduled send time -> the request written (the generator's own delay)
 
 
 def request_bytes(method: str, path: str, body: bytes | None = None) -> bytes:
@@ -34,37 +37,166 @@ def request_bytes(method: str, path: str, body: bytes | None = None) -> bytes:
     return head.encode() + body
 
 
-class _Conn:
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.reader, self.writer = reader, writer
+def parse_response(buf: bytearray) -> tuple[int, int, bool] | None:
+    """``(bytes consumed, status, has Retry-After)`` of the first complete response in ``buf``
+    (Content-Length or chunked body), or ``None`` while it is incomplete."""
+    end = buf.find(b"\r\n\r\n")
+    if end < 0:
+        return None
+    lines = bytes(buf[:end]).split(b"\r\n")
+    status = int(lines[0].split()[1])
+    length, retry, chunked = 0, False, False
+    for line in lines[1:]:
+        name, _, value = line.partition(b":")
+        name = name.strip().lower()
+        if name == b"content-length":
+            length = int(value)
+        elif name == b"retry-after":
+            retry = True
+        elif name == b"transfer-encoding" and b"chunked" in value.lower():
+            chunked = True
+    pos = end + 4
+    if not chunked:
+        return (pos + length, status, retry) if len(buf) >= pos + length else None
+    while True:  # chunks: size line, data, CRLF; a 0-size chunk (and its CRLF) ends the body
+        eol = buf.find(b"\r\n", pos)
+        if eol < 0:
+            return None
+        size = int(bytes(buf[pos:eol]).split(b";")[0], 16)
+        pos = eol + 2 + size + 2
+        if len(buf) < pos:
+            return None
+        if size == 0:
+            return pos, status, retry
 
-    async def roundtrip(self, payload: bytes) -> tuple[int, bool]:
-        self.writer.write(payload)
-        head = await self.reader.readuntil(b"\r\n\r\n")
-        lines = head.split(b"\r\n")
-        status = int(lines[0].split()[1])
-        length, retry, chunked = 0, False, False
-        for line in lines[1:]:
-            name, _, value = line.partition(b":")
-            name = name.strip().lower()
-            if name == b"content-length":
-                length = int(value)
-            elif name == b"retry-after":
-                retry = True
-            elif name == b"transfer-encoding" and b"chunked" in value.lower():
-                chunked = True
-        if chunked:
-            while True:
-                size = int((await self.reader.readuntil(b"\r\n")).strip(), 16)
-                await self.reader.readexactly(size + 2)
-                if size == 0:
-                    break
-        elif length:
-            await self.reader.readexactly(length)
-        return status, retry
+
+class _Client(asyncio.Protocol):
+    """One keep-alive connection carrying one request at a time (callbacks, no tasks: the
+    generator's cost per request stays a few microseconds)."""
+
+    def __init__(self, gen: _Generator) -> None:
+        self.gen = gen
+        self.buf = bytearray()
+        self.transport: asyncio.Transport | None = None
+        self.job: tuple[float, float] | None = None  # (scheduled, sent)
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        self.gen.connected(self)
+
+    def send(self, index: int, scheduled: float) -> None:
+        assert self.transport is not None
+        self.transport.write(self.gen.payloads[index % len(self.gen.payloads)])
+        self.job = (scheduled, self.gen.loop.time())
+
+    def data_received(self, data: bytes) -> None:
+        self.buf += data
+        try:
+            parsed = parse_response(self.buf)
+        except (ValueError, IndexError):
+            self.fail()
+            return
+        if parsed is None or self.job is None:
+            return
+        used, status, retry = parsed
+        del self.buf[:used]
+        job, self.job = self.job, None
+        self.gen.done(self, job, status, retry)
+
+    def fail(self) -> None:
+        job, self.job = self.job, None
+        if self.transport is not None:
+            self.transport.abort()
+        self.gen.lost(self, job)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.job is not None or self in self.gen.idle:
+            self.fail()
+
+
+class _Generator:
+    """Open-loop sender: requests go out at their scheduled times on idle connections, new
+    connections open while all are busy (up to a bound), and requests beyond that wait for one
+    (that wait is part of their latency)."""
+
+    def __init__(
+        self, host: str, port: int, payloads: Sequence[bytes], n: int, limit: int, timeout_s: float
+    ) -> None:
+        self.host, self.port, self.payloads = host, port, payloads
+        self.loop = asyncio.get_running_loop()
+        self.n, self.limit, self.timeout_s = n, limit, timeout_s
+        self.idle: list[_Client] = []
+        self.busy: set[_Client] = set()
+        self.waiting: deque[tuple[int, float]] = deque()
+        self.connecting = 0
+        self.samples: list[Sample] = []
+        self.finished = self.loop.create_future()
+
+    def submit(self, index: int, scheduled: float) -> None:
+        if self.idle:
+            self._start(self.idle.pop(), index, scheduled)
+            return
+        self.waiting.append((index, scheduled))
+        if len(self.busy) + self.connecting < self.limit:
+            self.connecting += 1
+            task = self.loop.create_task(self._connect())
+            task.add_done_callback(lambda _: None)
+
+    async def _connect(self) -> None:
+        try:
+            await self.loop.create_connection(lambda: _Client(self), self.host, self.port)
+        except OSError:
+            self.connecting -= 1
+            if self.waiting:
+                _, scheduled = self.waiting.popleft()
+                self._record(scheduled, self.loop.time(), 0, False)
+
+    def connected(self, client: _Client) -> None:
+        self.connecting -= 1
+        self._next(client)
+
+    def _start(self, client: _Client, index: int, scheduled: float) -> None:
+        self.busy.add(client)
+        client.send(index, scheduled)
+
+    def _next(self, client: _Client) -> None:
+        self.busy.discard(client)
+        if self.waiting:
+            self._start(client, *self.waiting.popleft())
+        else:
+            self.idle.append(client)
+
+    def done(self, client: _Client, job: tuple[float, float], status: int, retry: bool) -> None:
+        self._record(job[0], job[1], status, retry)
+        self._next(client)
+
+    def lost(self, client: _Client, job: tuple[float, float] | None) -> None:
+        self.busy.discard(client)
+        if client in self.idle:
+            self.idle.remove(client)
+        if job is not None:
+            self._record(job[0], job[1], 0, False)
+
+    def _record(self, scheduled: float, sent: float, status: int, retry: bool) -> None:
+        now = self.loop.time()
+        self.samples.append(Sample(now - scheduled, status, retry, sent - scheduled))
+        if len(self.samples) >= self.n and not self.finished.done():
+            self.finished.set_result(None)
+
+    def sweep(self) -> None:
+        """Fail requests older than the timeout (their connection is dropped)."""
+        now = self.loop.time()
+        for client in list(self.busy):
+            if client.job is not None and now - client.job[0] > self.timeout_s:
+                client.fail()
+        while self.waiting and now - self.waiting[0][1] > self.timeout_s:
+            _, scheduled = self.waiting.popleft()
+            self._record(scheduled, now, 0, False)
 
     def close(self) -> None:
-        self.writer.close()
+        for client in [*self.idle, *self.busy]:
+            if client.transport is not None:
+                client.transport.close()
 
 
 async def run_open_loop(
@@ -83,42 +215,22 @@ async def run_open_loop(
     rng = np.random.default_rng(seed)
     n = max(1, int(rng.poisson(rate * duration_s)))
     offsets = np.sort(rng.uniform(0.0, duration_s, n))
-    idle: list[_Conn] = []
-    opened = 0
-    slots = asyncio.Semaphore(max_connections)
-    samples: list[Sample] = []
-    loop = asyncio.get_running_loop()
-
-    async def one(i: int, scheduled: float) -> None:
-        nonlocal opened
-        async with slots:
-            conn = idle.pop() if idle else None
-            try:
-                if conn is None:
-                    reader, writer = await asyncio.open_connection(host, port)
-                    conn, opened = _Conn(reader, writer), opened + 1
-                status, retry = await asyncio.wait_for(
-                    conn.roundtrip(payloads[i % len(payloads)]), timeout_s
-                )
-                idle.append(conn)
-            except (OSError, asyncio.IncompleteReadError, TimeoutError, ValueError, IndexError):
-                if conn is not None:
-                    conn.close()
-                status, retry = 0, False
-            samples.append(Sample(loop.time() - scheduled, status, retry))
-
+    gen = _Generator(host, port, payloads, n, max_connections, timeout_s)
+    loop = gen.loop
     start = loop.time() + 0.05
-    tasks = []
-    for i, off in enumerate(offsets):
-        at = start + off
-        delay = at - loop.time()
-        if delay > 0:
-            await asyncio.sleep(delay)
-        tasks.append(asyncio.create_task(one(i, at)))
-    await asyncio.gather(*tasks)
-    for c in idle:
-        c.close()
-    return samples
+    for i, off in enumerate(offsets):  # timers, not a task per request
+        loop.call_at(start + off, gen.submit, i, start + off)
+
+    async def sweeper() -> None:
+        while not gen.finished.done():
+            await asyncio.sleep(0.05)
+            gen.sweep()
+
+    sweeping = loop.create_task(sweeper())
+    await gen.finished
+    sweeping.cancel()
+    gen.close()
+    return gen.samples
 
 
 def summarize(samples: Sequence[Sample], rate: float, duration_s: float) -> dict[str, float]:
@@ -136,6 +248,11 @@ def summarize(samples: Sequence[Sample], rate: float, duration_s: float) -> dict
         "p50_ms": float(np.percentile(lat, 50)) if len(lat) else 0.0,
         "p99_ms": float(np.percentile(lat, 99)) if len(lat) else 0.0,
         "goodput": float(ok.sum() / duration_s),
+        # the generator's own delay before a request went out (part of every latency above):
+        # large values mean the generator, not the server, was behind
+        "send_lag_p99_ms": float(np.percentile([1e3 * s.lag_s for s in samples], 99))
+        if len(samples)
+        else 0.0,
     }
     if ok.any():
         out["ok_p99_ms"] = float(np.percentile(lat[ok], 99))
@@ -148,10 +265,19 @@ def measure(
     host: str, port: int, payloads: Sequence[bytes], rate: float, duration_s: float, seed: int = 0
 ) -> dict[str, float]:
     t0 = time.perf_counter()
-    samples = asyncio.run(run_open_loop(host, port, payloads, rate, duration_s, seed))
+    samples = _run(run_open_loop(host, port, payloads, rate, duration_s, seed))
     out = summarize(samples, rate, duration_s)
     out["wall_s"] = time.perf_counter() - t0
     return out
+
+
+def _run(main: Any) -> Any:
+    """``asyncio.run`` on uvloop when installed (the generator's ceiling roughly doubles)."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(main)
+    return uvloop.run(main)
 
 
 async def trivial_server(port: int) -> None:

@@ -10,6 +10,7 @@ from fastapi.testclient import TestClient
 
 from warmstart.serving.app import Server, create_app
 from warmstart.serving.config import ServeConfig
+from warmstart.serving.engine import MIN_SAMPLES
 
 TOKEN = "s3cret-token"
 
@@ -94,6 +95,22 @@ def test_rating_outside_the_model_range_is_422(client, tiny_artifacts):
     inter[0]["rating"] = 99.0
     r = client.post("/v1/recommend", json={"interactions": inter})
     assert r.status_code == 422 and "rating" in r.json()["detail"][0]["loc"]
+
+
+def test_overload_is_refused_at_once_with_503_and_queues_nothing(tiny_artifacts, tmp_path):
+    config = serve_config(tiny_artifacts, tmp_path, admission={"deadline_ms": 100})
+    server = Server(config)
+    with TestClient(create_app(server)) as c:
+        model = server.recommend.model
+        for _ in range(MIN_SAMPLES):  # as if every batch so far had taken 1 s
+            model.metrics.observe_service(1.0)
+        r = c.post("/v1/recommend", json={"interactions": support(tiny_artifacts)})
+        assert r.status_code == 503 and int(r.headers["retry-after"]) >= 1
+        assert "deadline" in r.json()["detail"]
+        assert model.metrics.submitted == 0 and server.recommend.admission.rejected == 1
+        # invalid input is still a 422 naming the field, whatever the load
+        r = c.post("/v1/recommend", json={"interactions": [{"item": "nope", "rating": 4}]})
+        assert r.status_code == 422 and r.json()["detail"][0]["loc"][-1] == "item"
 
 
 def test_oversized_body_is_413(client):

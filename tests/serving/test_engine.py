@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
+import time
 from collections.abc import Callable, Coroutine
 from typing import Any
 
@@ -51,6 +53,14 @@ class Gate:
 
     async def wait_entered(self) -> None:
         await asyncio.to_thread(self.entered.wait, TIMEOUT)
+
+    async def blocked(self, name: str, pool: ComputePool, first: Any) -> tuple[Stage, Any]:
+        """A started stage (max batch 8) whose worker is held in its first batch ``[first]``."""
+        stage = Stage(name, self, StageConfig(max_batch=8), pool)
+        await stage.start()
+        task = asyncio.create_task(stage.submit(first))
+        await self.wait_entered()
+        return stage, task
 
 
 def test_batched_results_equal_unbatched(pool):
@@ -173,6 +183,40 @@ def test_expired_request_is_dropped_at_the_stage_boundary(pool):
     assert expired == 2
 
 
+def test_request_expiring_in_the_queue_is_answered_at_its_deadline(pool):
+    gate = Gate()
+
+    async def main():
+        stage, first = await gate.blocked("e", pool, 1)
+        # the worker is stuck in the first batch: the queued item fails when its deadline
+        # passes, not when a worker would reach it
+        with pytest.raises(DeadlineExceeded, match="in the queue"):
+            await stage.submit(2, deadline=time.monotonic() + 0.02)
+        assert not gate.release.is_set()
+        gate.release.set()
+        assert await first == 2
+        await stage.stop()
+        return gate.batches, stage.metrics.expired
+
+    batches, expired = run(main)
+    assert batches == [[1]] and expired == 1
+
+
+@pytest.mark.skipif(not hasattr(os, "setpriority"), reason="no per-thread priority here")
+def test_compute_threads_run_below_the_event_loop_priority():
+    pool = ComputePool(workers=1, intra_op_threads=None, nice=5)
+    try:
+        mine = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+        theirs = pool.executor.submit(
+            lambda: os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+        ).result(TIMEOUT)
+    finally:
+        pool.shutdown()
+    assert theirs == min(19, mine + 5)
+    with pytest.raises(ValueError, match="nice"):
+        ComputePool(nice=20)
+
+
 def test_full_queue_rejects_at_once_and_loses_no_future(pool):
     gate = Gate()
 
@@ -200,10 +244,7 @@ def test_cancelled_caller_is_skipped(pool):
     gate = Gate()
 
     async def main():
-        stage = Stage("c", gate, StageConfig(max_batch=8), pool)
-        await stage.start()
-        first = asyncio.create_task(stage.submit(0))
-        await gate.wait_entered()
+        stage, first = await gate.blocked("c", pool, 0)
         gone = asyncio.create_task(stage.submit(1))
         kept = asyncio.create_task(stage.submit(2))
         while stage.depth < 2:

@@ -23,21 +23,26 @@ class AdmissionConfig:
     """Attributes:
     deadline_ms: default per-request deadline (a request may ask for less).
     degrade_at: degrade when the predicted time exceeds this fraction of the deadline.
+    reject_at: refuse when even the degraded path's predicted time exceeds this fraction of
+        the deadline (the rest is headroom for the answer itself and for batch-time jitter:
+        an admitted request that then misses its deadline is a slow refusal, the worst case).
     max_in_flight: requests admitted and not yet answered, at most.
     shed: ``False`` turns prediction-based shedding off (queues still bound memory).
     """
 
     deadline_ms: float = 100.0
     degrade_at: float = 0.5
+    reject_at: float = 0.8
     max_in_flight: int = 512
     shed: bool = True
 
     def __post_init__(self) -> None:
         if self.deadline_ms <= 0:
             raise ValueError(f"AdmissionConfig.deadline_ms must be > 0, got {self.deadline_ms}")
-        if not 0 < self.degrade_at <= 1:
+        if not 0 < self.degrade_at <= self.reject_at <= 1:
             raise ValueError(
-                f"AdmissionConfig.degrade_at must lie in (0, 1], got {self.degrade_at}"
+                "AdmissionConfig: need 0 < degrade_at <= reject_at <= 1, got "
+                f"{self.degrade_at} and {self.reject_at}"
             )
         if self.max_in_flight < 1:
             raise ValueError(
@@ -104,7 +109,7 @@ class Admission:
         degrade = self.config.shed and predicted > self.config.degrade_at * budget_s
         if degrade:
             predicted = self.predict_s(degraded)
-            if predicted > budget_s:
+            if predicted > self.config.reject_at * budget_s:
                 self.rejected += 1
                 raise Overloaded(
                     f"predicted {1e3 * predicted:.0f} ms exceeds the {1e3 * budget_s:.0f} ms deadline",

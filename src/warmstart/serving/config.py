@@ -64,16 +64,29 @@ class ComputeConfig:
     workers: model threads (each runs one batch at a time).
     intra_op_threads: torch threads per model call (fixed at start-up).
     io_workers: threads for store I/O.
+    nice: niceness of the model threads relative to the event loop (Linux per-thread
+        priority; 0 = equal): the loop keeps admitting and refusing at once while a batch runs.
+    switch_interval_ms: the interpreter's GIL switch interval (``sys.setswitchinterval``; 5 ms
+        by default in CPython): how long the event loop may wait for the GIL while a model
+        thread runs Python code between torch calls. Set once at start-up.
     """
 
     workers: int = 1
     intra_op_threads: int = 1
     io_workers: int = 2
+    nice: int = 10
+    switch_interval_ms: float = 0.5
 
     def __post_init__(self) -> None:
         for name in ("workers", "intra_op_threads", "io_workers"):
             if getattr(self, name) < 1:
                 raise ValueError(f"compute.{name} must be >= 1, got {getattr(self, name)}")
+        if not 0 < self.switch_interval_ms <= 100:
+            raise ValueError(
+                f"compute.switch_interval_ms must lie in (0, 100], got {self.switch_interval_ms}"
+            )
+        if not 0 <= self.nice <= 19:
+            raise ValueError(f"compute.nice must lie in [0, 19], got {self.nice}")
 
 
 @dataclass(frozen=True)

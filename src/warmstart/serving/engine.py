@@ -24,8 +24,11 @@ Usage::
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import math
+import os
+import threading
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
@@ -67,12 +70,28 @@ class ComputePool:
     torch's intra-op thread count is a process-wide setting, so it is applied once here, when
     the server builds its pool at start-up, never inside a request.
 
+    Each thread may run at a lower CPU priority than the event loop (``nice``, Linux per-thread
+    niceness): when the server shares a core with its model threads, the loop then keeps
+    parsing, admitting and refusing requests at once instead of waiting for the core behind a
+    batch, so refusals stay fast and admission sees requests when they arrive.
+
     Args:
         workers: threads running model calls concurrently (each call is one batch).
         intra_op_threads: torch threads each call may use (``None`` leaves torch's setting).
+        nice: niceness added to each pool thread (0 = the loop's priority; ignored where the
+            platform has no per-thread priority).
+        name: thread name prefix.
     """
 
-    def __init__(self, workers: int = 1, intra_op_threads: int | None = 1) -> None:
+    def __init__(
+        self,
+        workers: int = 1,
+        intra_op_threads: int | None = 1,
+        nice: int = 0,
+        name: str = "ws-compute",
+    ) -> None:
+        if not 0 <= nice <= 19:
+            raise ValueError(f"ComputePool.nice must lie in [0, 19], got {nice}")
         if workers < 1:
             raise ValueError(f"ComputePool.workers must be >= 1, got {workers}")
         if intra_op_threads is not None:
@@ -85,10 +104,21 @@ class ComputePool:
             torch.set_num_threads(intra_op_threads)
         self.workers = workers
         self.intra_op_threads = intra_op_threads
-        self.executor = ThreadPoolExecutor(workers, thread_name_prefix="ws-compute")
+        self.nice = nice
+        self.executor = ThreadPoolExecutor(
+            workers, thread_name_prefix=name, initializer=_lower_priority, initargs=(nice,)
+        )
 
     def shutdown(self) -> None:
         self.executor.shutdown(wait=True)
+
+
+def _lower_priority(nice: int) -> None:
+    """Raise the calling thread's niceness by ``nice`` (Linux: threads have their own)."""
+    if nice and hasattr(os, "setpriority") and hasattr(threading, "get_native_id"):
+        tid = threading.get_native_id()
+        with contextlib.suppress(OSError):
+            os.setpriority(os.PRIO_PROCESS, tid, os.getpriority(os.PRIO_PROCESS, tid) + nice)
 
 
 @dataclass(frozen=True)
@@ -189,6 +219,7 @@ class _Item:
     future: asyncio.Future[Any]
     deadline: float | None
     enqueued: float
+    timer: asyncio.TimerHandle | None = None
 
 
 class Stage(Generic[T, R]):
@@ -291,9 +322,11 @@ class Stage(Generic[T, R]):
         if deadline is not None and self.clock() >= deadline:
             self.metrics.expired += 1
             raise DeadlineExceeded(f"deadline passed before stage {self.name!r}")
-        future: asyncio.Future[R] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[R] = loop.create_future()
+        item = _Item(value, future, deadline, self.clock())
         try:
-            self._queue.put_nowait(_Item(value, future, deadline, self.clock()))
+            self._queue.put_nowait(item)
         except asyncio.QueueFull:
             self.metrics.rejected += 1
             raise Overloaded(
@@ -301,7 +334,14 @@ class Stage(Generic[T, R]):
                 retry_after_s=max(1.0, self.predicted_wait_s(0)),
             ) from None
         self.metrics.submitted += 1
+        if deadline is not None:  # answer a request that expires in the queue at its deadline
+            item.timer = loop.call_later(deadline - item.enqueued, self._expire, item)
         return await future
+
+    def _expire(self, item: _Item) -> None:
+        if not item.future.done():
+            self.metrics.expired += 1
+            _fail(item.future, DeadlineExceeded(f"deadline passed in the queue of {self.name!r}"))
 
     # ------------------------------------------------------------------ workers
 
@@ -333,7 +373,9 @@ class Stage(Generic[T, R]):
         """Drop items whose caller went away or whose deadline passed (at the boundary)."""
         now, live = self.clock(), []
         for item in items:
-            if item.future.done():  # cancelled by its caller
+            if item.timer is not None:
+                item.timer.cancel()
+            if item.future.done():  # cancelled by its caller, or expired in the queue
                 continue
             if item.deadline is not None and now >= item.deadline:
                 self.metrics.expired += 1

@@ -245,16 +245,24 @@ class RecommendPipeline(Staged):
     def user_key(self, user_id: str) -> bytes:
         return f"user:{self.models.version}:{user_id}".encode()
 
-    def admit(self, req: RecommendRequest) -> tuple[Ticket, float]:
-        """Admission decision and the absolute deadline (``time.monotonic()``)."""
+    def admit(self, req: RecommendRequest, arrived: float | None = None) -> tuple[Ticket, float]:
+        """Admission decision and the absolute deadline (``time.monotonic()``).
+
+        ``arrived`` (monotonic seconds) is when the request reached the server: the deadline
+        runs from then, and the time already spent counts against the predicted wait.
+        """
+        now = time.monotonic()
+        start = now if arrived is None else min(arrived, now)
         budget = 1e-3 * (req.deadline_ms or self.config.admission.deadline_ms)
         path = self._paths(req)
-        ticket = self.admission.admit(path, path, budget)
-        return ticket, time.monotonic() + budget
+        ticket = self.admission.admit(path, path, budget - (now - start))
+        return ticket, start + budget
 
-    async def recommend(self, req: RecommendRequest) -> Recommendation:
+    async def recommend(
+        self, req: RecommendRequest, arrived: float | None = None
+    ) -> Recommendation:
         """Run one request through the stages (raises ``Overloaded`` / ``DeadlineExceeded``)."""
-        ticket, deadline = self.admit(req)
+        ticket, deadline = self.admit(req, arrived)
         self.admission.enter()
         try:
             return await self._recommend(req, ticket, deadline)
