@@ -637,6 +637,9 @@ def main() -> None:
         help="saved cross-encoder folder for the search rerank (untrained MiniLM if missing)",
     )
     parser.add_argument("--name", default=None, help="result file stem (default serving[_quick])")
+    parser.add_argument(
+        "--results-dir", type=Path, default=None, help="where JSON + plot go (benchmarks/results)"
+    )
     args = parser.parse_args()
     if args.serve == "naive":
         return serve_naive(args.port)
@@ -665,6 +668,8 @@ def run(args: argparse.Namespace) -> None:
                                            "p99_ms": P99_MS, "max_error_rate": MAX_ERRORS,
                                            "seconds_per_rate": duration, "server_cpus": 1}}  # fmt: skip
     curves: dict[str, list] = {}
+    result["load_average_start"] = list(os.getloadavg())
+    print(f"load average at start {result['load_average_start']}", flush=True)
 
     print("ceiling: load generator vs a trivial server", flush=True)
     port = free_port()
@@ -704,7 +709,7 @@ def run(args: argparse.Namespace) -> None:
                 result["http_ceiling"] = max_rate(
                     port,
                     [request_bytes("GET", "/healthz")],
-                    500,
+                    1000,
                     duration,
                     refine,
                     curves["http_stack"],
@@ -738,10 +743,12 @@ def run(args: argparse.Namespace) -> None:
         result["scale"] = scale(workdir, n, 64, 2000, 500)
     report(result)
     name = args.name or ("serving_quick" if args.quick else "serving")
-    write_result(name, result, lambda ax: plot(ax, curves))
+    extra = {} if args.results_dir is None else {"results_dir": args.results_dir}
+    write_result(name, result, lambda ax: plot(ax, curves), **extra)
 
 
 def report(result: dict[str, Any]) -> None:
+    print(f"load average: start {result['load_average_start']}, end {list(os.getloadavg())}")
     rows = [{"system": "load generator (trivial server)", "max_rate": result["generator_ceiling"]}]
     if "http_ceiling" in result:
         rows.append({"system": "our HTTP stack (GET /healthz)", "max_rate": result["http_ceiling"]})
