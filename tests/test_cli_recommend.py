@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from fixtures.official import write_own_csv
 from warmstart.cli import main
-from warmstart.data.synthetic import synthetic_dataset
 
 TRAIN = ["coldstart", "train", "--preset", "tiny", "--no-progress", "--threads", "1"]
 FAST = ["--structure", "film", "--epochs", "1", "--no-cache"]
@@ -82,26 +82,10 @@ def test_bad_rating_text_is_a_user_error(
     assert "expected ITEM=RATING" in capsys.readouterr().err
 
 
-def _write_own_csv(root: Path) -> tuple[Path, Path]:
-    ds = synthetic_dataset(40, 30, interactions_per_user=(13, 20), seed=3)
-    inter = ds.interactions
-    rows = [
-        f"u{u},song-{i},{int(r)}"
-        for u, i, r in zip(inter["user"], inter["item"], inter["label"], strict=True)
-    ]
-    csv = root / "plays.csv"
-    csv.write_text("user_id,item_id,rating\n" + "\n".join(rows) + "\n")
-    titles = root / "titles.csv"
-    titles.write_text(
-        "item_id,title,genres\n" + "".join(f"song-{i},Song {i},Pop|Rock\n" for i in range(30))
-    )
-    return csv, titles
-
-
 def test_own_csv_trains_a_model_recommend_reads(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    csv, titles = _write_own_csv(tmp_path)
+    csv, titles = write_own_csv(tmp_path)
     argv = [*TRAIN, "--interactions", str(csv), "--item-titles", str(titles)]
     assert main([*argv, "--out", str(tmp_path / "run"), *FAST]) == 0
     capsys.readouterr()

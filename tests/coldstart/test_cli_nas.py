@@ -82,7 +82,7 @@ def test_supernet_trains_without_weight_decay_by_default(tmp_path: Path) -> None
 def test_compare_models_load_in_evaluate_and_serving(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """The models compare trains are exported: ``evaluate`` and ``load_recommender`` take them
+    """The models compare trains are exported: ``evaluate``, ``recommend`` and ``load_recommender`` take them
     (also given the method's folder, which holds the checkpoints and ``model/``)."""
     from warmstart.coldstart.compare import CompareConfig, compare
 
@@ -108,6 +108,9 @@ def test_compare_models_load_in_evaluate_and_serving(
     rec = load_recommender(tmp_path / "seed0" / "film" / "model")
     assert rec.config["method"] == "fixed FiLM" and len(rec.item_ids) == rec.n_items
     assert str(load_recommender(coldnas).structure) == result.structures[0]["structure"]
+    first = load_recommender(coldnas).item_ids.ids[0]
+    assert main(["recommend", "--model", str(coldnas), "--rate", f"{first}=5", "--k", "3"]) == 0
+    assert capsys.readouterr().out.startswith("top 3 for 1 rating(s)")
     # a checkpoint folder is not a model: the error points at the exported one
     assert main(["coldstart", "evaluate", "--model", str(coldnas / "search")]) == 2
     assert "training checkpoint folder" in capsys.readouterr().err

@@ -169,6 +169,12 @@ def register(commands: argparse._SubParsersAction) -> None:
     add_data_dir(ev)
     add_cache_dir(ev)
     ev.add_argument("--threads", type=int, default=2)
+    ev.add_argument(
+        "--interactions",
+        type=Path,
+        default=None,
+        help="a model trained on your own table: that table, if it moved since training",
+    )
     ev.set_defaults(func=run_evaluate)
 
     compare = commands.add_parser(
@@ -263,20 +269,89 @@ def read_item_titles(path: Path, split: EpisodeSplit) -> ItemInfo:
     return ItemInfo.aligned(split.dataset.items.ids.tolist(), by_id, columns)
 
 
-def _own_split(args: argparse.Namespace) -> EpisodeSplit:
-    """Episodes of one's own interactions table (``--interactions``), cut by ``--protocol``."""
+OWN_TABLES = ("interactions", "user_features", "item_features")
+"""The ``--interactions`` / ``--user-features`` / ``--item-features`` paths a model trained on
+one's own tables records in its config.json, so ``coldstart evaluate`` rebuilds the same split."""
+
+
+def _own_split(
+    tables: dict[str, Path | None], protocol: str, seed: int, item_ids: bool
+) -> EpisodeSplit:
+    """Episodes of one's own interactions table, cut by ``protocol`` with ``seed``."""
     from warmstart.data.episodes import EpisodeConfig, build_episodes
     from warmstart.data.tables import load_table_dataset
 
+    interactions = tables["interactions"]
+    assert interactions is not None
     dataset = load_table_dataset(
-        args.interactions,
-        name=args.interactions.stem,
-        user_features=args.user_features,
-        item_features=args.item_features,
+        interactions,
+        name=interactions.stem,
+        user_features=tables["user_features"],
+        item_features=tables["item_features"],
     )
-    make = EpisodeConfig.melu if args.protocol == "melu" else EpisodeConfig.tanp
-    split = build_episodes(dataset, make(args.seed))
-    return with_item_ids(split) if args.item_ids else split
+    make = EpisodeConfig.melu if protocol == "melu" else EpisodeConfig.tanp
+    split = build_episodes(dataset, make(seed))
+    return with_item_ids(split) if item_ids else split
+
+
+def _file_sha256(path: Path) -> str:
+    import hashlib
+
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _own_tables_meta(args: argparse.Namespace) -> dict[str, Any]:
+    """What ``coldstart evaluate`` needs to rebuild the split of a model trained on one's own
+    tables: their paths (absolute: evaluate may run elsewhere) and content hashes."""
+    meta: dict[str, Any] = {"dataset": "custom", "item_ids": bool(args.item_ids)}
+    for name in OWN_TABLES:
+        path = getattr(args, name)
+        meta[name] = None if path is None else str(Path(path).resolve())
+        meta[f"{name}_sha256"] = None if path is None else _file_sha256(Path(path))
+    return meta
+
+
+def _saved_own_split(model_dir: Path, config: dict[str, Any], given: Path | None) -> EpisodeSplit:
+    """The split a custom-table model was trained on; ``given`` replaces the recorded
+    interactions path (the file moved). Refuses a table whose contents changed."""
+    tables: dict[str, Path | None] = {}
+    for name in OWN_TABLES:
+        recorded = config.get(name)
+        path = given if name == "interactions" and given is not None else recorded
+        if name == "interactions" and path is None:
+            raise ValueError(f"{model_dir}: config.json records no interactions table")
+        tables[name] = None if path is None else Path(path)
+        digest = config.get(f"{name}_sha256")
+        if path is not None and digest is not None and _file_sha256(Path(path)) != digest:
+            raise ValueError(
+                f"{path}: not the {name.replace('_', '-')} table {model_dir} was trained on "
+                "(its contents changed); evaluate needs the same file"
+            )
+    return _own_split(
+        tables, config.get("protocol", "melu"), int(config["seed"]), bool(config.get("item_ids"))
+    )
+
+
+def model_split(
+    model_dir: Path,
+    config: dict[str, Any],
+    data_dir: Path,
+    cache_dir: Path | None,
+    interactions: Path | None = None,
+) -> EpisodeSplit:
+    """The split a saved model was trained on, from its config.json: a named dataset under
+    ``data_dir``, or (``"dataset": "custom"``) the own tables it recorded (``interactions``
+    replaces a moved interactions file). Used by ``coldstart evaluate`` and ``serve export-mf``."""
+    if config["dataset"] == "custom":
+        return _saved_own_split(model_dir, config, interactions)
+    return load_split(
+        config["dataset"],
+        int(config["seed"]),
+        config.get("protocol", "melu"),
+        data_dir,
+        cache_dir,
+        bool(config.get("item_ids", False)),
+    )
 
 
 def run_train(args: argparse.Namespace) -> int:
@@ -290,7 +365,11 @@ def run_train(args: argparse.Namespace) -> int:
             f"--structure {args.structure}: {structure.n_positions} positions, the model has "
             f"{expected} (hidden sizes {preset.model.hidden_sizes})"
         )
-    split = _split(config, args.seed) if args.interactions is None else _own_split(args)
+    if args.interactions is None:
+        split = _split(config, args.seed)
+    else:
+        tables = {name: getattr(args, name) for name in OWN_TABLES}
+        split = _own_split(tables, args.protocol, args.seed, args.item_ids)
     out = args.out / f"seed{args.seed}"
     predictor = FixedStructurePredictor(
         structure,
@@ -309,7 +388,7 @@ def run_train(args: argparse.Namespace) -> int:
     if args.interactions is None:
         export_model(out / "model", predictor.model, split, config, meta)
     else:
-        meta = {**meta, "dataset": "custom", "interactions": str(args.interactions)}
+        meta = {**meta, **_own_tables_meta(args)}
         info = read_item_titles(args.item_titles, split) if args.item_titles else None
         save_model(
             out / "model", predictor.model, split.dataset.users, split.dataset.items, meta, info
@@ -330,12 +409,12 @@ def run_evaluate(args: argparse.Namespace) -> int:
                 f"{args.model}: config.json has no {key!r}; evaluate needs the dataset and seed "
                 "the model was trained on"
             )
-    split = load_split(
-        config["dataset"],
-        int(config["seed"]),
-        config.get("protocol", "melu"),
+    split = model_split(
+        args.model,
+        config,
         resolve_data_dir(args.data_dir),
         resolve_cache_dir(args.cache_dir, args.no_cache),
+        args.interactions,
     )
 
     class _Saved:

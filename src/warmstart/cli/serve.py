@@ -147,13 +147,18 @@ def run_export_mf(args: argparse.Namespace) -> int:
     meta = rec.config
     if meta.get("dataset") in (None, "synthetic"):
         raise ValueError(f"{args.model}: config.json names no real dataset to fit MF on")
-    split = coldstart_split(
-        meta["dataset"],
-        resolve_data_dir(args.data_dir),
-        int(meta.get("seed", 0)),
-        meta.get("protocol", "melu"),
-        cache_dir=resolve_cache_dir(args.cache_dir, args.no_cache),
-    )
+    if meta["dataset"] == "custom":  # trained on one's own tables (coldstart train --interactions)
+        from warmstart.cli.coldstart_nas import model_split
+
+        split = model_split(args.model, meta, resolve_data_dir(args.data_dir), None)
+    else:
+        split = coldstart_split(
+            meta["dataset"],
+            resolve_data_dir(args.data_dir),
+            int(meta.get("seed", 0)),
+            meta.get("protocol", "melu"),
+            cache_dir=resolve_cache_dir(args.cache_dir, args.no_cache),
+        )
     if split.dataset.n_items != rec.n_items:
         raise ValueError(
             f"{args.model}: {rec.n_items} items, the split has {split.dataset.n_items}"
