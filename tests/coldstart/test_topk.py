@@ -13,7 +13,7 @@ from warmstart.coldstart.baselines import MatrixFactorization, MFConfig
 from warmstart.coldstart.topk import (
     TOPK_KEYS,
     ColdNASRanker,
-    ItemKNN,
+    KNNRanker,
     MFRanker,
     MostPopular,
     PredictorRanker,
@@ -181,7 +181,7 @@ def test_item_knn_and_mf_beat_random_and_mf_matches_its_predictions(split: Episo
     preds = mf.predict(split.test[:5])
     for s, p, t in zip(scores, preds, split.test[:5], strict=True):
         np.testing.assert_allclose(np.clip(s[t.query_items], 1, 5), p, rtol=1e-6)
-    knn = ItemKNN()
+    knn = KNNRanker()
     knn.fit(split)
     for r in (ranker, knn):
         res = evaluate_topk(r, split.test, n, thr)

@@ -30,6 +30,7 @@ from warmstart.coldstart.evaluate import (
     paired_table,
     report_of,
 )
+from warmstart.coldstart.knn_inference import KNN_ROWS
 from warmstart.coldstart.mpp_topk import MPPRanker
 from warmstart.coldstart.ranking import LOSSES, RankingConfig
 from warmstart.coldstart.topk import (
@@ -38,7 +39,7 @@ from warmstart.coldstart.topk import (
     TOPK_KEYS,
     CatalogueRanker,
     ColdNASRanker,
-    ItemKNN,
+    KNNRanker,
     MFRanker,
     MostPopular,
     PredictorRanker,
@@ -144,7 +145,8 @@ def _fit_rankers(
     ranked = [m for m in _ranking_models(args, seed) if m.name not in skip]
     predictors: dict[str, Any] = {}
     rankers: list[CatalogueRanker] = []
-    for simple in (MostPopular(), ItemKNN()):
+    knn: list[CatalogueRanker] = [KNNRanker(c, name) for name, c in KNN_ROWS.items()]
+    for simple in [MostPopular(), *knn]:
         if simple.name not in skip:
             simple.fit(split)
             rankers.append(simple)

@@ -183,3 +183,26 @@ class ItemInfo:
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> ItemInfo:
         return cls(tuple(data["columns"]), tuple(tuple(r) for r in data["rows"]))
+
+
+def support_rows(
+    i: int, rows: Any, labels: Any, n_items: int, what: str = "fit_users"
+) -> tuple[np.ndarray, np.ndarray]:
+    """Support set ``i`` of a ``*_many`` call as ``(S,)`` int64 rows and float32 labels,
+    checked before any compute (equal lengths, rows in ``[0, n_items)``, finite labels).
+
+    Raises:
+        ValueError: naming ``what``, the support's index and the bad value.
+    """
+    items = np.asarray(rows, dtype=np.int64).reshape(-1)
+    values = np.asarray(labels, dtype=np.float32).reshape(-1)
+    if items.shape != values.shape:
+        raise ValueError(f"{what}: support {i} has {items.size} items but {values.size} labels")
+    if items.size and (items.min() < 0 or items.max() >= n_items):
+        raise ValueError(
+            f"{what}: support {i} item rows must lie in [0, {n_items}), "
+            f"got [{items.min()}, {items.max()}]"
+        )
+    if not np.isfinite(values).all():
+        raise ValueError(f"{what}: support {i} has non-finite labels")
+    return items, values

@@ -29,7 +29,7 @@ from safetensors.torch import load_file, save_file
 
 from warmstart.checkpoint import read_versioned_json
 from warmstart.coldstart.baselines import ALSModel, fit_new_users
-from warmstart.coldstart.catalog import IdMap
+from warmstart.coldstart.catalog import IdMap, support_rows
 from warmstart.data.types import Task
 from warmstart.retrieval.index import ExactIndex, build_index
 
@@ -136,19 +136,7 @@ class MFRecommender:
         return fit_new_users(self.model, tasks, self.ridge).astype(np.float32)
 
     def _task(self, i: int, rows: Any, labels: Any) -> Task:
-        items = np.asarray(rows, dtype=np.int64).reshape(-1)
-        values = np.asarray(labels, dtype=np.float32).reshape(-1)
-        if items.shape != values.shape:
-            raise ValueError(
-                f"fit_users: support {i} has {items.size} items but {values.size} labels"
-            )
-        if items.size and (items.min() < 0 or items.max() >= self.n_items):
-            raise ValueError(
-                f"fit_users: support {i} item rows must lie in [0, {self.n_items}), "
-                f"got [{items.min()}, {items.max()}]"
-            )
-        if not np.isfinite(values).all():
-            raise ValueError(f"fit_users: support {i} has non-finite labels")
+        items, values = support_rows(i, rows, labels, self.n_items)
         return Task(-1, items, values, _EMPTY_I, _EMPTY_F)
 
     def candidates(self, users: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:

@@ -32,6 +32,12 @@ import torch
 
 from warmstart.coldstart.baselines import MatrixFactorization, fit_new_users
 from warmstart.coldstart.evaluate import Predictor
+from warmstart.coldstart.knn_inference import (
+    TOPK_KNN,
+    ItemKNN,
+    KNNConfig,
+    fit_knn,
+)
 from warmstart.coldstart.model import ColdNAS
 from warmstart.data.types import PAD, EpisodeSplit, FeatureTable, Task, TaskBatch, collate_tasks
 from warmstart.metrics import (
@@ -311,53 +317,27 @@ class MostPopular:
 
 
 @dataclass
-class ItemKNN:
-    """Item-kNN: cosine similarity of items over train-split users' likes; a new user's score
-    of item ``i`` is the sum of its similarities to the user's liked support items.
+class KNNRanker:
+    """Item-kNN (``coldstart.knn_inference``, the implementation the demo and serving load) as
+    a catalogue ranker: fitted on the train-split users, each support set scored by
+    ``ItemKNN.fit_users``.
 
     Attributes:
-        neighbours: keep each item's top-``neighbours`` similarities (None: all).
-        shrink: ``sim = co / (sqrt(n_i n_j) + shrink)``, damping pairs seen by few users.
+        config: how the item-item matrix is fitted and labels weigh (default: ``TOPK_KNN``,
+            the table's ``item-kNN`` row).
     """
 
-    neighbours: int | None = 100
-    shrink: float = 10.0
+    config: KNNConfig = TOPK_KNN
     name: str = "item-kNN"
-    sim_: np.ndarray | None = None
-    prior_: np.ndarray | None = None
-    threshold_: float = 1.0
+    model_: ItemKNN | None = None
 
     def fit(self, split: EpisodeSplit) -> None:
-        self.threshold_ = like_threshold(split.dataset.rating_range)
-        inter = split.train_interactions()
-        liked = inter[inter["label"].to_numpy() >= self.threshold_]
-        users = np.unique(liked["user"].to_numpy(np.int64), return_inverse=True)[1]
-        n_items = split.dataset.n_items
-        x = torch.zeros((int(users.max()) + 1 if users.size else 0, n_items))
-        x[
-            torch.from_numpy(users.copy()),
-            torch.from_numpy(liked["item"].to_numpy(np.int64).copy()),
-        ] = 1.0
-        co = x.T @ x  # (I, I) co-likes
-        n = torch.diagonal(co).clone()
-        sim = co / (torch.sqrt(n[:, None] * n[None, :]) + self.shrink)
-        sim.fill_diagonal_(0.0)
-        if self.neighbours is not None and self.neighbours < n_items:
-            cut = torch.topk(sim, self.neighbours, dim=1).values[:, -1:]
-            sim = torch.where(sim >= cut, sim, torch.zeros_like(sim))
-        self.sim_ = sim.numpy()
-        # a vanishing popularity term: orders items no support item points to (and empty support)
-        counts = n.numpy().astype(np.float64)
-        self.prior_ = 1e-6 * counts / max(counts.max(), 1.0)
+        self.model_ = fit_knn(split, self.config, like_threshold(split.dataset.rating_range))
 
     def score_catalogue(self, tasks: Sequence[Task]) -> np.ndarray:
-        if self.sim_ is None or self.prior_ is None:
+        if self.model_ is None:
             raise ValueError(f"{self.name}: call fit(split) before score_catalogue(tasks)")
-        out = np.tile(self.prior_, (len(tasks), 1))
-        for i, t in enumerate(tasks):
-            liked = t.support_items[t.support_labels >= self.threshold_]
-            out[i] += self.sim_[:, liked].sum(1)
-        return out
+        return self.model_.fit_users([(t.support_items, t.support_labels) for t in tasks])
 
 
 @dataclass

@@ -22,14 +22,14 @@ import json
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from warmstart.coldstart.catalog import ItemInfo
-from warmstart.demo.knn import export_knn
+from warmstart.coldstart.knn_inference import export_knn
 from warmstart.demo.preset import DemoPreset
 from warmstart.provenance import git_sha
 
@@ -139,15 +139,16 @@ def select_served(
     ``demo.json``: candidates, generator, n_candidates, rank, reason, table) and its item-kNN
     model when it needs one."""
     from warmstart.coldstart.inference import load_recommender
+    from warmstart.coldstart.knn_inference import KNN_ROWS, fit_knn
     from warmstart.coldstart.mf_inference import load_mf
-    from warmstart.demo.knn import fit_knn
-    from warmstart.demo.select import Option, choose, evaluate_options, taste_probe
+    from warmstart.demo.select import LIKE, Option, choose, evaluate_options, taste_probe
     from warmstart.serving.models import ColdNASRanker
 
     ranker = ColdNASRanker(load_recommender(root / parts["coldnas"] / "model"))
     generators: dict[str, Any] = {"mf": load_mf(root / parts["mf"])}
-    for alpha in preset.knn_alphas:
-        generators[f"knn-a{alpha:g}"] = fit_knn(split, preset.knn_k, preset.knn_shrink, alpha)
+    configs = {f"knn-a{a:g}": replace(preset.knn, alpha=a) for a in preset.knn_alphas}
+    for name, config in configs.items():
+        generators[name] = fit_knn(split, config, LIKE)
     fixed = preset.served
     if fixed is not None:
         name = "mf" if fixed.candidates == "mf" else f"knn-a{preset.knn_alphas[0]:g}"
@@ -166,6 +167,10 @@ def select_served(
     table = evaluate_options(options, generators, ranker, split.valid, probe, genres)
     best, why = (table[0], "fixed by the preset") if fixed else choose(table, preset.max_overlap)
     served = {k: best[k] for k in ("name", "candidates", "generator", "n_candidates", "rank")}
+    if best["generator"] in configs:  # the top-k table's row of the same configuration
+        config = configs[best["generator"]]
+        rows = [name for name, c in KNN_ROWS.items() if c == config]
+        served.update(knn_config=asdict(config), topk_row=rows[0] if rows else None)
     served.update(reason=why, validation=best, table=table)
     return served, generators[best["generator"]] if best["candidates"] == "knn" else None
 

@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass, field, is_dataclass, replace
 from typing import Any
 
 from warmstart.coldstart.baselines import MFConfig
+from warmstart.coldstart.knn_inference import TOPK_KNN, KNNConfig
 from warmstart.coldstart.model import ColdNASConfig
 from warmstart.coldstart.training import TrainConfig
 
@@ -58,8 +59,9 @@ class DemoPreset:
         model: the ColdNAS architecture; ``user_features="off"`` for anonymous web users.
         train: ColdNAS training (few epochs; best validation epoch kept).
         mf: the candidate generator's grid (small: one ALS fit per (dim, l2)).
-        knn_alphas: item-kNN popularity discounts tried (0.5 is the plain cosine).
-        knn_k / knn_shrink: neighbours kept per item; shrinkage of rarely co-rated pairs.
+        knn: the item-kNN configuration (``coldstart.knn_inference``) whose ``alpha`` is
+            tried at each of ``knn_alphas`` (0.5 is the plain cosine; with the default base
+            each is a row of the top-k table, ``knn_inference.KNN_ROWS``).
         n_candidates: N values tried for every candidate generator.
         max_overlap: most top-10 items two contrasting probe users may share for a
             configuration to be served (issue 13's personalisation bar: below 3 of 10).
@@ -89,8 +91,7 @@ class DemoPreset:
         default_factory=lambda: MFConfig(dims=(16,), l2s=(10.0,), ridges=(2.0, 5.0, 10.0, 20.0))
     )
     knn_alphas: tuple[float, ...] = (0.5, 0.6, 0.7, 0.8)
-    knn_k: int = 100
-    knn_shrink: float = 20.0
+    knn: KNNConfig = TOPK_KNN
     n_candidates: tuple[int, ...] = (20, 100, 500)
     max_overlap: int = 2
     served: ServedChoice | None = None
@@ -124,8 +125,7 @@ class DemoPreset:
                 self.train,
                 self.mf,
                 self.knn_alphas,
-                self.knn_k,
-                self.knn_shrink,
+                self.knn,
                 self.n_candidates,
                 self.max_overlap,
                 self.served,

@@ -19,8 +19,8 @@ from typing import Any, cast
 import numpy as np
 
 from warmstart.coldstart.inference import ColdStartRecommender, UserState, load_recommender
+from warmstart.coldstart.knn_inference import load_knn
 from warmstart.coldstart.mf_inference import load_mf
-from warmstart.demo.knn import load_knn
 from warmstart.serving.models import ColdNASRanker, RecommendModels
 
 _NO_USER = np.zeros(0, dtype=np.float32)
