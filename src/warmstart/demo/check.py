@@ -59,16 +59,22 @@ def taste_report(client: Any, catalog: list[dict[str, Any]], k: int = 10) -> dic
     }
 
 
-def latency(client: Any, body: dict[str, Any], n: int = 500, warmup: int = 50) -> np.ndarray:
-    """Client-side milliseconds of ``n`` sequential ``POST /v1/recommend`` (after warm-up)."""
-    out = []
+def latency(
+    client: Any, body: dict[str, Any], n: int = 500, warmup: int = 50
+) -> tuple[np.ndarray, int]:
+    """Client-side milliseconds of ``n`` sequential ``POST /v1/recommend`` (after warm-up) and
+    how many of them were shed (503: on a machine busy with other work, the admission
+    controller can predict a miss even for one user at a time; any other error raises)."""
+    out, shed = [], 0
     for i in range(warmup + n):
         start = time.perf_counter()
         r = client.post("/v1/recommend", json=body)
         if i >= warmup:
             out.append(1e3 * (time.perf_counter() - start))
-        r.raise_for_status()
-    return np.asarray(out)
+            shed += r.status_code == 503
+        if r.status_code != 503:
+            r.raise_for_status()
+    return np.asarray(out), shed
 
 
 def warm_up(client: Any) -> None:
@@ -154,12 +160,13 @@ def run_checks(
             "interactions": [{"item": i, "rating": float(3 + j % 3)} for j, i in enumerate(ten)],
             "k": 10,
         }
-        ms = latency(c, body)
+        ms, shed = latency(c, body)
         p50, p99 = np.percentile(ms, [50, 99])
         record(
             f"p99 of POST /v1/recommend, one new user, idle server < {p99_goal_ms:g} ms",
-            p99 < p99_goal_ms,
-            f"p50 {p50:.2f} ms, p99 {p99:.2f} ms over {ms.size} requests (10 ratings each)",
+            p99 < p99_goal_ms and not shed,
+            f"p50 {p50:.2f} ms, p99 {p99:.2f} ms over {ms.size} requests (10 ratings each)"
+            + (f", {shed} shed with 503" if shed else ""),
         )
         r = c.post("/v1/demo/burst", json={"seconds": 1.0, "max_requests": 1000})
         summary = r.json() if r.status_code == 200 else {}
