@@ -170,3 +170,15 @@ def test_cli_plan(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert code == 0
     assert "predicted capacity" in capsys.readouterr().out
     ServeConfig.from_file(out)
+
+
+def test_give_up_only_stops_runs_that_fail() -> None:
+    """Stopping a hopeless run early never changes a verdict."""
+    model, config = _single_stage(0.001), SimConfig({"s": StageKnobs(1, 0.0)})
+    for rate in (300.0, 990.0, 1500.0):
+        full = simulate(model, config, rate, n=2000, seed=1)
+        quick = simulate(model, config, rate, n=2000, seed=1, give_up=(0.1, 0.001))
+        target = Target(p99_s=0.1)
+        assert passes(full, target) == passes(quick, target)
+        if passes(full, target):
+            assert quick.p99_s() == full.p99_s()

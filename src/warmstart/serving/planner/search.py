@@ -74,7 +74,8 @@ def capacity(model: TrafficModel, config: SimConfig, target: Target) -> Capacity
     lo, best, runs = 0.0, None, 0
     for _ in range(target.steps):
         rate = (lo + hi) / 2
-        result = simulate(model, config, rate, target.n, target.seed)
+        give_up = (target.p99_s, target.max_errors)
+        result = simulate(model, config, rate, target.n, target.seed, give_up)
         runs += 1
         if passes(result, target):
             lo, best = rate, result

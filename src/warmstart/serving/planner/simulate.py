@@ -96,10 +96,16 @@ class SimResult:
         return self.errors / max(self.requests, 1)
 
     def p99_s(self) -> float:
-        return float(np.percentile(self.latencies_s, 99)) if self.latencies_s.size else math.inf
+        return self._quantile(99)
 
     def p50_s(self) -> float:
-        return float(np.percentile(self.latencies_s, 50)) if self.latencies_s.size else math.inf
+        return self._quantile(50)
+
+    def _quantile(self, q: float) -> float:
+        lat = self.latencies_s
+        if not lat.size or not np.isfinite(lat).all():  # an abandoned run: infinite
+            return math.inf
+        return float(np.percentile(lat, q))
 
     @property
     def degraded_fraction(self) -> float:
@@ -242,7 +248,19 @@ class Simulator:
 
     # ------------------------------------------------------------------ requests
 
-    def run(self, rate: float, n: int, warmup: float = 0.1) -> SimResult:
+    def run(
+        self, rate: float, n: int, warmup: float = 0.1, give_up: tuple[float, float] | None = None
+    ) -> SimResult:
+        """Simulate; ``give_up=(p99_s, max_error_rate)`` stops as soon as the run must fail
+        them (more than 1% of the kept requests slower than ``p99_s``, or too many errors):
+        then the result's p99 is infinite."""
+        self._first = int(warmup * n)
+        kept = n - self._first
+        self._limits = (
+            None if give_up is None else (give_up[0], 0.01 * kept + 1, give_up[1] * kept + 1)
+        )
+        self._slow = self._failed = 0
+        self._stop = False
         classes = self.model.classes
         shares = np.array([c.share for c in classes])
         picks = self.rng.choice(len(classes), n, p=shares / shares.sum())
@@ -255,15 +273,15 @@ class Simulator:
         self.latency = np.full(n, np.nan)
         self.errors = np.zeros(n, bool)
         self.degraded = np.zeros(n, bool)
-        while self._events:
+        while self._events and not self._stop:
             t, _, fn = heapq.heappop(self._events)
             self.now = t
             fn()
-        keep = slice(int(warmup * n), n)
+        keep = slice(self._first, n)
         lat = self.latency[keep]
         return SimResult(
             rate,
-            lat[~np.isnan(lat)],
+            np.full(kept, np.inf) if self._stop else lat[~np.isnan(lat)],
             int(self.errors[keep].sum()),
             int(self.degraded[keep].sum()),
             int(n - int(warmup * n)),
@@ -319,6 +337,11 @@ class Simulator:
         self.latency[req.i] = min(latency, CLIENT_TIMEOUT_S)
         if latency > CLIENT_TIMEOUT_S:
             self.errors[req.i] = True
+        if self._limits is not None and req.i >= self._first:
+            p99_s, max_slow, max_failed = self._limits
+            self._slow += latency > p99_s
+            self._failed += bool(self.errors[req.i])
+            self._stop = self._slow > max_slow or self._failed > max_failed
 
     def _next(self, req: _Req) -> None:
         if not req.visits:
@@ -403,7 +426,12 @@ class Simulator:
 
 
 def simulate(
-    model: TrafficModel, config: SimConfig, rate: float, n: int = 4000, seed: int = 0
+    model: TrafficModel,
+    config: SimConfig,
+    rate: float,
+    n: int = 4000,
+    seed: int = 0,
+    give_up: tuple[float, float] | None = None,
 ) -> SimResult:
     """Simulate ``n`` Poisson arrivals at ``rate`` requests/s (the first 10% are warm-up)."""
-    return Simulator(model, config, seed).run(rate, n)
+    return Simulator(model, config, seed).run(rate, n, give_up=give_up)
