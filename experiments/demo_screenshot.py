@@ -3,7 +3,7 @@
     python experiments/demo_screenshot.py runs/demo docs/demo.png
 
 Starts the demo server over a built demo folder, drives Debian's chromium with Playwright
-(as the browser tests do) and saves a PNG of the page.
+(the browser tests' launch, ``warmstart.demo.browser``) and saves a PNG of the page.
 """
 
 from __future__ import annotations
@@ -14,26 +14,22 @@ from pathlib import Path
 from playwright.sync_api import sync_playwright
 
 from warmstart.demo.app import create_demo_app
+from warmstart.demo.browser import launch_chromium, missing_reason
 from warmstart.demo.build import artifacts_of, load_manifest
 from warmstart.serving.runner import running
 
 RATINGS = (("Toy Story", 5), ("Aladdin", 5), ("Lion King", 4), ("Alien", 2))
-FLAGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
 
 
 def main(root: Path, out: Path) -> None:
+    reason = missing_reason()
+    if reason:
+        raise SystemExit(reason)
     manifest = load_manifest(root)
     if manifest is None:
         raise SystemExit(f"{root}: no demo.json (run `warmstart demo --check --out {root}`)")
     with running(create_demo_app(artifacts_of(root, manifest))) as url, sync_playwright() as p:
-        browser = p.chromium.launch(executable_path="/usr/bin/chromium", headless=True, args=FLAGS)
+        browser = launch_chromium(p)
         page = browser.new_page(viewport={"width": 1200, "height": 900})
         page.goto(url + "/")
         page.wait_for_selector("#recs li[data-id]")

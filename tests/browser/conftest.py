@@ -4,40 +4,19 @@ or /usr/bin/chromium is missing. Screenshots go to tests/browser/screenshots/ (g
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-CHROMIUM = Path(os.environ.get("WARMSTART_CHROMIUM", "/usr/bin/chromium"))
-FLAGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
+from warmstart.demo.browser import launch_chromium, missing_reason
+
 SHOTS = Path(__file__).parent / "screenshots"
-
-
-def _skip_reason() -> str | None:
-    try:
-        import playwright.sync_api  # noqa: F401
-    except ImportError:
-        return "Playwright missing: `pip install playwright` (the dev extra; never `playwright install`)"
-    if not CHROMIUM.is_file():
-        return (
-            f"{CHROMIUM} missing: `apt-get install -y chromium` (make setup does it as root), "
-            "or point WARMSTART_CHROMIUM at a Chromium binary"
-        )
-    return None
 
 
 @pytest.fixture(scope="module")
 def demo_url(tiny_demo) -> Iterator[str]:
-    reason = _skip_reason()
+    reason = missing_reason()
     if reason:
         pytest.skip(reason)
     from warmstart.demo.app import create_demo_app
@@ -54,7 +33,7 @@ def browser(demo_url: str) -> Iterator[object]:
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=FLAGS)
+        b = launch_chromium(p)
         yield b
         b.close()
 
