@@ -10,7 +10,12 @@ import threading
 import time
 from pathlib import Path
 
-from warmstart.cli.options import add_data_dir, resolve_cache_dir, resolve_data_dir
+from warmstart.cli.options import (
+    add_data_dir,
+    resolve_cache_dir,
+    resolve_data_dir,
+    resolve_embedding_cache,
+)
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -34,7 +39,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "--cache-dir",
         type=Path,
         default=None,
-        help="parsed data + SciFact embeddings (default: $XDG_CACHE_HOME/warmstart, ~/.cache/warmstart)",
+        help="parsed data + SciFact embeddings (default: $XDG_CACHE_HOME/warmstart, "
+        "~/.cache/warmstart; the embeddings: $WARMSTART_CACHE when set)",
     )
     parser.add_argument("--preset", choices=sorted(PRESETS), default="quick")
     parser.add_argument("--host", default="127.0.0.1", help="bind address (loopback by default)")
@@ -78,6 +84,9 @@ def run_demo(args: argparse.Namespace) -> int:
         search=not args.no_search,
         progress=not args.no_progress,
         log=lambda m: print(m, flush=True),
+        embeddings=args.cache_dir / "embeddings"
+        if args.cache_dir
+        else resolve_embedding_cache(None),
     )
     if args.compare_features:
         _compare_features(args)

