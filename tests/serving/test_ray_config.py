@@ -102,3 +102,24 @@ def test_an_answer_from_the_app_is_never_resent():
 def test_replica_header_only_adds_a_header():
     r = post(ReplicaHeader(FlakyProxy(lose=0), "abc123"), b'{"x": 1}')
     assert r.headers["x-warmstart-replica"] == "abc123" and r.content == b'{"x": 1}'
+
+
+def test_a_client_that_went_away_is_never_resent():
+    calls = []
+
+    async def proxy(scope: Any, receive: Any, send: Any) -> None:  # Ray's proxy on a 499
+        calls.append(await receive())
+        assert (await receive())["type"] == "http.disconnect"
+
+    incoming = iter([{"type": "http.request", "body": b"{}"}, {"type": "http.disconnect"}])
+    sent: list[Any] = []
+
+    async def receive() -> Any:
+        return next(incoming)
+
+    async def send(message: Any) -> None:
+        sent.append(message)
+
+    scope = {"type": "http", "method": "POST", "path": "/v1/recommend"}
+    asyncio.run(ReplicaLossRetry(proxy)(scope, receive, send))
+    assert len(calls) == 1 and sent == []

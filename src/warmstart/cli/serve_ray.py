@@ -45,7 +45,7 @@ def run_ray(
     from warmstart.serving.ray_serve import (
         RayServeConfig,
         deploy,
-        rolling_reload,
+        reload_models,
         shutdown,
         start_ray,
     )
@@ -63,9 +63,8 @@ def run_ray(
             flush=True,
         )
         while signal.sigwait(wanted) == signal.SIGHUP:
-            config = config_of()
-            rolling_reload(config, ray_config, token)
-            print(f"reloaded every replica: {config.models}", flush=True)
+            result = reload_models(config_of().models)  # as POST /v1/admin/reload does
+            print(f"reloaded every replica: {result}", flush=True)
     finally:
         shutdown()
     return 0

@@ -40,6 +40,7 @@ Usage::
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import logging
 import os
 from collections.abc import Awaitable, Callable, MutableMapping
@@ -48,7 +49,14 @@ from pathlib import Path
 from typing import Any
 
 import warmstart
-from warmstart.serving.app import MAX_BODY_BYTES, Server, create_app
+from warmstart.serving.app import (
+    MAX_BODY_BYTES,
+    ApiError,
+    ReloadBody,
+    Server,
+    _check_admin,
+    create_app,
+)
 from warmstart.serving.config import ModelPaths, ServeConfig
 
 log = logging.getLogger(__name__)
@@ -56,7 +64,17 @@ log = logging.getLogger(__name__)
 PROXY_CALLBACK_ENV = "RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH"
 PROXY_CALLBACK = "warmstart.serving.ray_serve:proxy_middlewares"
 REPLICA_HEADER = b"x-warmstart-replica"
+LOST = b'{"detail":"the replica serving this request was lost; retry"}'
 NO_MODELS = ModelPaths(None, None, None)
+# no per-request access log lines in the proxy and the replicas (as uvicorn's is off in the
+# single-process server: it costs ~10% there, and here fills the log folder under load)
+RELOAD_PATH = "/v1/admin/reload"
+AGENT_NAME, AGENT_NAMESPACE = "warmstart-reload-agent", "warmstart"
+NO_AGENT = (
+    "no reload agent: this deployment was not started by `warmstart serve --ray`; "
+    "reload with `serve deploy` of a new user_config (docs/serve-ray.yaml)"
+)
+QUIET = {"enable_access_log": False, "log_level": "WARNING"}
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -132,11 +150,12 @@ class ReplicaLossRetry:
             if message["type"] != "http.request" or not message.get("more_body"):
                 break
             if size > self.max_body:
-                await self._once(scope, messages, receive, send)
+                if await self._once(scope, messages, receive, send) == "lost":
+                    await send_json(send, 503, LOST, [(b"retry-after", b"1")])
                 return
         for attempt in range(1 + self.retries):
-            if await self._once(scope, messages, receive, send):
-                return
+            if await self._once(scope, messages, receive, send) != "lost":
+                return  # answered, or the client went away (never resend for a gone client)
             if attempt < self.retries:
                 log.warning(
                     "ray serve: %s %s lost its replica: resent", scope["method"], scope["path"]
@@ -147,19 +166,23 @@ class ReplicaLossRetry:
             scope["path"],
             1 + self.retries,
         )
-        await send_json(send, 503, b'{"detail":"replica lost; retry"}', [(b"retry-after", b"1")])
+        await send_json(send, 503, LOST, [(b"retry-after", b"1")])
 
     async def _once(
         self, scope: Scope, messages: list[Message], receive: Receive, send: Send
-    ) -> bool:
-        """One pass through the proxy; True when a response was started (and so finished)."""
+    ) -> str:
+        """One pass through the proxy: ``"answered"`` (a response was started, and so
+        finished), ``"gone"`` (the client disconnected first) or ``"lost"`` (neither)."""
         replay = iter(list(messages))
-        started = False
+        started = gone = False
 
         async def replayed() -> Message:
+            nonlocal gone
             for message in replay:
                 return message
-            return await receive()  # then the client's disconnect, as the proxy expects
+            message = await receive()  # then the client's disconnect, as the proxy expects
+            gone = gone or message["type"] == "http.disconnect"
+            return message
 
         async def tracked(message: Message) -> None:
             nonlocal started
@@ -172,7 +195,7 @@ class ReplicaLossRetry:
             if started:
                 raise
             log.warning("ray serve: proxy failed before responding", exc_info=True)
-        return started
+        return "answered" if started else "gone" if gone else "lost"
 
 
 async def send_json(
@@ -237,6 +260,7 @@ class WarmstartReplica:
 
     def __serve_build_asgi_app__(self) -> Any:
         self.http_app = create_app(self.server)
+        reload_on_every_replica(self.http_app, self.server)
         return ReplicaHeader(self.http_app, self.replica_id)
 
     async def reconfigure(self, user_config: dict[str, Any]) -> None:
@@ -259,11 +283,65 @@ class WarmstartReplica:
             raise RuntimeError(f"replica {self.replica_id}: /readyz answered {r.status_code}")
 
 
+def reload_on_every_replica(app: Any, server: Server) -> None:
+    """``POST /v1/admin/reload`` (same body, auth and answer) reloads every replica, not only
+    the one that got the request: it asks the driver's ``ReloadAgent`` for a rolling reload."""
+    from fastapi import Header
+
+    app.router.routes = [r for r in app.router.routes if getattr(r, "path", None) != RELOAD_PATH]
+
+    @app.post(RELOAD_PATH, responses={401: {}, 403: {}})  # the schema of app.py's route
+    async def reload(body: ReloadBody, authorization: str | None = Header(None)) -> Any:
+        import ray
+
+        _check_admin(server, authorization)
+        try:
+            agent = ray.get_actor(AGENT_NAME, namespace=AGENT_NAMESPACE)
+        except ValueError:
+            raise ApiError(409, NO_AGENT) from None
+        try:
+            return await agent.reload.remote(body.model_dump())
+        except ray.exceptions.RayTaskError as err:
+            raise ApiError(422, str(err.cause)) from None
+
+
+class ReloadAgent:
+    """Held beside the deployment (``deploy`` starts it): rolling reloads on request of a
+    replica's admin route or of the driver, one at a time. It keeps the deployment object the
+    driver built, so a reload changes ``user_config`` only (an in-place ``reconfigure``; any
+    other difference, e.g. a runtime environment computed here, would restart the replicas)."""
+
+    def __init__(
+        self,
+        deployment: Any,
+        init_args: tuple[Any, ...],
+        models: ModelPaths,
+        ray_config: RayServeConfig,
+    ) -> None:
+        self.deployment, self.init_args = deployment, init_args
+        self.models, self.ray_config = models, ray_config
+        self.reloads = 0
+
+    def reload(self, models: dict[str, str | None]) -> dict[str, Any]:
+        """New paths for the given fields (``None`` keeps the current one); raises on bad paths."""
+        current = dataclasses.asdict(self.models)
+        paths = ModelPaths(**{k: models.get(k) or v for k, v in current.items()})
+        _check_paths(paths)
+        user_config = {"models": dataclasses.asdict(paths)}
+        app = self.deployment.options(user_config=user_config).bind(*self.init_args)
+        _run(app, self.ray_config, 120.0)
+        self.models, self.reloads = paths, self.reloads + 1
+        return {"models": dataclasses.asdict(paths), "reloads": self.reloads}
+
+
 def _runtime_env(extra_env: dict[str, str] | None = None) -> dict[str, Any]:
     """Ray workers (proxy and replicas) import this checkout's ``warmstart``; the proxy loads
     ``proxy_middlewares``; torch in a replica uses the threads its config sets."""
     src = str(Path(warmstart.__file__).resolve().parents[1])
-    pythonpath = os.pathsep.join(p for p in (src, os.environ.get("PYTHONPATH")) if p)
+    # the same value in the driver and inside Ray workers (whose PYTHONPATH is this one):
+    # a changed runtime_env would make a reload restart the replicas instead of reconfiguring
+    parts = [src, *os.environ.get("PYTHONPATH", "").split(os.pathsep)]
+    pythonpath = os.pathsep.join(dict.fromkeys(p for p in parts if p))
     env = {"PYTHONPATH": pythonpath, PROXY_CALLBACK_ENV: PROXY_CALLBACK, "OMP_NUM_THREADS": "1"}
     return {"env_vars": {**env, **(extra_env or {})}}
 
@@ -283,6 +361,14 @@ def application(
     config: ServeConfig, ray_config: RayServeConfig, admin_token: str | None = None
 ) -> Any:
     """The bound Serve application (no cluster needed to build it)."""
+    deployment, init_args = _deployment(config, ray_config, admin_token)
+    return deployment.bind(*init_args)
+
+
+def _deployment(
+    config: ServeConfig, ray_config: RayServeConfig, admin_token: str | None
+) -> tuple[Any, tuple[Any, ...]]:
+    """The Serve deployment and its init arguments (constant across reloads)."""
     from ray import serve
 
     config = absolute_paths(config)
@@ -296,9 +382,17 @@ def application(
         graceful_shutdown_timeout_s=ray_config.graceful_shutdown_timeout_s,
         graceful_shutdown_wait_loop_s=0.5,
         user_config={"models": dataclasses.asdict(config.models)},
+        logging_config=QUIET,
     )
     deployment = options(serve.ingress()(WarmstartReplica))
-    return deployment.bind(dataclasses.replace(config, models=NO_MODELS), admin_token)
+    init_config = dataclasses.replace(config, models=NO_MODELS)
+    # Serve gives a deployment run from Python a random code version on every serve.run, so
+    # any redeploy would restart every replica; a version fixed by what replicas are built
+    # from makes a new user_config (the models) an in-place reconfigure instead. (Serve reads
+    # this private attribute as the code version; it has no public setting for it.)
+    built_from = repr((init_config, ray_config, _runtime_env(), warmstart.__file__))
+    deployment._version = hashlib.sha256(built_from.encode()).hexdigest()[:16]
+    return deployment, (init_config, admin_token)
 
 
 def app_builder(args: dict[str, Any]) -> Any:
@@ -330,9 +424,9 @@ def start_ray(address: str | None = None, num_cpus: float | None = None) -> None
     if ray.is_initialized():
         return
     kwargs: dict[str, Any] = {"runtime_env": _runtime_env(), "log_to_driver": False}
-    if address is None:
+    if address is None:  # "local": a new cluster, never one another user `ray start`ed here
         kwargs.update(num_cpus=num_cpus, include_dashboard=False)
-    ray.init(address=address, **kwargs)
+    ray.init(address=address or "local", **kwargs)
 
 
 def deploy(
@@ -349,9 +443,31 @@ def deploy(
 
     if config.models.coldnas is None and config.models.retriever is None:
         raise ValueError("models: nothing to serve (set models.coldnas/mf or models.retriever)")
-    serve.start(http_options={"host": config.host, "port": config.port})
+    import ray
+
+    serve.start(http_options={"host": config.host, "port": config.port}, logging_config=QUIET)
     _run(application(config, ray_config, admin_token), ray_config, timeout_s)
+    _kill_agent()
+    agent = ray.remote(num_cpus=0)(ReloadAgent).options(
+        name=AGENT_NAME,
+        namespace=AGENT_NAMESPACE,
+        lifetime="detached",  # a non-detached one dies with its handle; shutdown() ends it
+        runtime_env=_runtime_env(),
+    )
+    deployment, init_args = _deployment(config, ray_config, admin_token)
+    agent.remote(deployment, init_args, absolute_paths(config).models, ray_config)
     return f"http://{config.host}:{config.port}"
+
+
+def reload_models(models: ModelPaths | dict[str, str | None]) -> dict[str, Any]:
+    """Rolling reload through the deployed ``ReloadAgent`` (what the admin route does)."""
+    import ray
+
+    if isinstance(models, ModelPaths):
+        models = dataclasses.asdict(models)
+    models = {k: None if v is None else str(Path(v).resolve()) for k, v in models.items()}
+    agent = ray.get_actor(AGENT_NAME, namespace=AGENT_NAMESPACE)
+    return dict(ray.get(agent.reload.remote(models)))
 
 
 def rolling_reload(
@@ -366,12 +482,14 @@ def rolling_reload(
     Paths that do not exist here are refused before anything changes (a replica that cannot
     load its models is restarted by Serve, and would fail again).
     """
-    missing = [
-        p for p in dataclasses.astuple(absolute_paths(config).models) if p and not Path(p).exists()
-    ]
-    if missing:
-        raise ValueError(f"rolling_reload: model paths do not exist: {missing}")
+    _check_paths(absolute_paths(config).models)
     _run(application(config, ray_config, admin_token), ray_config, timeout_s)
+
+
+def _check_paths(models: ModelPaths) -> None:
+    missing = [p for p in dataclasses.astuple(models) if p and not Path(p).exists()]
+    if missing:
+        raise ValueError(f"rolling reload: model paths do not exist: {missing}")
 
 
 def _run(app: Any, ray_config: RayServeConfig, timeout_s: float) -> None:
@@ -419,6 +537,16 @@ def shutdown() -> None:
 
     if ray.is_initialized():
         try:
+            _kill_agent()
             serve.shutdown()
         finally:
             ray.shutdown()
+
+
+def _kill_agent() -> None:
+    import contextlib
+
+    import ray
+
+    with contextlib.suppress(ValueError):  # ValueError: none deployed
+        ray.kill(ray.get_actor(AGENT_NAME, namespace=AGENT_NAMESPACE))
