@@ -292,16 +292,24 @@ def free_port() -> int:
 
 
 class ServerProcess:
-    """A server child pinned to ``SERVER_CPU`` in its own session (so its children stop too)."""
+    """A server child pinned to ``cpus`` (``SERVER_CPU``) in its own session (so its children
+    stop too); ``script`` is the benchmark file whose ``--serve`` runs it (this one)."""
 
-    def __init__(self, args: list[str], port: int, timeout_s: float = 240.0) -> None:
+    def __init__(
+        self,
+        args: list[str],
+        port: int,
+        timeout_s: float = 240.0,
+        script: Path = HERE,
+        cpus: frozenset[int] = frozenset({SERVER_CPU}),
+    ) -> None:
         self.port = port
         env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": "src", "RAY_DEDUP_LOGS": "0"}
         self.proc = subprocess.Popen(
-            [sys.executable, str(HERE), *args],
+            [sys.executable, str(script), *args],
             env=env,
             start_new_session=True,
-            preexec_fn=lambda: os.sched_setaffinity(0, {SERVER_CPU}),
+            preexec_fn=lambda: os.sched_setaffinity(0, cpus),
             stdout=subprocess.DEVNULL,
         )
         self._wait_healthy(timeout_s)
