@@ -269,7 +269,7 @@ def serve_ray(port: int, max_batch: int, wait_s: float) -> None:
 def ours_config(port: int, workdir: Path, **store: Any) -> dict[str, Any]:
     return {
         "port": port,
-        "models": {"coldnas": str(COLDNAS), "mf": str(MF)},
+        "models": {"coldnas": str(COLDNAS), "mf": str(MF), "knn": None},  # MF -> ColdNAS
         "store": {"memory_mb": 64, "lmdb_path": str(workdir / "lmdb"), **store},
         "compute": {"workers": 1, "intra_op_threads": 1, "io_workers": 1},
         "admission": {"deadline_ms": P99_MS, "max_in_flight": MAX_IN_FLIGHT},
@@ -717,7 +717,7 @@ def run(args: argparse.Namespace) -> None:
         port = free_port()
         if system.startswith("ours"):
             config = ours_config(port, workdir)
-            config["recommend"] = {"fused": system == "ours"}  # ours-staged: three stages
+            config["recommend"] = {"fused": system == "ours", "recommender": "coldnas"}
             path = workdir / f"{system}.json"
             path.write_text(json.dumps(config))
             cmd = ["--serve", "ours", "--config", str(path)]

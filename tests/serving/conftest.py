@@ -100,6 +100,7 @@ class TinyArtifacts:
     coldnas: Path
     mf: Path
     split: Any
+    knn: Path
 
 
 def write_tiny_artifacts(folder: Path) -> TinyArtifacts:
@@ -107,6 +108,7 @@ def write_tiny_artifacts(folder: Path) -> TinyArtifacts:
     import torch
 
     from fixtures.mf import tiny_als
+    from warmstart.coldstart.knn_inference import export_knn, fit_knn
     from warmstart.coldstart.mf_inference import export_mf
     from warmstart.coldstart.model import ColdNASConfig
     from warmstart.coldstart.structure import Structure
@@ -122,7 +124,8 @@ def write_tiny_artifacts(folder: Path) -> TinyArtifacts:
     export(folder / "coldnas", model, split.dataset.users, split.dataset.items, {"seed": 3})
     als = tiny_als(split)
     export_mf(folder / "mf", als, 10.0, split.dataset.items.ids, split.dataset.rating_range)
-    return TinyArtifacts(folder / "coldnas", folder / "mf", split)
+    export_knn(folder / "knn", fit_knn(split, like=4.0))
+    return TinyArtifacts(folder / "coldnas", folder / "mf", split, folder / "knn")
 
 
 @pytest.fixture(scope="session")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from concurrent.futures import ThreadPoolExecutor
 
+import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
@@ -17,7 +18,11 @@ TOKEN = "s3cret-token"
 
 def serve_config(tiny_artifacts, tmp_path, **overrides):
     data = {
-        "models": {"coldnas": str(tiny_artifacts.coldnas), "mf": str(tiny_artifacts.mf)},
+        "models": {
+            "coldnas": str(tiny_artifacts.coldnas),
+            "mf": str(tiny_artifacts.mf),
+            "knn": None,  # MF -> ColdNAS; the item-kNN default has its own test
+        },
         "store": {"memory_mb": 1, "lmdb_path": str(tmp_path / "lmdb")},
         "compute": {"workers": 1, "intra_op_threads": 1},
         "admission": {"deadline_ms": 5000},
@@ -111,6 +116,31 @@ def test_overload_is_refused_at_once_with_503_and_queues_nothing(tiny_artifacts,
         # invalid input is still a 422 naming the field, whatever the load
         r = c.post("/v1/recommend", json={"interactions": [{"item": "nope", "rating": 4}]})
         assert r.status_code == 422 and r.json()["detail"][0]["loc"][-1] == "item"
+
+
+@pytest.mark.parametrize("recommender", ["auto", "coldnas"])
+def test_item_knn_serves_when_its_artifact_exists(tiny_artifacts, tmp_path, recommender):
+    from warmstart.coldstart.knn_inference import load_knn
+
+    config = serve_config(tiny_artifacts, tmp_path, recommend={"recommender": recommender})
+    models = {**config.models.__dict__, "knn": str(tiny_artifacts.knn)}
+    config = ServeConfig.from_dict({**config.to_dict(), "models": models})
+    inter = support(tiny_artifacts, 2)
+    with TestClient(create_app(Server(config))) as c:
+        body = c.post("/v1/recommend", json={"interactions": inter, "k": 5}).json()
+        served = c.get("/v1/stats").json()["recommend"]["models"]
+    if recommender == "coldnas":  # asked for explicitly: MF candidates -> ColdNAS
+        assert set(served) == {"coldnas", "mf"}
+        return
+    assert set(served) == {"coldnas", "knn"}  # auto: item-kNN, in its own score order
+    knn = load_knn(tiny_artifacts.knn)
+    ids = knn.item_ids
+    rows = ids.to_rows([x["item"] for x in inter])
+    (user,) = knn.fit_users([(rows, np.array([x["rating"] for x in inter], np.float32))])
+    got = ids.to_rows([x["id"] for x in body["items"]])
+    np.testing.assert_allclose([x["score"] for x in body["items"]], knn.predict(user, got), 1e-5)
+    unseen = np.setdiff1d(np.arange(knn.n_items), rows)
+    assert body["items"][0]["score"] == pytest.approx(knn.predict(user, unseen).max(), 1e-5)
 
 
 def test_oversized_body_is_413(client):

@@ -4,6 +4,7 @@ warmstart serve --config FILE            # foreground; SIGINT/SIGTERM drains, th
 warmstart serve --ray --replicas N       # Ray Serve replicas behind its proxy (cli/serve_ray.py)
 warmstart serve check --config FILE      # start it, call every endpoint, exit 0/1
 warmstart serve export-mf --model DIR --out DIR   # ALS factors for the candidate stage
+warmstart serve export-knn --model DIR --out DIR  # item-kNN, the default recommender when present
 warmstart serve plan --logs DIR --p99-ms 100 --cores N --out FILE   # config from traffic logs
 """
 
@@ -13,7 +14,7 @@ import argparse
 import json
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from warmstart.serving.config import ServeConfig
@@ -38,25 +39,40 @@ def _server_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--port", type=int, default=None, help="override the config's port")
 
 
+def _export_parser(
+    commands: argparse._SubParsersAction, name: str, help: str
+) -> argparse.ArgumentParser:
+    """A sub-command that fits on a ColdNAS model's training split: --model, --out, data."""
+    parser: argparse.ArgumentParser = commands.add_parser(name, help=help)
+    parser.add_argument("--model", type=Path, required=True, help="ColdNAS model directory")
+    parser.add_argument("--out", type=Path, required=True)
+    add_data_dir(parser)
+    add_cache_dir(parser)
+    return parser
+
+
 def register(commands: argparse._SubParsersAction) -> None:
     check = commands.add_parser(
         "check", help="start the server, send real requests to every endpoint, exit 0/1"
     )
     _server_options(check)
     check.set_defaults(func=run_check)
-    export = commands.add_parser(
+    export = _export_parser(
+        commands,
         "export-mf",
-        help="fit ALS on a ColdNAS model's training split and export the MF candidate artifact",
+        "fit ALS on a ColdNAS model's training split and export the MF candidate artifact",
     )
-    export.add_argument("--model", type=Path, required=True, help="ColdNAS model directory")
-    export.add_argument("--out", type=Path, required=True)
-    add_data_dir(export)
-    add_cache_dir(export)
     export.add_argument("--dim", type=int, default=None, help="fix the latent dim (else grid)")
     export.add_argument("--l2", type=float, default=None, help="fix the ALS L2 (else grid)")
     export.add_argument("--sweeps", type=int, default=20)
     export.add_argument("--threads", type=int, default=1)
     export.set_defaults(func=run_export_mf)
+    knn = _export_parser(
+        commands,
+        "export-knn",
+        "fit item-kNN (the top-k table's best) on a ColdNAS model's training split and export it",
+    )
+    knn.set_defaults(func=run_export_knn)
     plan = commands.add_parser(
         "plan",
         help="fit service times from traffic logs, simulate, search the knobs, write a config",
@@ -133,16 +149,11 @@ def run_check(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
-def run_export_mf(args: argparse.Namespace) -> int:
-    import torch
-
-    from warmstart.coldstart.baselines import MatrixFactorization, MFConfig
+def _model_split(args: argparse.Namespace) -> tuple[Any, Any]:
+    """The ColdNAS model at ``--model`` and the split it was trained on (its config.json)."""
     from warmstart.coldstart.inference import load_recommender
-    from warmstart.coldstart.mf_inference import export_mf
     from warmstart.data import coldstart_split
-    from warmstart.provenance import git_sha
 
-    torch.set_num_threads(args.threads)
     rec = load_recommender(args.model)
     meta = rec.config
     if meta.get("dataset") in (None, "synthetic"):
@@ -163,6 +174,19 @@ def run_export_mf(args: argparse.Namespace) -> int:
         raise ValueError(
             f"{args.model}: {rec.n_items} items, the split has {split.dataset.n_items}"
         )
+    return rec, split
+
+
+def run_export_mf(args: argparse.Namespace) -> int:
+    import torch
+
+    from warmstart.coldstart.baselines import MatrixFactorization, MFConfig
+    from warmstart.coldstart.mf_inference import export_mf
+    from warmstart.provenance import git_sha
+
+    torch.set_num_threads(args.threads)
+    rec, split = _model_split(args)
+    meta = rec.config
     grid = MFConfig(seed=int(meta.get("seed", 0)), sweeps=args.sweeps)
     if args.dim is not None:
         grid = MFConfig(**{**grid.__dict__, "dims": (args.dim,)})
@@ -187,6 +211,22 @@ def run_export_mf(args: argparse.Namespace) -> int:
         },
     )
     print(json.dumps({"out": str(args.out), **selected}))
+    return 0
+
+
+def run_export_knn(args: argparse.Namespace) -> int:
+    """Fit the top-k table's item-kNN (``TOPK_KNN``) on the model's training split, export it."""
+    from warmstart.coldstart.knn_inference import TOPK_KNN, export_knn, fit_knn
+    from warmstart.coldstart.topk import like_threshold
+    from warmstart.provenance import git_sha
+
+    rec, split = _model_split(args)
+    knn = fit_knn(split, TOPK_KNN, like_threshold(split.dataset.rating_range))
+    if knn.item_ids != rec.item_ids:
+        raise ValueError(f"{args.model}: the split's item ids differ from the model's")
+    meta = {"dataset": rec.config["dataset"], "seed": rec.config.get("seed"), "git_sha": git_sha()}
+    export_knn(args.out, knn, {**meta, "coldnas_model": str(args.model)})
+    print(json.dumps({"out": str(args.out), "items": knn.n_items, "nnz": int(knn.matrix.nnz)}))
     return 0
 
 

@@ -12,43 +12,15 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, cast
 
 import numpy as np
 
-from warmstart.coldstart.inference import ColdStartRecommender, UserState, load_recommender
+from warmstart.coldstart.inference import load_recommender
 from warmstart.coldstart.knn_inference import load_knn
 from warmstart.coldstart.mf_inference import load_mf
-from warmstart.serving.models import ColdNASRanker, RecommendModels
-
-_NO_USER = np.zeros(0, dtype=np.float32)
-
-
-class CandidateOrderRanker(ColdNASRanker):
-    """The rank stage without a second model: a candidate's score is the generator's score.
-
-    The user state holds the generator's user row (``params``: item-kNN's ``(I,)`` catalogue
-    scores, MF's ``[p_u, b_u]``), so the stored record serves a returning user without
-    refitting; ``generator.predict(row, items)`` scores the candidates.
-    """
-
-    def __init__(self, rec: ColdStartRecommender, generator: Any) -> None:
-        super().__init__(rec)
-        self.generator = generator
-
-    def adapt_many(self, supports: Sequence[Any]) -> list[UserState]:
-        rows = self.generator.fit_users(supports)
-        return [UserState(_NO_USER, r) for r in rows]
-
-    def score_many(
-        self, states: Sequence[UserState], candidates: Sequence[np.ndarray]
-    ) -> list[np.ndarray]:
-        return [
-            np.asarray(self.generator.predict(s.params, np.asarray(c, dtype=np.int64)))
-            for s, c in zip(states, candidates, strict=True)
-        ]
+from warmstart.serving.models import CandidateOrderRanker, ColdNASRanker, RecommendModels
 
 
 def load_generator(root: Path, manifest: dict[str, Any], kind: str) -> Any:

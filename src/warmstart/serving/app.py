@@ -41,7 +41,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
 
 from warmstart.serving.config import ModelPaths, ServeConfig
 from warmstart.serving.engine import ComputePool, DeadlineExceeded, Overloaded
-from warmstart.serving.models import load_recommend_models
+from warmstart.serving.models import load_models
 from warmstart.serving.pipelines import (
     Recommendation,
     RecommendPipeline,
@@ -132,6 +132,7 @@ class ReloadBody(_Strict):
     coldnas: str | None = None
     mf: str | None = None
     retriever: str | None = None
+    knn: str | None = None
 
 
 class ApiError(Exception):
@@ -208,8 +209,10 @@ class Server:
         """Load artifacts in a thread (seconds of I/O, never on the event loop)."""
         assert self.compute is not None and self.io is not None and self.store is not None
         rec = None
-        if paths.coldnas and paths.mf:
-            models = await asyncio.to_thread(load_recommend_models, paths.coldnas, paths.mf)
+        if paths.coldnas and (paths.mf or paths.knn):
+            models = await asyncio.to_thread(
+                load_models, paths.coldnas, paths.mf, paths.knn, self.config.recommend.recommender
+            )
             rec = RecommendPipeline(
                 models, self.store, self.compute, self.io, self.config.recommend
             )
@@ -262,6 +265,7 @@ class Server:
         if self.recommend is not None:
             out["recommend"] = self.recommend.snapshot()
             out["recommend"]["model"] = self.recommend.models.version
+            out["recommend"]["models"] = self.recommend.models.source
             out["recommend"]["example_item_ids"] = list(self.recommend.models.item_ids.ids[:5])
             out["recommend"]["rating_range"] = list(self.recommend.models.ranker.rec.rating_range)
         if self.search is not None:
@@ -594,6 +598,7 @@ def create_app(server: Server) -> FastAPI:
             body.coldnas or current.coldnas,
             body.mf or current.mf,
             body.retriever or current.retriever,
+            body.knn or current.knn,
         )
         try:
             return await server.reload(paths)

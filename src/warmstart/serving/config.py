@@ -37,6 +37,7 @@ class ModelPaths:
     coldnas: str | None = "runs/serve/coldnas/seed0/model"
     mf: str | None = "runs/serve/mf"
     retriever: str | None = None
+    knn: str | None = "runs/serve/knn"
 
 
 @dataclass(frozen=True)

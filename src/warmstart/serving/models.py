@@ -14,7 +14,7 @@ import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -98,6 +98,37 @@ class ColdNASRanker:
         return self.rec.score_many(states, candidates)
 
 
+class CandidateOrderRanker(ColdNASRanker):
+    """The rank stage without a second model: a candidate's score is the generator's score.
+
+    Serves a candidate generator on its own (item-kNN, the measured best of the top-k table,
+    ``docs/coldstart.md``). The user state holds the generator's user row (``params``:
+    item-kNN's ``(I,)`` catalogue scores, MF's ``[p_u, b_u]``), so a stored record serves a
+    returning user without refitting; ``generator.predict(row, items)`` scores the candidates.
+    The ColdNAS recommender still provides the item id map, display info and rating range.
+    """
+
+    def __init__(self, rec: ColdStartRecommender, generator: Any) -> None:
+        super().__init__(rec)
+        self.generator = generator
+
+    def adapt_many(self, supports: Sequence[Support]) -> list[UserState]:
+        rows = self.generator.fit_users(supports)
+        return [UserState(_NO_USER, r) for r in rows]
+
+    def score_many(
+        self, states: Sequence[UserState], candidates: Sequence[np.ndarray]
+    ) -> list[np.ndarray]:
+        return [
+            np.asarray(self.generator.predict(s.params, np.asarray(c, dtype=np.int64)))
+            for s, c in zip(states, candidates, strict=True)
+        ]
+
+
+_NO_USER = np.zeros(0, dtype=np.float32)
+RECOMMENDERS = ("auto", "knn", "coldnas")
+
+
 @dataclass(frozen=True)
 class RecommendModels:
     """Everything the recommend pipeline loads from artifact directories."""
@@ -129,3 +160,44 @@ def load_recommend_models(coldnas_dir: Path | str, mf_dir: Path | str) -> Recomm
         digest.update(path.read_bytes())
     source = {"coldnas": str(coldnas_dir), "mf": str(mf_dir)}
     return RecommendModels(ColdNASRanker(rec), mf, source, digest.hexdigest()[:12])
+
+
+def resolve_recommender(recommender: str, knn_dir: Path | str | None) -> str:
+    """``auto`` → ``knn`` when an item-kNN artifact exists at ``knn_dir``, else ``coldnas``."""
+    if recommender not in RECOMMENDERS:
+        raise ValueError(f"recommend.recommender={recommender!r}: allowed values {RECOMMENDERS}")
+    if recommender != "auto":
+        return recommender
+    return "knn" if knn_dir is not None and (Path(knn_dir) / "knn.json").is_file() else "coldnas"
+
+
+def load_models(
+    coldnas_dir: Path | str,
+    mf_dir: Path | str | None,
+    knn_dir: Path | str | None,
+    recommender: str = "auto",
+) -> RecommendModels:
+    """The recommend pipeline's models for ``recommender`` (see :func:`resolve_recommender`):
+
+    - ``knn``: item-kNN candidates ranked by their own item-kNN score (the top-k table's best);
+    - ``coldnas``: MF top-N candidates ranked by ColdNAS (the issue's two-stage shape).
+    """
+    choice = resolve_recommender(recommender, knn_dir)
+    if choice == "coldnas":
+        if mf_dir is None:
+            raise ValueError("recommend.recommender=coldnas needs models.mf (an MF artifact)")
+        return load_recommend_models(coldnas_dir, mf_dir)
+    if knn_dir is None:
+        raise ValueError("recommend.recommender=knn needs models.knn (an item-kNN artifact)")
+    from warmstart.coldstart.knn_inference import load_knn
+
+    rec = load_recommender(coldnas_dir)
+    knn = load_knn(knn_dir)
+    if knn.item_ids != rec.item_ids:
+        raise ValueError(f"{knn_dir}: item-kNN item ids differ from the ColdNAS model's")
+    digest = hashlib.sha1(b"knn")
+    for path in (Path(coldnas_dir) / "config.json", Path(knn_dir) / "knn.json"):
+        digest.update(path.read_bytes())
+    source = {"coldnas": str(coldnas_dir), "knn": str(knn_dir)}
+    ranker = CandidateOrderRanker(rec, knn)
+    return RecommendModels(ranker, knn, source, digest.hexdigest()[:12])  # type: ignore[arg-type]

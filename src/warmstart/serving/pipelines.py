@@ -69,8 +69,11 @@ class Staged:
 @dataclass(frozen=True)
 class RecommendConfig:
     """Attributes:
-    n_candidates: MF candidates ranked by ColdNAS (the default N).
+    n_candidates: candidates ranked per request (the default N).
     degraded_candidates: N under load (see admission).
+    recommender: which models serve (``models.load_models``): ``knn`` (item-kNN candidates in
+        their own score order, the top-k table's measured best), ``coldnas`` (MF top-N ranked
+        by ColdNAS), ``auto`` (``knn`` when ``models.knn`` holds an artifact, else ``coldnas``).
     fused: run adapt → candidates → rank as one micro-batched stage (``model``, configured by
         ``rank``; the default): the three share one compute pool anyway, and each stage boundary
         costs two thread hand-offs, which on a contended core cost more than they give (ML-1M,
@@ -82,6 +85,7 @@ class RecommendConfig:
 
     n_candidates: int = 500
     degraded_candidates: int = 100
+    recommender: str = "auto"
     lookup: StageConfig = field(default_factory=lambda: StageConfig(64, 0.0, 2048, 2))
     adapt: StageConfig = field(default_factory=lambda: StageConfig(32, 0.001, 2048, 1))
     candidates: StageConfig = field(default_factory=lambda: StageConfig(64, 0.001, 2048, 1))
@@ -90,6 +94,12 @@ class RecommendConfig:
     fused: bool = True
 
     def __post_init__(self) -> None:
+        from warmstart.serving.models import RECOMMENDERS
+
+        if self.recommender not in RECOMMENDERS:
+            raise ValueError(
+                f"recommend.recommender={self.recommender!r}: allowed values {RECOMMENDERS}"
+            )
         if not 1 <= self.degraded_candidates <= self.n_candidates:
             raise ValueError(
                 "RecommendConfig: need 1 <= degraded_candidates <= n_candidates, got "
