@@ -482,12 +482,17 @@ def rolling_reload(
     Paths that do not exist here are refused before anything changes (a replica that cannot
     load its models is restarted by Serve, and would fail again).
     """
-    _check_paths(absolute_paths(config).models)
+    _check_paths(absolute_paths(config).models, config.recommend.recommender)
     _run(application(config, ray_config, admin_token), ray_config, timeout_s)
 
 
-def _check_paths(models: ModelPaths) -> None:
-    missing = [p for p in dataclasses.astuple(models) if p and not Path(p).exists()]
+def _check_paths(models: ModelPaths, recommender: str = "auto") -> None:
+    optional = set() if recommender == "knn" else {"knn"}  # auto falls back without one
+    missing = [
+        p
+        for name, p in dataclasses.asdict(models).items()
+        if p and name not in optional and not Path(p).exists()
+    ]
     if missing:
         raise ValueError(f"rolling reload: model paths do not exist: {missing}")
 
