@@ -67,6 +67,8 @@ class ComputeConfig:
     io_workers: threads for store I/O.
     nice: niceness of the model threads relative to the event loop (Linux per-thread
         priority; 0 = equal): the loop keeps admitting and refusing at once while a batch runs.
+        0 by default: a niced model thread also loses the core to every other process on it,
+        so use it only where the server has its cores to itself.
     switch_interval_ms: the interpreter's GIL switch interval (``sys.setswitchinterval``; 5 ms
         by default in CPython): how long the event loop may wait for the GIL while a model
         thread runs Python code between torch calls. Set once at start-up.
@@ -75,7 +77,7 @@ class ComputeConfig:
     workers: int = 1
     intra_op_threads: int = 1
     io_workers: int = 2
-    nice: int = 10
+    nice: int = 0
     switch_interval_ms: float = 0.5
 
     def __post_init__(self) -> None:
