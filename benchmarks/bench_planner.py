@@ -127,6 +127,26 @@ def log_cost(n: int = 20000) -> dict[str, float]:
     return {"batch_event_us": batch_us, "request_event_us": req_us}
 
 
+def log_share(logdir: Path, cost: dict[str, float]) -> dict[str, float]:
+    """Logging CPU per request (events per request × µs per event) against the process CPU
+    per request, both from the logs."""
+    from warmstart.serving.trafficlog import read_events
+
+    counts = {"req": 0, "batch": 0, "cpu": 0.0, "ticked": 0}
+    for e in read_events(logdir):
+        if e["e"] in ("req", "batch"):
+            counts[e["e"]] += 1
+        elif e["e"] == "tick":
+            counts["cpu"] += e["cpu"]
+            counts["ticked"] += e["req"]
+    per_request_us = cost["request_event_us"] + cost["batch_event_us"] * counts["batch"] / max(
+        counts["req"], 1
+    )
+    cpu_us = 1e6 * counts["cpu"] / max(counts["ticked"], 1)
+    return {"log_us_per_request": per_request_us, "process_cpu_us_per_request": cpu_us,
+            "log_share_of_cpu": per_request_us / cpu_us}  # fmt: skip
+
+
 def predicted_p99(model: Any, config: Any, curve: list[dict[str, float]], n: int) -> list[dict]:
     """The simulator's p99 at every rate the load generator measured."""
     from warmstart.serving.planner.simulate import simulate
@@ -229,6 +249,7 @@ def run(args: argparse.Namespace) -> None:
         "planned": predicted_p99(plan.model, plan.planned, measured["planned"]["curve"], args.requests),
     }  # fmt: skip
     result["log_cost"] = log_cost()
+    result["log_cost"].update(log_share(logdir, result["log_cost"]))
     result["uptime_after"] = os.getloadavg()
     report(result, summary)
     write_result(args.name or f"planner_{w}", result, lambda ax: plot(ax, result))
@@ -259,7 +280,9 @@ def report(result: dict[str, Any], summary: dict[str, Any]) -> None:
             print(f"  {r['rate']:7.1f}  {r['measured_p99_ms']:8.1f}  {r['predicted_p99_ms']:8.1f}")
     c = result["log_cost"]
     print(f"log cost: {c['batch_event_us']:.1f} µs per batch event, "
-          f"{c['request_event_us']:.1f} µs per request event; log {result['log_bytes']} bytes")  # fmt: skip
+          f"{c['request_event_us']:.1f} µs per request event; {c['log_us_per_request']:.1f} µs "
+          f"per request = {c['log_share_of_cpu']:.2%} of the process CPU per request "
+          f"({c['process_cpu_us_per_request']:.0f} µs); log {result['log_bytes']} bytes")  # fmt: skip
     print(f"load average before {result['uptime_before']}, after {result['uptime_after']}")
 
 
