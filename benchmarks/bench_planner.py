@@ -3,8 +3,9 @@
 For a workload, in one run: (1) serve it with the default config and the traffic log on, under
 an open-loop ramp (doubling rates, as ``bench_serving.max_rate``); (2) ``make_plan`` on those
 logs (p99 100 ms, the one server core); (3) measure the capacity at p99 <= 100 ms (< 0.1%
-errors) of the default config and of the planned config, log off, same bisection as
-``bench_serving``; (4) print predicted against measured capacity, and predicted against measured
+errors) of the default config and of the planned config, log off, same doubling + bisection as
+``bench_serving.max_rate``, both servers up and measured in turns rate by rate (a shared
+machine's load changes within minutes); (4) print predicted against measured capacity, and predicted against measured
 p99 at every measured rate. Also the log's cost: µs per event in-process, and events per request.
 
 Workloads (``--workload``):
@@ -89,22 +90,67 @@ class Served:
         return {p: stats[p]["admission"] for p in ("recommend", "search") if p in stats}
 
 
-def capacity(
-    config: dict[str, Any], path: Path, payloads: list[bytes], start: float, args: Any
-) -> dict[str, Any]:
-    """Max rate at p99 <= 100 ms of ``config`` (bench_serving's doubling + bisection)."""
-    with Served(config, path) as s:
-        measure("127.0.0.1", s.port, payloads, 0.25 * start, 2.0, seed=999)  # warm-up
-        curve: list[dict[str, float]] = []
-        cap = bs.max_rate(s.port, payloads, start, args.duration, args.refine, curve)
-        adm = s.admission()
-    degraded = sum(a["degraded"] for a in adm.values())
-    admitted = sum(a["admitted"] for a in adm.values())
-    return {
-        "capacity": cap,
-        "curve": curve,
-        "degraded_share_all_rates": degraded / max(admitted, 1),
-    }
+class RateSearch:
+    """``bench_serving.max_rate``'s search as a state machine, so two servers can take turns:
+    double from ``start`` up to a failure (or halve down to a pass), then ``refine`` bisections."""
+
+    def __init__(self, start: float, refine: int) -> None:
+        self.rate, self.good, self.bad, self.left = start, 0.0, None, refine
+        self.curve: list[dict[str, float]] = []
+        self.done = False
+
+    def update(self, ok: bool) -> None:
+        r = self.rate
+        if ok:
+            self.good = max(self.good, r)
+        else:
+            self.bad = r if self.bad is None else min(self.bad, r)
+        if self.bad is None:  # still doubling
+            self.rate, self.done = 2 * r, 2 * r > 20_000
+        elif not self.good:  # failed at the start rate: go down
+            self.rate, self.done = self.bad / 2, self.bad <= 5
+        elif self.left:
+            self.rate, self.left = (self.good + self.bad) / 2, self.left - 1
+        else:
+            self.done = True
+
+
+def paired_capacity(
+    configs: dict[str, dict[str, Any]],
+    workdir: Path,
+    w: str,
+    payloads: list[bytes],
+    start: float,
+    args: Any,
+) -> dict[str, dict[str, Any]]:
+    """Max rate at p99 <= 100 ms of each config, both servers up at once (same core) and
+    measured in turns, rate by rate, so that a change in the shared machine's load hits both."""
+    from contextlib import ExitStack
+
+    with ExitStack() as stack:
+        servers = {
+            name: stack.enter_context(Served(config, workdir / f"{w}-{name}.json"))
+            for name, config in configs.items()
+        }
+        for s in servers.values():
+            measure("127.0.0.1", s.port, payloads, 0.25 * start, 2.0, seed=999)  # warm-up
+        searches = {name: RateSearch(start, args.refine) for name in configs}
+        while not all(x.done for x in searches.values()):
+            for name, x in searches.items():
+                if not x.done:
+                    print(f"  {name}:", end="", flush=True)
+                    x.update(bs.step(servers[name].port, payloads, x.rate, args.duration, x.curve))
+        out = {}
+        for name, s in servers.items():
+            adm = s.admission()
+            degraded = sum(a["degraded"] for a in adm.values())
+            admitted = sum(a["admitted"] for a in adm.values())
+            out[name] = {
+                "capacity": searches[name].good,
+                "curve": searches[name].curve,
+                "degraded_share_all_rates": degraded / max(admitted, 1),
+            }
+    return out
 
 
 def log_cost(n: int = 20000) -> dict[str, float]:
@@ -236,13 +282,12 @@ def run(args: argparse.Namespace) -> None:
         flush=True,
     )
 
-    measured = {}
-    for name, config in (
-        ("default", default_config(w, 0, workdir)),
-        ("planned", json.loads(planned_path.read_text())),
-    ):
-        print(f"[{w}] capacity of the {name} config", flush=True)
-        measured[name] = capacity(config, workdir / f"{w}-{name}.json", payloads, start, args)
+    print(f"[{w}] capacity of the default and the planned config, in turns", flush=True)
+    configs = {
+        "default": default_config(w, 0, workdir),
+        "planned": json.loads(planned_path.read_text()),
+    }
+    measured = paired_capacity(configs, workdir, w, payloads, start, args)
     result["measured"] = measured
     result["predicted_vs_measured_p99"] = {
         "default": predicted_p99(plan.model, plan.logged, measured["default"]["curve"], args.requests),
