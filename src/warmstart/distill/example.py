@@ -11,12 +11,14 @@ encode on the shared 2 cores). Every model is saved in the cross-encoder folder 
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerBase
 
 from warmstart.data.retrieval import RetrievalCollection
@@ -44,6 +46,7 @@ from warmstart.retrieval.pipeline import truncate_layers
 from warmstart.retrieval.training import (
     TrainConfig,
     TrainExample,
+    load_checkpoint,
     sample_negatives,
     train_cross_encoder,
 )
@@ -56,13 +59,18 @@ class ExampleConfig:
     Attributes:
         depth: BM25 candidates per query (negatives are drawn from them; test reranks them).
         max_length: tokens of a (query, passage) pair, for teacher and student.
-        teacher_examples: train examples the teacher sees at most (1 epoch, listwise 1 + 7
-            negatives, 4 queries a step; SciFact has 900 with a BM25 negative, 225 steps, about
-            5 minutes on one idle core in bf16; 100 steps at lr 1e-4 or 2e-4 left the loss at
-            the uniform ln 8, the RocketQA CE also needed ~200 steps to leave it).
+        teacher_epochs: passes of the teacher over its train examples (listwise 1 + 7 BM25
+            negatives redrawn every step, 4 queries = 32 pairs a step, lr 1e-4, 10 % warm-up: the
+            RocketQA ``ce`` step's recipe; 3 epochs of SciFact's train queries minus the dev split
+            = 621 steps, its 618). One epoch (225 steps) of the [CLS] teacher left the loss at the
+            uniform ln 8 = 2.079 (2.083 -> 2.041) and reranked worse than BM25.
         teacher_lr: the teacher's peak learning rate.
-        teacher_pooling: what the teacher's head reads (``cls``: the RocketQA ``scifact_cpu``
-            cross-encoder's recipe, as are the learning rate and the listwise loss).
+        teacher_pooling: what the teacher's head reads: ``mean`` of all token states (the
+            all-MiniLM-L6-v2 checkpoint was trained with mean pooling, so its [CLS] state carries
+            little until the last layers: head_input_spread 0.80 mean vs 0.50 [CLS] at 6 layers,
+            docs/retrieval.md; the [CLS] teacher had not left ln 8 after 225 steps).
+        dev_fraction: train queries held out to check the teacher against BM25 before any
+            student compute is spent on it (the ``ce`` step's 10 %).
         student_layers: MiniLM layers the student keeps.
         student_pooling: ``mean`` (all-MiniLM-L6-v2's [CLS] state is constant for every pair
             after its first layers, see docs/retrieval.md).
@@ -71,19 +79,22 @@ class ExampleConfig:
 
     depth: int = 50
     max_length: int = 128
-    teacher_examples: int = 1000
+    teacher_epochs: int = 3
     teacher_lr: float = 1e-4
-    teacher_pooling: str = "cls"
+    teacher_pooling: str = "mean"
+    dev_fraction: float = 0.1
     student_layers: int = 2
     student_pooling: str = "mean"
     group_negatives: int = 3
 
     def __post_init__(self) -> None:
-        for name in ("depth", "max_length", "teacher_examples", "student_layers"):
+        for name in ("depth", "max_length", "teacher_epochs", "student_layers"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}={getattr(self, name)}: must be >= 1")
         if self.group_negatives < 1:
             raise ValueError(f"group_negatives={self.group_negatives}: must be >= 1")
+        if not 0 < self.dev_fraction < 1:
+            raise ValueError(f"dev_fraction={self.dev_fraction}: must be in (0, 1)")
 
 
 def bm25_candidates(
@@ -96,14 +107,28 @@ def bm25_candidates(
     return Candidates(ids, texts, rows, scores)
 
 
-def train_examples(collection: RetrievalCollection, k: int) -> list[TrainExample]:
-    """One example per labelled train (query, positive), negatives = BM25's top-k non-positives."""
+def train_examples(
+    collection: RetrievalCollection, k: int, query_ids: Sequence[str] | None = None
+) -> list[TrainExample]:
+    """One example per labelled train (query, positive), negatives = BM25's top-k non-positives
+    (of the train queries ``query_ids``, default all)."""
     doc_row = {d: i for i, d in enumerate(collection.doc_ids)}
     qrels = collection.qrels["train"]
-    positives = positive_rows(sorted(qrels), qrels, doc_row)
-    c = bm25_candidates(collection, {q: collection.queries[q] for q in qrels}, k)
+    ids = sorted(qrels) if query_ids is None else sorted(query_ids)
+    positives = positive_rows(ids, qrels, doc_row)
+    c = bm25_candidates(collection, {q: collection.queries[q] for q in ids}, k)
     pool = undenoised_negatives(c, positives)
     return [e for e in labelled_examples(collection.queries, positives, pool) if e.negatives]
+
+
+def teacher_split(
+    collection: RetrievalCollection, fraction: float, seed: int = 0
+) -> tuple[list[str], list[str]]:
+    """(teacher-train, dev) ids of the labelled train queries; dev = a random ``fraction``."""
+    ids = sorted(collection.qrels["train"])
+    rng = np.random.default_rng([seed, 11])
+    dev = set(rng.choice(ids, size=max(1, round(fraction * len(ids))), replace=False).tolist())
+    return [q for q in ids if q not in dev], sorted(dev)
 
 
 def groups_from_examples(
@@ -143,28 +168,10 @@ def fresh_student(
     return fresh_cross(backbone_path, config.student_layers, cross)
 
 
-def train_teacher(
-    collection: RetrievalCollection,
-    backbone_path: Path,
-    folder: Path,
-    config: ExampleConfig,
-    seed: int = 0,
-    log: Callable[[str], None] = print,
-) -> Path:
-    """The 6-layer teacher, trained once (bf16 autocast) and cached in ``folder``."""
-    if (folder / "encoder.json").is_file():
-        log(f"teacher: cached in {folder}")
-        return folder
-    examples = train_examples(collection, config.depth)
-    rng = np.random.default_rng([seed, 3])
-    chosen = [examples[int(i)] for i in rng.permutation(len(examples))[: config.teacher_examples]]
-    model, tokenizer = fresh_cross(
-        backbone_path,
-        None,
-        CrossEncoderConfig(max_length=config.max_length, pooling=config.teacher_pooling),
-    )
-    train = TrainConfig(
-        epochs=1,
+def teacher_train_config(config: ExampleConfig, seed: int = 0) -> TrainConfig:
+    """The teacher's optimisation: the RocketQA ``ce`` step's listwise recipe."""
+    return TrainConfig(
+        epochs=config.teacher_epochs,
         batch_size=4,  # queries a step: 4 x (1 + 7) = 32 pairs
         lr=config.teacher_lr,
         negatives_per_query=7,
@@ -172,15 +179,93 @@ def train_teacher(
         checkpoint_every=25,
         seed=seed,
     )
-    log(f"teacher: training on {len(chosen)} examples ({len(chosen) // 4} steps) into {folder}")
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        state = train_cross_encoder(
-            model, tokenizer, chosen, collection.passages(), train, workdir=folder / "train"
+
+
+def _fresh_teacher(
+    backbone_path: Path, config: ExampleConfig
+) -> tuple[CrossEncoder, PreTrainedTokenizerBase]:
+    cross = CrossEncoderConfig(max_length=config.max_length, pooling=config.teacher_pooling)
+    return fresh_cross(backbone_path, None, cross)
+
+
+def train_teacher(
+    collection: RetrievalCollection,
+    backbone_path: Path,
+    folder: Path,
+    config: ExampleConfig,
+    seed: int = 0,
+    log: Callable[[str], None] = print,
+    from_checkpoint: bool = False,
+    dev_depth: int | None = None,
+) -> Path:
+    """The 6-layer teacher, trained once (bf16 autocast, the calling thread's torch threads) on
+    the train queries minus a dev split, checked on the dev queries against BM25's order
+    (``teacher.json`` -> ``dev``), and cached in ``folder``; a killed run resumes from its last
+    checkpoint (``folder/train``). ``from_checkpoint``: publish that checkpoint as it is (a
+    training stopped early on a busy machine; ``teacher.json`` records its step). ``dev_depth``:
+    BM25 candidates of the dev check (default ``config.depth``)."""
+    if (folder / "encoder.json").is_file():
+        log(f"teacher: cached in {folder}")
+        return folder
+    train_ids, dev_ids = teacher_split(collection, config.dev_fraction, seed)
+    train = teacher_train_config(config, seed)
+    model, tokenizer = _fresh_teacher(backbone_path, config)
+    t0 = time.perf_counter()
+    if from_checkpoint:
+        opt = torch.optim.AdamW([q for q in model.parameters() if q.requires_grad], lr=train.lr)
+        state = load_checkpoint(folder / "train" / "checkpoint", model, opt)
+        if state.step == 0:
+            raise FileNotFoundError(f"{folder / 'train' / 'checkpoint'}: no checkpoint")
+        log(f"teacher: publishing the checkpoint of step {state.step}")
+    else:
+        examples = train_examples(collection, config.depth, train_ids)
+        steps = config.teacher_epochs * -(-len(examples) // 4)
+        log(
+            f"teacher: {len(examples)} examples of {len(train_ids)} train queries, {steps} "
+            f"steps, into {folder} ({len(dev_ids)} dev queries held out)"
         )
-    save_encoder(model, tokenizer, folder)
-    meta = {"example": asdict(config), "train": asdict(train), "steps": state.step}
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            state = train_cross_encoder(
+                model, tokenizer, examples, collection.passages(), train, workdir=folder / "train"
+            )
+    seconds = time.perf_counter() - t0
+    tenth = max(1, len(state.losses) // 10)
+    losses = (float(np.mean(state.losses[:tenth])), float(np.mean(state.losses[-tenth:])))
+    log(f"teacher: {state.step} steps, loss {losses[0]:.3f} -> {losses[1]:.3f} (first/last tenth)")
+    staging = folder / "model"
+    save_encoder(model, tokenizer, staging)
+    depth = dev_depth or config.depth
+    dev = {"depth": depth, **dev_check(staging, collection, dev_ids, depth)}
+    log(f"teacher: dev ({len(dev_ids)} queries), BM25 top {depth}: {json.dumps(dev)}")
+    meta = {
+        "example": asdict(config),
+        "train": asdict(train),
+        "steps": state.step,
+        "train_seconds_this_run": seconds,
+        "torch_threads": torch.get_num_threads(),
+        "loss_first_tenth": losses[0],
+        "loss_last_tenth": losses[1],
+        "dev": dev,
+    }
+    for path in staging.iterdir():  # the folder is a teacher only once it is checked
+        path.replace(folder / path.name)
+    staging.rmdir()
     (folder / "teacher.json").write_text(json.dumps(meta, indent=2))
     return folder
+
+
+def dev_check(
+    cross_dir: Path, collection: RetrievalCollection, dev_ids: Sequence[str], depth: int
+) -> dict[str, float]:
+    """nDCG@10 on the dev queries of BM25's top ``depth`` in BM25's order and in the order of the
+    cross-encoder in ``cross_dir`` (a teacher must beat its first stage)."""
+    candidates = bm25_candidates(collection, {q: collection.queries[q] for q in dev_ids}, depth)
+    qrels = {q: collection.qrels["train"][q] for q in dev_ids}
+    first = run_from_rows(candidates.query_ids, candidates.rows, collection.doc_ids)
+    bm25 = mean_ndcg(retrieval_per_query(first, qrels))
+    t0 = time.perf_counter()
+    ce = mean_ndcg(rerank_per_query(reranker(cross_dir, collection), collection, candidates, qrels))
+    return {"bm25": bm25, "teacher": ce, "rerank_seconds": time.perf_counter() - t0}
 
 
 def reranker(cross_dir: Path, collection: RetrievalCollection, batch_size: int = 64) -> Retriever:
@@ -206,18 +291,28 @@ def rerank_per_query(
     model: Retriever,
     collection: RetrievalCollection,
     candidates: Candidates,
-    split: str = "test",
+    qrels: Mapping[str, Mapping[str, int]] | None = None,
     bf16: bool = True,
+    progress: bool = True,
 ) -> dict[str, tuple[float, float, float]]:
     """Per-query (nDCG@10, MRR@10, Recall@100) of ``candidates`` reordered by
-    ``model.rerank_many`` (bf16 autocast when ``bf16``: 3x faster on this CPU)."""
+    ``model.rerank_many`` (bf16 autocast when ``bf16``: 3x faster on this CPU), against ``qrels``
+    (default: the test split's)."""
     hits = [[_hit(collection, int(r)) for r in row] for row in candidates.rows]
+    reranked: list[list[Hit]] = []
+    chunk = 10  # queries per rerank_many call: one progress tick
+    bar = tqdm(total=len(hits), desc="rerank", unit="query", disable=not progress, mininterval=5)
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-        reranked = model.rerank_many(candidates.queries, hits)
+        for i in range(0, len(hits), chunk):
+            reranked.extend(
+                model.rerank_many(candidates.queries[i : i + chunk], hits[i : i + chunk])
+            )
+            bar.update(len(hits[i : i + chunk]))
+    bar.close()
     where = {d: i for i, d in enumerate(collection.doc_ids)}
     rows = [[where[h.doc_id] for h in hit_list] for hit_list in reranked]
     run = run_from_rows(candidates.query_ids, np.asarray(rows), collection.doc_ids)
-    return retrieval_per_query(run, collection.qrels[split])
+    return retrieval_per_query(run, collection.qrels["test"] if qrels is None else qrels)
 
 
 def _hit(collection: RetrievalCollection, row: int) -> Hit:
