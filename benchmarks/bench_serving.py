@@ -754,8 +754,16 @@ def run(args: argparse.Namespace) -> None:
         for base in ("naive", "ray"):
             if caps.get(base):
                 result[f"ours_over_{base}"] = caps["ours"] / caps[base]
+    name = args.name or ("serving_quick" if args.quick else "serving")
+    extra = {} if args.results_dir is None else {"results_dir": args.results_dir}
+
+    def save() -> None:  # after every part, so a run cut short keeps what it measured
+        write_result(name, result, lambda ax: plot(ax, curves), **extra)
+
+    save()
     if "search" not in skip:
         result["search"] = search_capacity(args, workdir, duration, refine, curves)
+        save()
     if "tiers" not in skip:
         print("tiers: Zipf returning users, memory tier 5%", flush=True)
         rate = 0.5 * caps.get("ours", 200)
@@ -767,9 +775,7 @@ def run(args: argparse.Namespace) -> None:
         print(f"scale: {n} x 64 item rows in LMDB", flush=True)
         result["scale"] = scale(workdir, n, 64, 2000, 500)
     report(result)
-    name = args.name or ("serving_quick" if args.quick else "serving")
-    extra = {} if args.results_dir is None else {"results_dir": args.results_dir}
-    write_result(name, result, lambda ax: plot(ax, curves), **extra)
+    save()
 
 
 def report(result: dict[str, Any]) -> None:
