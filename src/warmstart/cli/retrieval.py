@@ -188,7 +188,8 @@ RERANK_HINT = (
     "`warmstart retrieval pipeline --workdir W --only zero_shot,md0,ce` (on a 2-core CPU about "
     "45 min: the corpus encode ~8 min, unless cached, MD0 ~1 min, the cross-encoder's 3 epochs "
     "37 min; docs/retrieval.md has the measured times), then rebuild the folder with "
-    "`warmstart retrieval index ... --cross W/ce/model`"
+    "`warmstart retrieval index ... --cross W/ce/model`. (docs/distill.md's `warmstart distill "
+    "train-teacher` is faster, ~15 min on an idle box, but its teacher does not beat BM25 yet.)"
 )
 
 
