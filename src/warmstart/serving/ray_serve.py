@@ -65,7 +65,7 @@ PROXY_CALLBACK_ENV = "RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH"
 PROXY_CALLBACK = "warmstart.serving.ray_serve:proxy_middlewares"
 REPLICA_HEADER = b"x-warmstart-replica"
 LOST = b'{"detail":"the replica serving this request was lost; retry"}'
-NO_MODELS = ModelPaths(None, None, None)
+NO_MODELS = ModelPaths(**{f.name: None for f in dataclasses.fields(ModelPaths)})
 # no per-request access log lines in the proxy and the replicas (as uvicorn's is off in the
 # single-process server: it costs ~10% there, and here fills the log folder under load)
 RELOAD_PATH = "/v1/admin/reload"
