@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from warmstart.serving.config import ServeConfig
+from warmstart.serving.engine import StageConfig
 from warmstart.serving.planner.fit import (
     RequestClass,
     ServiceModel,
@@ -20,7 +21,7 @@ from warmstart.serving.planner.fit import (
 )
 from warmstart.serving.planner.plan import make_plan, sim_config, write_plan
 from warmstart.serving.planner.search import Target, capacity, passes, search
-from warmstart.serving.planner.simulate import SimConfig, StageKnobs, simulate
+from warmstart.serving.planner.simulate import SimConfig, simulate
 from warmstart.serving.trafficlog import TrafficLog, TrafficLogConfig, read_events
 
 A, B, C = 0.0012, 0.0002, 0.9e-6  # s per call, per item, per candidate (like ML-1M ColdNAS)
@@ -83,7 +84,7 @@ def _single_stage(service_s: float, overhead_s: float = 0.0) -> TrafficModel:
 
 def _unbatched(**kw: object) -> SimConfig:
     return SimConfig(
-        {"s": StageKnobs(1, 0.0, 1, 10**6)}, deadline_s=10.0, shed=False, max_in_flight=10**6,
+        {"s": StageConfig(1, 0.0, concurrency=1, queue_size=10**6)}, deadline_s=10.0, shed=False, max_in_flight=10**6,
         **kw,  # type: ignore[arg-type]
     )  # fmt: skip
 
@@ -125,15 +126,15 @@ def test_batching_raises_simulated_capacity() -> None:
     """Batches amortise the fixed cost, so capacity grows with max_batch."""
     model = _fixed_cost(0.0)
     target = Target(p99_s=0.1, n=2000, steps=6)
-    one = capacity(model, SimConfig({"s": StageKnobs(1, 0.0)}), target).rate
-    many = capacity(model, SimConfig({"s": StageKnobs(32, 0.0)}), target).rate
+    one = capacity(model, SimConfig({"s": StageConfig(1, 0.0, queue_size=2048)}), target).rate
+    many = capacity(model, SimConfig({"s": StageConfig(32, 0.0, queue_size=2048)}), target).rate
     assert many > 2 * one
 
 
 def test_search_returns_a_feasible_better_config() -> None:
     model = _fixed_cost(0.0002)
     target = Target(p99_s=0.1, n=1500, steps=5)
-    start = SimConfig({"s": StageKnobs(2, 0.0)})
+    start = SimConfig({"s": StageConfig(2, 0.0, queue_size=2048)})
     result = search(model, start, target, passes_=1)
     assert result.best_capacity.rate >= result.start_capacity.rate
     assert result.best.stages["s"].max_batch > 2
@@ -174,7 +175,7 @@ def test_cli_plan(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
 
 def test_give_up_only_stops_runs_that_fail() -> None:
     """Stopping a hopeless run early never changes a verdict."""
-    model, config = _single_stage(0.001), SimConfig({"s": StageKnobs(1, 0.0)})
+    model, config = _single_stage(0.001), SimConfig({"s": StageConfig(1, 0.0, queue_size=2048)})
     for rate in (300.0, 990.0, 1500.0):
         full = simulate(model, config, rate, n=2000, seed=1)
         quick = simulate(model, config, rate, n=2000, seed=1, give_up=(0.1, 0.001))

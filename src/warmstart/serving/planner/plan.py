@@ -16,9 +16,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from warmstart.serving.engine import StageConfig
 from warmstart.serving.planner.fit import TrafficModel, fit_traffic
 from warmstart.serving.planner.search import Capacity, SearchResult, Target, search
-from warmstart.serving.planner.simulate import SimConfig, StageKnobs, simulate
+from warmstart.serving.planner.simulate import DEFAULT_STAGE, SimConfig, simulate
 from warmstart.serving.trafficlog import read_events
 
 # where each stage's knobs live in the server config (the fused recommend stage uses ``rank``)
@@ -43,9 +44,9 @@ def sim_config(server: dict[str, Any], model: TrafficModel, cores: float) -> Sim
     stages = {}
     for name in model.stages:
         section = resolved[SECTIONS[name][0]][SECTIONS[name][1]]
-        stages[name] = StageKnobs(
-            section["max_batch"], section["max_wait_s"], section["concurrency"],
-            section["queue_size"],
+        stages[name] = StageConfig(
+            max_batch=section["max_batch"], max_wait_s=section["max_wait_s"],
+            concurrency=section["concurrency"], queue_size=section["queue_size"],
         )  # fmt: skip
     adm = resolved["admission"]
     return SimConfig(
@@ -165,7 +166,7 @@ def changes(old: SimConfig, new: SimConfig) -> dict[str, list[Any]]:
         if getattr(old, name) != getattr(new, name):
             out[name] = [getattr(old, name), getattr(new, name)]
     for stage, knobs in new.stages.items():
-        before = old.stages.get(stage, StageKnobs())
+        before = old.stages.get(stage, DEFAULT_STAGE)
         for f in ("max_batch", "max_wait_s", "concurrency"):
             if getattr(before, f) != getattr(knobs, f):
                 out[f"{stage}.{f}"] = [getattr(before, f), getattr(knobs, f)]

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from warmstart.serving.planner.fit import TrafficModel
-from warmstart.serving.planner.simulate import SimConfig, SimResult, StageKnobs, simulate
+from warmstart.serving.planner.simulate import DEFAULT_STAGE, SimConfig, SimResult, simulate
 
 BATCHES = (1, 2, 4, 8, 16, 32, 64, 128)
 WAITS = (0.0, 0.0005, 0.001, 0.002, 0.005, 0.01)
@@ -53,7 +53,7 @@ def cpu_bound(model: TrafficModel, config: SimConfig) -> float:
     for c in model.classes:
         for v in c.visits:
             stage = model.stages[v.stage]
-            b = config.stages.get(v.stage, StageKnobs()).max_batch
+            b = config.stages.get(v.stage, DEFAULT_STAGE).max_batch
             units = v.units if v.degraded is None or not config.shed else min(v.units, v.degraded)
             per_item = stage.mean(b, b * units, config.threads) / b
             per_request += c.share * v.prob * per_item * config.threads
@@ -90,7 +90,7 @@ Knob = tuple[str, tuple[object, ...], Callable[[SimConfig, object], SimConfig]]
 def _stage_knob(stage: str, field: str, values: tuple[object, ...]) -> Knob:
     def set_(config: SimConfig, value: object) -> SimConfig:
         stages = dict(config.stages)
-        knobs: Any = stages.get(stage, StageKnobs())
+        knobs: Any = stages.get(stage, DEFAULT_STAGE)
         stages[stage] = dataclasses.replace(knobs, **{field: value})
         return dataclasses.replace(config, stages=stages)
 

@@ -32,18 +32,15 @@ from typing import Any
 
 import numpy as np
 
+from warmstart.serving.engine import StageConfig
 from warmstart.serving.planner.fit import RequestClass, TrafficModel
 
 INGRESS = 0.6  # share of the per-request overhead before admission (parse, validate, map ids)
 CLIENT_TIMEOUT_S = 2.0  # the load generator gives up after this (an error)
 
 
-@dataclass(frozen=True)
-class StageKnobs:
-    max_batch: int = 32
-    max_wait_s: float = 0.001
-    concurrency: int = 1
-    queue_size: int = 2048
+# A stage the config leaves out runs with these knobs (the server's model-stage defaults).
+DEFAULT_STAGE = StageConfig(max_batch=32, max_wait_s=0.001, queue_size=2048)
 
 
 @dataclass(frozen=True)
@@ -58,7 +55,7 @@ class SimConfig:
         background: runnable threads of other processes sharing the cores (not a knob).
     """
 
-    stages: dict[str, StageKnobs]
+    stages: dict[str, StageConfig]
     workers: int = 1
     threads: int = 1
     cores: float = 1.0
@@ -124,7 +121,7 @@ class _Req:
 
 
 class _Stage:
-    def __init__(self, name: str, knobs: StageKnobs) -> None:
+    def __init__(self, name: str, knobs: StageConfig) -> None:
         self.name, self.k = name, knobs
         self.queue: deque[tuple[_Req, float]] = deque()
         self.idle = knobs.concurrency
@@ -160,7 +157,7 @@ class Simulator:
         self.model, self.config = model, config
         self.rng = np.random.default_rng(seed)
         self.stages = {
-            v.stage: _Stage(v.stage, config.stages.get(v.stage, StageKnobs()))
+            v.stage: _Stage(v.stage, config.stages.get(v.stage, DEFAULT_STAGE))
             for c in model.classes
             for v in c.visits
         }
