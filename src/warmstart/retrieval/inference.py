@@ -18,6 +18,12 @@ Methods are safe for concurrent readers: the (stateful) fast tokenizers are guar
 loading. Text goes through the same functions as in training (``retrieval.text.passage_text``,
 ``retrieval.encoding.encode_texts`` / ``score_pairs``), so serving cannot drift from training.
 The thread policy is a constructor argument (``threads``), never a process-wide setting.
+
+Speed options, also constructor (and ``load``) arguments, off by default so results stay the
+fp32 ones unless asked: ``bf16`` runs query encoding and reranking in bf16 autocast (worth it
+only on CPUs with native bf16, ``encoding.native_bf16``; scores differ from fp32 in the 2nd-3rd
+digit), ``rerank_max_length`` caps the tokens of each (query, passage) pair below the
+cross-encoder's trained ``max_length`` (the rerank's cost grows with it; measure the quality).
 """
 
 from __future__ import annotations
@@ -132,13 +138,27 @@ class _Reranking:
         cross: tuple[CrossEncoder, PreTrainedTokenizerBase] | None,
         batch_size: int,
         threads: int | None,
+        bf16: bool = False,
+        rerank_max_length: int | None = None,
     ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size={batch_size}: must be >= 1")
+        if not isinstance(bf16, bool):
+            raise ValueError(f"bf16={bf16!r}: must be True or False")
+        if rerank_max_length is not None and (
+            not isinstance(rerank_max_length, int)
+            or isinstance(rerank_max_length, bool)
+            or rerank_max_length < 8
+        ):
+            raise ValueError(
+                f"rerank_max_length={rerank_max_length!r}: must be None or an int >= 8"
+            )
         self.documents = list(documents)
         self.cross = None if cross is None else (cross[0].eval(), cross[1])
         self.batch_size = batch_size
         self.threads = check_threads(threads)
+        self.bf16 = bf16
+        self.rerank_max_length = rerank_max_length
 
     def _hit(self, row: int, score: float) -> Hit:
         d = self.documents[row]
@@ -178,7 +198,13 @@ class _Reranking:
         model, tokenizer = self.cross
         with intra_op_threads(self.threads):
             scores = score_pairs(
-                model, tokenizer, pair_queries, pair_passages, batch_size=self.batch_size
+                model,
+                tokenizer,
+                pair_queries,
+                pair_passages,
+                batch_size=self.batch_size,
+                bf16=self.bf16,
+                max_length=self.rerank_max_length,
             )
         out: list[list[Hit]] = []
         start = 0
@@ -201,6 +227,8 @@ class Retriever(_Reranking):
             process's settings and changes nothing; ``n`` runs this object's encoding and
             reranking with ``n`` intra-op threads in the calling thread only. ``Retriever.load``
             gives the index the same policy.
+        bf16: query encoding and reranking in bf16 autocast (module docstring).
+        rerank_max_length: tokens per reranked pair (None: the cross-encoder's own).
 
     Raises:
         ValueError: the document count differs from the index size.
@@ -215,20 +243,31 @@ class Retriever(_Reranking):
         cross: tuple[CrossEncoder, PreTrainedTokenizerBase] | None = None,
         batch_size: int = 32,
         threads: int | None = None,
+        *,
+        bf16: bool = False,
+        rerank_max_length: int | None = None,
     ) -> None:
         if len(documents) != index.ntotal:
             raise ValueError(
                 f"{len(documents)} documents but the index holds {index.ntotal} vectors: "
                 "document i must be the index's row i"
             )
-        super().__init__(documents, cross, batch_size, threads)
+        super().__init__(documents, cross, batch_size, threads, bf16, rerank_max_length)
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.index = index
 
     @classmethod
-    def load(cls, folder: Path, batch_size: int = 32, threads: int | None = None) -> Retriever:
-        """Load a folder written by :func:`export_retriever`.
+    def load(
+        cls,
+        folder: Path,
+        batch_size: int = 32,
+        threads: int | None = None,
+        *,
+        bf16: bool = False,
+        rerank_max_length: int | None = None,
+    ) -> Retriever:
+        """Load a folder written by :func:`export_retriever` (speed options as the constructor).
 
         Raises:
             ValueError: not a dual encoder / cross-encoder where one is expected, or
@@ -252,7 +291,17 @@ class Retriever(_Reranking):
                 f"{index.ntotal} vectors; the folder is inconsistent (rewrite it with "
                 "export_retriever or `warmstart retrieval index`)"
             )
-        return cls(model, tokenizer, index, docs, cross, batch_size, threads)
+        return cls(
+            model,
+            tokenizer,
+            index,
+            docs,
+            cross,
+            batch_size,
+            threads,
+            bf16=bf16,
+            rerank_max_length=rerank_max_length,
+        )
 
     def encode_queries(self, texts: Sequence[str]) -> np.ndarray:
         """(M,) query texts -> (M, H) float32 vectors, in length-sorted batches.
@@ -263,7 +312,12 @@ class Retriever(_Reranking):
         texts = _check_queries(texts, "texts")
         with intra_op_threads(self.threads):
             return encode_texts(
-                self.model, self.tokenizer, texts, side="query", batch_size=self.batch_size
+                self.model,
+                self.tokenizer,
+                texts,
+                side="query",
+                batch_size=self.batch_size,
+                bf16=self.bf16,
             )
 
     def search(self, query_embeddings: np.ndarray, k: int) -> list[list[Hit]]:

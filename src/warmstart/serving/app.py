@@ -220,8 +220,13 @@ class Server:
         if paths.retriever:
             from warmstart.retrieval.inference import Retriever
 
+            search_config = self.config.search
             retriever = await asyncio.to_thread(
-                Retriever.load, Path(paths.retriever), threads=self.config.compute.intra_op_threads
+                Retriever.load,
+                Path(paths.retriever),
+                threads=self.config.compute.intra_op_threads,
+                bf16=search_config.use_bf16,
+                rerank_max_length=search_config.rerank_max_length,
             )
             search = SearchPipeline(retriever, self.compute, self.config.search)
         attach(self.traffic, rec, "recommend")

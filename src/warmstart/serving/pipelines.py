@@ -326,16 +326,55 @@ class RecommendPipeline(Staged):
 @dataclass(frozen=True)
 class SearchConfig:
     """Attributes:
-    rerank_n: hits reranked by the cross-encoder when a request asks for rerank.
+    rerank_n: hits reranked by the cross-encoder when a request asks for rerank (the rerank's
+        cost is linear in it).
+    bf16: query encoding and rerank in bf16 autocast: ``"auto"`` (the default) turns it on
+        when the CPU has native bf16 units (``retrieval.encoding.native_bf16``), ``true`` /
+        ``false`` force it. Inference only: scores differ from fp32 in the 2nd-3rd digit (the
+        measured nDCG@10 change is in docs/serving.md); on a CPU without native bf16 it is slower.
+    rerank_max_length: tokens per (query, passage) pair the cross-encoder reads (``None``: the
+        length it was trained with).
+    degrade_rerank: under load, answer a rerank request without the rerank (said in the
+        response, ``degraded``) rather than refuse it; ``false``: a rerank request is reranked
+        or refused (503), never answered unreranked.
     encode / index / rerank: each stage's batching and queueing.
     admission: deadlines and shedding (degrading skips the rerank).
     """
 
     rerank_n: int = 20
+    bf16: bool | str = "auto"
+    rerank_max_length: int | None = None
+    degrade_rerank: bool = True
     encode: StageConfig = field(default_factory=lambda: StageConfig(32, 0.002, 2048, 1))
     index: StageConfig = field(default_factory=lambda: StageConfig(64, 0.0, 2048, 1))
     rerank: StageConfig = field(default_factory=lambda: StageConfig(8, 0.002, 512, 1))
     admission: AdmissionConfig = field(default_factory=AdmissionConfig)
+
+    def __post_init__(self) -> None:
+        if (
+            isinstance(self.rerank_n, bool)
+            or not isinstance(self.rerank_n, int)
+            or self.rerank_n < 1
+        ):
+            raise ValueError(f"search.rerank_n must be an int >= 1, got {self.rerank_n!r}")
+        if not isinstance(self.bf16, bool) and self.bf16 != "auto":
+            raise ValueError(f'search.bf16 must be true, false or "auto", got {self.bf16!r}')
+        length = self.rerank_max_length
+        if length is not None and (
+            isinstance(length, bool) or not isinstance(length, int) or length < 8
+        ):
+            raise ValueError(
+                f"search.rerank_max_length must be null or an int >= 8, got {length!r}"
+            )
+
+    @property
+    def use_bf16(self) -> bool:
+        """``bf16`` resolved: ``"auto"`` is whether this CPU has native bf16."""
+        if self.bf16 == "auto":
+            from warmstart.retrieval.encoding import native_bf16
+
+            return native_bf16()
+        return bool(self.bf16)
 
 
 @dataclass(frozen=True)
@@ -395,14 +434,15 @@ class SearchPipeline(Staged):
         budget = 1e-3 * (req.deadline_ms or self.config.admission.deadline_ms)
         base: list[Stage[Any, Any]] = [self.encode, self.index]
         full = [*base, self.rerank] if req.rerank else base
-        ticket = self.admission.admit(full, base, budget)
+        skip_ok = self.config.degrade_rerank
+        ticket = self.admission.admit(full, base if skip_ok else full, budget)
         deadline = time.monotonic() + budget
         self.admission.enter()
         try:
             emb = await self.encode.submit(req.query, deadline)
             depth = max(req.k, self.config.rerank_n) if req.rerank else req.k
             hits = await self.index.submit((emb, depth), deadline)
-            if req.rerank and ticket.degrade:
+            if req.rerank and ticket.degrade and skip_ok:
                 return SearchResult(hits[: req.k], False, ("rerank skipped",))
             if req.rerank:
                 hits = await self.rerank.submit((req.query, hits[: self.config.rerank_n]), deadline)
