@@ -35,7 +35,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_serving as bs
-from common import add_common_args, print_table, write_result
+from common import RESULTS_DIR, add_common_args, print_table, write_result
 from loadgen import measure, request_bytes
 
 P99_MS = bs.P99_MS
@@ -89,6 +89,28 @@ class Served:
         stats = httpx.get(f"http://127.0.0.1:{self.port}/v1/stats", timeout=10).json()
         return {p: stats[p]["admission"] for p in ("recommend", "search") if p in stats}
 
+    def decisions(self) -> dict[str, int]:
+        """Admission counters summed over the pipelines (admitted includes degraded);
+        ``degraded``: recommend's only (a search degrade skips a rerank, and no request of
+        these workloads asks for one: nothing is lost), ``search_degraded`` apart."""
+        adm = self.admission()
+        out = {k: int(sum(a[k] for a in adm.values())) for k in ("admitted", "rejected")}
+        out["degraded"] = int(adm.get("recommend", {}).get("degraded", 0))
+        out["search_degraded"] = int(adm.get("search", {}).get("degraded", 0))
+        return out
+
+    def thread_cpu(self) -> dict[int, float]:
+        """CPU seconds (user + system) of each of the server's threads, from /proc."""
+        pid, out = self.proc.proc.pid, {}
+        tick = os.sysconf("SC_CLK_TCK")
+        for tid in os.listdir(f"/proc/{pid}/task"):
+            try:
+                fields = Path(f"/proc/{pid}/task/{tid}/stat").read_text().rsplit(")", 1)[1].split()
+            except FileNotFoundError:  # the thread ended meanwhile
+                continue
+            out[int(tid)] = (int(fields[11]) + int(fields[12])) / tick
+        return out
+
 
 class RateSearch:
     """``bench_serving.max_rate``'s search as a state machine, so two servers can take turns:
@@ -119,17 +141,48 @@ class RateSearch:
 MAX_SEND_LAG_MS = 10.0  # a step where the generator itself fell this far behind is measured again
 
 
-def valid_step(name: str, port: int, payloads: list[bytes], x: RateSearch, seconds: float) -> bool:
-    """``bench_serving.step`` at ``x.rate``; a step whose generator send lag p99 exceeds
+def measured_step(
+    name: str, s: Served, payloads: list[bytes], rate: float, seconds: float, log: list
+) -> dict[str, float]:
+    """``bench_serving.step`` at ``rate`` plus what the server says about it: the share of the
+    step's requests it degraded (``/v1/stats``), and its threads' CPU per request (``/proc``:
+    ``loop_ms`` the main thread, the event loop; ``threads_ms`` all the others)."""
+    before, cpu0 = s.decisions(), s.thread_cpu()
+    print(f"  {name}:", end="", flush=True)
+    bs.step(s.port, payloads, rate, seconds, log)
+    after, cpu1 = s.decisions(), s.thread_cpu()
+    r = log[-1]
+    seen = max(1, sum(after[k] - before[k] for k in ("admitted", "rejected")))
+    r["degraded"] = (after["degraded"] - before["degraded"]) / seen
+    r["search_degraded_noop"] = (after["search_degraded"] - before["search_degraded"]) / seen
+    pid = s.proc.proc.pid
+    used = {t: c - cpu0.get(t, 0.0) for t, c in cpu1.items()}
+    r["loop_ms"] = 1e3 * used.get(pid, 0.0) / seen
+    r["threads_ms"] = 1e3 * sum(c for t, c in used.items() if t != pid) / seen
+    print(
+        f"    degraded {r['degraded']:.3f}; CPU per request: loop {r['loop_ms']:.2f} ms, "
+        f"other threads {r['threads_ms']:.2f} ms",
+        flush=True,
+    )
+    return r
+
+
+def step_passes(r: dict[str, float], max_degraded: float) -> bool:
+    """The planner's criterion on a measured step: p99, errors (``bench_serving.passes``) and
+    the degraded share (a degraded answer scored fewer candidates than the workload asks)."""
+    return bs.passes(r) and r["degraded"] <= max_degraded
+
+
+def valid_step(name: str, s: Served, payloads: list[bytes], x: RateSearch, args: Any) -> bool:
+    """``measured_step`` at ``x.rate``; a step whose generator send lag p99 exceeds
     ``MAX_SEND_LAG_MS`` (the client, not the server, was starved on the shared machine) is
     kept in ``x.discarded`` and measured again, at most twice."""
     for attempt in range(3):
-        print(f"  {name}:", end="", flush=True)
-        ok = bs.step(port, payloads, x.rate, seconds, x.curve)
-        if x.curve[-1]["send_lag_p99_ms"] <= MAX_SEND_LAG_MS or attempt == 2:
-            return ok
+        r = measured_step(name, s, payloads, x.rate, args.duration, x.curve)
+        if r["send_lag_p99_ms"] <= MAX_SEND_LAG_MS or attempt == 2:
+            return step_passes(r, args.max_degraded)
         x.discarded.append(x.curve.pop())
-    return ok
+    return False
 
 
 def paired_capacity(
@@ -155,12 +208,11 @@ def paired_capacity(
         while not all(x.done for x in searches.values()):
             for name, x in searches.items():
                 if not x.done:
-                    x.update(valid_step(name, servers[name].port, payloads, x, args.duration))
+                    x.update(valid_step(name, servers[name], payloads, x, args))
         out = {}
         for name, s in servers.items():
-            adm = s.admission()
-            degraded = sum(a["degraded"] for a in adm.values())
-            admitted = sum(a["admitted"] for a in adm.values())
+            counts = s.decisions()
+            degraded, admitted = counts["degraded"], counts["admitted"]
             out[name] = {
                 "capacity": searches[name].good,
                 "curve": searches[name].curve,
@@ -211,18 +263,41 @@ def log_share(logdir: Path, cost: dict[str, float]) -> dict[str, float]:
 
 
 def predicted_p99(model: Any, config: Any, curve: list[dict[str, float]], n: int) -> list[dict]:
-    """The simulator's p99 at every rate the load generator measured."""
+    """The simulator against every step the load generator measured: p50, p99, errors,
+    degraded share, and CPU per request (event loop; stage calls) against ``/proc``'s."""
     from warmstart.serving.planner.simulate import simulate
 
     rows = []
     for point in sorted(curve, key=lambda r: r["rate"]):
         r = simulate(model, config, point["rate"], n)
         rows.append(
-            {"rate": point["rate"], "measured_p99_ms": point["p99_ms"],
+            {"rate": point["rate"], "measured_p50_ms": point["p50_ms"],
+             "predicted_p50_ms": 1e3 * r.p50_s(), "measured_p99_ms": point["p99_ms"],
              "predicted_p99_ms": 1e3 * r.p99_s(), "measured_errors": point["error_rate"],
-             "predicted_errors": r.error_rate}
+             "predicted_errors": r.error_rate, "measured_degraded": point.get("degraded"),
+             "predicted_degraded": r.degraded_fraction,
+             "measured_loop_ms": point.get("loop_ms"), "predicted_loop_ms": 1e3 * r.loop_cpu_s / n,
+             "measured_threads_ms": point.get("threads_ms"),
+             "predicted_stage_ms": 1e3 * r.stage_cpu_s / n}
         )  # fmt: skip
     return rows
+
+
+def refit(logdir: Path, plan: Any, target: Any) -> dict[str, float]:
+    """Predicted capacity of the default and the planned knobs from the logs the default server
+    wrote while its capacity was measured (the machine's load as it was then)."""
+    import dataclasses
+
+    from warmstart.serving.planner.fit import fit_traffic
+    from warmstart.serving.planner.search import capacity
+    from warmstart.serving.trafficlog import read_events
+
+    model = fit_traffic(read_events(logdir))
+    out = {"background": model.background, "overhead_ms": 1e3 * model.overhead_s}
+    for name, config in (("default", plan.logged), ("planned", plan.planned)):
+        config = dataclasses.replace(config, background=model.background)
+        out[name] = capacity(model, config, target).rate
+    return out
 
 
 def main() -> None:
@@ -240,6 +315,7 @@ def main() -> None:
         help="plan for the one server core, or for the CPU share it got while overloaded",
     )
     parser.add_argument("--name", default=None)
+    parser.add_argument("--results-dir", type=Path, default=RESULTS_DIR)
     args = parser.parse_args()
     if args.quick:  # a smoke run
         args.duration, args.refine, args.requests, args.log_duration = 1.0, 0, 500, 1.0
@@ -269,11 +345,12 @@ def run(args: argparse.Namespace) -> None:
     t0 = time.perf_counter()
     with Served(logged, workdir / f"{w}-logged.json") as s:
         measure("127.0.0.1", s.port, payloads, 0.25 * start, 2.0, seed=999)
-        ramp: list[dict[str, float]] = []
-        result["ramp_capacity_log_on"] = bs.max_rate(
-            s.port, payloads, start, args.log_duration, 1, ramp
-        )
-    result["ramp"] = ramp
+        ramp = RateSearch(start, 1)
+        while not ramp.done:
+            r = measured_step("logged", s, payloads, ramp.rate, args.log_duration, ramp.curve)
+            ramp.update(step_passes(r, args.max_degraded))
+        result["ramp_capacity_log_on"] = ramp.good
+    result["ramp"] = ramp.curve
     result["log_bytes"] = sum(f.stat().st_size for f in logdir.iterdir())
     print(f"  ramp {time.perf_counter() - t0:.0f} s, log {result['log_bytes'] / 1e6:.1f} MB")
 
@@ -300,21 +377,28 @@ def run(args: argparse.Namespace) -> None:
     )
 
     print(f"[{w}] capacity of the default and the planned config, in turns", flush=True)
+    # the default server logs its traffic while measured too (0.1% of its CPU, below): a second
+    # fit on those logs tells a model error from a change of the machine's load since the ramp
+    measure_logs = workdir / f"{w}-measure-logs"
+    shutil.rmtree(measure_logs, ignore_errors=True)
     configs = {
-        "default": default_config(w, 0, workdir),
+        "default": {**default_config(w, 0, workdir), "traffic_log": {"path": str(measure_logs)}},
         "planned": json.loads(planned_path.read_text()),
     }
     measured = paired_capacity(configs, workdir, w, payloads, start, args)
     result["measured"] = measured
+    target = Target(n=args.requests, max_degraded=args.max_degraded)
+    result["refit"] = refit(measure_logs, plan, target)
     result["predicted_vs_measured_p99"] = {
         "default": predicted_p99(plan.model, plan.logged, measured["default"]["curve"], args.requests),
         "planned": predicted_p99(plan.model, plan.planned, measured["planned"]["curve"], args.requests),
+        "logged ramp": predicted_p99(plan.model, plan.logged, result["ramp"], args.requests),
     }  # fmt: skip
     result["log_cost"] = log_cost()
     result["log_cost"].update(log_share(logdir, result["log_cost"]))
     result["uptime_after"] = os.getloadavg()
     report(result, summary)
-    write_result(args.name or f"planner_{w}", result, lambda ax: plot(ax, result))
+    write_result(args.name or f"planner_{w}", result, lambda ax: plot(ax, result), args.results_dir)
 
 
 def report(result: dict[str, Any], summary: dict[str, Any]) -> None:
@@ -329,17 +413,33 @@ def report(result: dict[str, Any], summary: dict[str, Any]) -> None:
              "pred/meas": round(pred["capacity"] / cap, 3) if cap else "-",
              "predicted_p99_ms": round(pred["p99_ms"], 1),
              "measured_p99_ms": round(at[0]["p99_ms"], 1) if at else "-",
+             "meas_degraded": round(at[0].get("degraded", 0.0), 3) if at else "-",
              "pred_degraded": round(pred["degraded"], 3),
              "meas_degraded_all_rates": round(meas["degraded_share_all_rates"], 3)}
         )  # fmt: skip
     print_table(rows, list(rows[0]))
+    f = result["refit"]
+    print(
+        f"refit on the logs of the default's capacity phase: background {f['background']:.2f} "
+        f"(ramp: {result['plan']['model']['background']:.2f}), predicted capacity default "
+        f"{f['default']:.1f}, planned {f['planned']:.1f} req/s"
+    )
     d, p = result["measured"]["default"]["capacity"], result["measured"]["planned"]["capacity"]
     print(f"changes: {summary['changes']}")
     print(f"planned / default measured capacity: {p / d if d else float('nan'):.3f}")
     for name, points in result["predicted_vs_measured_p99"].items():
-        print(f"{name}: rate -> measured p99 / predicted p99 (ms)")
+        print(
+            f"{name}: rate | p50 ms meas/pred | p99 ms meas/pred | degraded meas/pred | "
+            "loop CPU ms/req meas/pred | other threads (stages) CPU ms/req meas/pred"
+        )
         for r in points:
-            print(f"  {r['rate']:7.1f}  {r['measured_p99_ms']:8.1f}  {r['predicted_p99_ms']:8.1f}")
+            print(
+                f"  {r['rate']:7.1f} | {r['measured_p50_ms']:6.1f} {r['predicted_p50_ms']:6.1f} | "
+                f"{r['measured_p99_ms']:7.1f} {r['predicted_p99_ms']:7.1f} | "
+                f"{r['measured_degraded'] or 0:.3f} {r['predicted_degraded']:.3f} | "
+                f"{r['measured_loop_ms'] or 0:5.2f} {r['predicted_loop_ms']:5.2f} | "
+                f"{r['measured_threads_ms'] or 0:5.2f} {r['predicted_stage_ms']:5.2f}"
+            )
     c = result["log_cost"]
     print(f"log cost: {c['batch_event_us']:.1f} µs per batch event, "
           f"{c['request_event_us']:.1f} µs per request event; {c['log_us_per_request']:.1f} µs "

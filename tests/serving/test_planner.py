@@ -183,3 +183,35 @@ def test_give_up_only_stops_runs_that_fail() -> None:
         assert passes(full, target) == passes(quick, target)
         if passes(full, target):
             assert quick.p99_s() == full.p99_s()
+
+
+def test_fit_service_without_batches_credits_batching_nothing() -> None:
+    """Every call one item: the fixed and per-item costs cannot be told apart, so it is all
+    per item (least squares would split it in halves and promise a batching gain unseen)."""
+    n = np.ones(50)
+    a, b, c = fit_service(n, n, np.full(50, 0.012))
+    assert (a, c) == (0.0, 0.0) and b == pytest.approx(0.012)
+
+
+def test_background_leaves_out_the_servers_own_loop() -> None:
+    """Calls slowed 1.5x in a second where the loop itself used half the core: no one else."""
+    from warmstart.serving.planner.fit import background_load
+
+    ticks = [{"run": 0, "t": float(t), "req": 10, "cpu": 1.0, "wall": 1.0} for t in range(1, 5)]
+    calls = {"s": [{"run": 0, "t": t + 0.5, "svc": 0.015, "cpu": 0.01} for t in range(4)]}
+    assert background_load(calls, ticks) == pytest.approx(0.5)
+    own = {(0, t): 0.5 for t in range(1, 5)}
+    assert background_load(calls, ticks, own) == pytest.approx(0.0)
+
+
+def test_simulated_loop_spends_the_idle_cpu() -> None:
+    """``idle_cpu`` seconds per second of loop work (in slices), counted in the loop's CPU."""
+    base = _single_stage(0.001, overhead_s=0.0002)
+    idle = dataclasses.replace(base, idle_cpu=0.05)
+    quiet = simulate(base, _unbatched(), 100, n=2000, seed=0)
+    busy = simulate(idle, _unbatched(), 100, n=2000, seed=0)
+    seconds = 2000 / 100
+    assert quiet.loop_cpu_s == pytest.approx(2000 * 0.0002, rel=0.01)
+    assert busy.loop_cpu_s - quiet.loop_cpu_s == pytest.approx(0.05 * seconds, rel=0.05)
+    assert busy.stage_cpu_s == pytest.approx(quiet.stage_cpu_s) == pytest.approx(2.0)
+    assert busy.latencies_s.mean() > quiet.latencies_s.mean()

@@ -29,6 +29,7 @@ def test_round_trip(tmp_path: Path) -> None:
     assert [e["e"] for e in events] == ["meta", "req", "batch", "tick"]
     meta, req, batch, tick = events
     assert meta["server"] == {"compute": {"workers": 1}} and meta["v"] == 1
+    assert meta["cpus"] >= 1  # the cores the process may run on (its affinity)
     assert req["p"] == "recommend" and req["d"] == "admit" and req["pred"] == 0.004
     assert batch["s"] == "model" and batch["n"] == 2 and batch["u"] == 1000
     assert batch["svc"] == 0.0025 and batch["wait"] == [0.001, 0.0005] and batch["q"] == 3

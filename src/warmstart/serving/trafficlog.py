@@ -6,7 +6,7 @@ rotated to ``traffic.jsonl.1`` (older files shift up, at most ``files`` are kept
 never hold more than ``files × max_mb`` MB. Events (``e``), times ``t`` in seconds since the
 file's ``meta`` line (``time.monotonic()`` based), durations in seconds::
 
-    {"e": "meta", "v": 1, "t0": 1234.5, "wall": 1.7e9, "pid": 42, "sample": 1.0,
+    {"e": "meta", "v": 1, "t0": 1234.5, "wall": 1.7e9, "pid": 42, "cpus": 1, "sample": 1.0,
      "server": {...the resolved server config...}}
     {"e": "req", "t": 0.0123, "p": "recommend", "d": "admit", "pred": 0.004}
     {"e": "batch", "t": 0.0150, "p": "recommend", "s": "model", "n": 3, "u": 1500,
@@ -120,6 +120,14 @@ class RotatingLines:
         self._file.close()
 
 
+def _cpus() -> int:
+    """Cores this process may run on (its affinity where the platform has one)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
 class TrafficLog:
     """The server's recorder: stages and admission call it; it samples, buffers and writes.
 
@@ -157,6 +165,7 @@ class TrafficLog:
             "t0": self.t0,
             "wall": time.time(),
             "pid": os.getpid(),
+            "cpus": _cpus(),
             "sample": self.config.sample,
             "server": self.server,
         }

@@ -110,11 +110,16 @@ def fit_service(n: np.ndarray, u: np.ndarray, cpu: np.ndarray) -> tuple[float, f
     """Non-negative least squares of ``cpu ≈ a + b·n + c·u`` (drop a negative term, refit).
 
     ``u`` proportional to ``n`` makes ``c`` unidentifiable: then it is 0 and ``b`` carries it.
+    A constant ``n`` (every logged call one item: no batch ever formed) makes ``a`` and ``b``
+    unidentifiable: then ``a`` is 0 and the cost is all per item, so the planner credits
+    batching with no saving it has not seen (least squares would split the cost in halves).
     """
     columns = {"a": np.ones_like(n), "b": n, "c": u}
     active = ["a", "b", "c"]
     if np.ptp(u / np.maximum(n, 1)) < 1e-9:
         active.remove("c")
+    if n.size and np.ptp(n) < 1e-9:
+        active.remove("a")
     while active:
         X = np.stack([columns[k] for k in active], axis=1)
         coef, *_ = np.linalg.lstsq(X, cpu, rcond=None)
@@ -186,6 +191,9 @@ def fit_traffic(events: Iterable[dict[str, Any]]) -> TrafficModel:
     stages = {name: fit_stage(bs, threads) for name, bs in batches.items()}
     server = metas[-1].get("server", {}) if metas else {}
     overhead, idle = fit_overhead(ticks, batches, sample)
+    # the logged process's own loop slows its calls only where it had one core
+    one_core = bool(metas) and all(int(m.get("cpus", 0)) == 1 for m in metas)
+    own = loop_share(ticks, batches, sample) if one_core else None
     rate, cv2 = arrival_rate(reqs, sample)
     return TrafficModel(
         stages,
@@ -198,25 +206,36 @@ def fit_traffic(events: Iterable[dict[str, Any]]) -> TrafficModel:
         len(reqs),
         cpu_share(ticks, reqs),
         any(r["d"] == "reject" for r in reqs),
-        background_load(batches, ticks),
+        background_load(batches, ticks, own),
     )
 
 
-def background_load(batches: dict[str, list[dict[str, Any]]], ticks: list[dict[str, Any]]) -> float:
-    """``median(wall / cpu) - 1`` of the stage calls logged in the calmer half of the ticks.
+def background_load(
+    batches: dict[str, list[dict[str, Any]]],
+    ticks: list[dict[str, Any]],
+    own: dict[tuple[int, int], float] | None = None,
+) -> float:
+    """``median(wall / cpu - 1 - own) `` of the stage calls logged in the calmer half of the ticks.
 
     A call that took twice its CPU time on the wall clock shared its core with about one other
-    runnable thread; in calm seconds the server's own event loop is mostly idle, so that other
-    thread belongs to someone else (what the simulator adds as a constant processor-sharing load).
+    runnable thread. Part of that is the server's own event loop (``own``: per ``(run, second)``
+    the CPU share of the process outside the stage calls, given only when the logged process ran
+    on one core; the simulator already shares the core with the loop); the rest belongs to other
+    processes, which the simulator adds as a constant processor-sharing load.
     """
     calls = [b for bs in batches.values() for b in bs if (b.get("cpu") or 0) > 1e-4]
     if not calls or not ticks:
         return 0.0
+    own = own or {}
     calm_limit = float(np.median([t["req"] for t in ticks]))
     calm = {(t["run"], int(t["t"])) for t in ticks if t["req"] <= calm_limit}
-    ratios = [b["svc"] / b["cpu"] for b in calls if (b["run"], int(b["t"]) + 1) in calm]
-    ratios = ratios or [b["svc"] / b["cpu"] for b in calls]
-    return max(0.0, float(np.median(ratios)) - 1.0)
+
+    def excess(b: dict[str, Any]) -> float:
+        return b["svc"] / b["cpu"] - 1.0 - own.get((b["run"], int(b["t"]) + 1), 0.0)
+
+    ratios = [excess(b) for b in calls if (b["run"], int(b["t"]) + 1) in calm]
+    ratios = ratios or [excess(b) for b in calls]
+    return max(0.0, float(np.median(ratios)))
 
 
 def cpu_share(ticks: list[dict[str, Any]], reqs: list[dict[str, Any]]) -> float:
@@ -242,13 +261,32 @@ def fit_overhead(
     Per tick ``i``: ``cpu_i - stage_cpu_i = overhead · requests_i + idle · wall_i`` (least
     squares, both >= 0). The first tick of each run also holds start-up work and is left out.
     """
+    rows, stage_cpu = tick_stage_cpu(ticks, batches, sample)
+    if not rows:
+        return 0.0, 0.0
+    residual = np.array([t["cpu"] for t in rows]) - stage_cpu
+    req = np.array([t["req"] for t in rows], float)
+    wall = np.array([t["wall"] for t in rows], float)
+    X = np.stack([req, wall], axis=1)
+    coef, *_ = np.linalg.lstsq(X, residual, rcond=None)
+    per_req, idle = (float(c) for c in coef)
+    if idle < 0 or per_req < 0:  # fall back to no idle term
+        return max(0.0, float(residual.sum() / max(req.sum(), 1))), 0.0
+    return per_req, idle
+
+
+def tick_stage_cpu(
+    ticks: list[dict[str, Any]], batches: dict[str, list[dict[str, Any]]], sample: float
+) -> tuple[list[dict[str, Any]], np.ndarray]:
+    """The ticks (the first of each run left out: it holds start-up work) and the stage calls'
+    CPU seconds that fall within each."""
     runs = defaultdict(list)
     for tick in ticks:
         runs[tick["run"]].append(tick)
     rows = [t for ts in runs.values() for t in ts[1:] if t["wall"] > 0]
-    if not rows:
-        return 0.0, 0.0
     stage_cpu = np.zeros(len(rows))
+    if not rows:
+        return rows, stage_cpu
     run_of = np.array([t["run"] for t in rows])
     ends = np.array([t["t"] for t in rows])
     starts = ends - np.array([t["wall"] for t in rows])
@@ -262,15 +300,18 @@ def fit_overhead(
         j = idx[np.searchsorted(ends[idx], b_t[mine], side="right").clip(max=idx.size - 1)]
         inside = (starts[j] <= b_t[mine]) & (b_t[mine] < ends[j])
         np.add.at(stage_cpu, j[inside], b_cpu[mine][inside])
-    residual = np.array([t["cpu"] for t in rows]) - stage_cpu
-    req = np.array([t["req"] for t in rows], float)
-    wall = np.array([t["wall"] for t in rows], float)
-    X = np.stack([req, wall], axis=1)
-    coef, *_ = np.linalg.lstsq(X, residual, rcond=None)
-    per_req, idle = (float(c) for c in coef)
-    if idle < 0 or per_req < 0:  # fall back to no idle term
-        return max(0.0, float(residual.sum() / max(req.sum(), 1))), 0.0
-    return per_req, idle
+    return rows, stage_cpu
+
+
+def loop_share(
+    ticks: list[dict[str, Any]], batches: dict[str, list[dict[str, Any]]], sample: float
+) -> dict[tuple[int, int], float]:
+    """Per ``(run, second)``: the process's CPU share outside the stage calls (its event loop)."""
+    rows, stage_cpu = tick_stage_cpu(ticks, batches, sample)
+    return {
+        (t["run"], int(t["t"])): max(0.0, (t["cpu"] - s) / t["wall"])
+        for t, s in zip(rows, stage_cpu, strict=True)
+    }
 
 
 def arrival_rate(reqs: list[dict[str, Any]], sample: float) -> tuple[float, float]:

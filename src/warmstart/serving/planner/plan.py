@@ -58,6 +58,7 @@ def sim_config(server: dict[str, Any], model: TrafficModel, cores: float) -> Sim
         adm["degrade_at"],
         adm["max_in_flight"],
         adm["shed"],
+        reject_at=adm["reject_at"],
     )
 
 
@@ -78,7 +79,7 @@ def server_config(planned: SimConfig, server: dict[str, Any]) -> dict[str, Any]:
         out.setdefault(pipeline, {}).setdefault(stage, {}).update(
             max_batch=k.max_batch, max_wait_s=k.max_wait_s, concurrency=k.concurrency
         )
-    admission = {"degrade_at": planned.degrade_at}
+    admission = {"degrade_at": planned.degrade_at, "reject_at": planned.reject_at}
     out.setdefault("admission", {}).update(admission)
     for pipeline in ("recommend", "search"):
         if "admission" in out.get(pipeline, {}):
@@ -156,13 +157,14 @@ def _knobs(c: SimConfig) -> dict[str, Any]:
         "threads": c.threads,
         "cores": c.cores,
         "degrade_at": c.degrade_at,
+        "reject_at": c.reject_at,
     }
 
 
 def changes(old: SimConfig, new: SimConfig) -> dict[str, list[Any]]:
     """``{knob: [old, new]}`` for every knob that differs."""
     out: dict[str, list[Any]] = {}
-    for name in ("workers", "threads", "degrade_at", "max_in_flight"):
+    for name in ("workers", "threads", "degrade_at", "reject_at", "max_in_flight"):
         if getattr(old, name) != getattr(new, name):
             out[name] = [getattr(old, name), getattr(new, name)]
     for stage, knobs in new.stages.items():

@@ -26,6 +26,7 @@ BATCHES = (1, 2, 4, 8, 16, 32, 64, 128)
 WAITS = (0.0, 0.0005, 0.001, 0.002, 0.005, 0.01)
 CONCURRENCY = (1, 2, 4)
 DEGRADE_AT = (0.25, 0.5, 0.75, 1.0)
+REJECT_AT = (0.6, 0.8, 1.0)
 
 
 @dataclass(frozen=True)
@@ -104,7 +105,7 @@ def _global_knob(field: str, values: tuple[object, ...]) -> Knob:
 def knobs(model: TrafficModel, config: SimConfig) -> Iterator[Knob]:
     """Every knob with its grid: pool threads and torch threads (within ``cores``, plus one
     worker more than cores for I/O overlap), then per visited stage batch, wait, concurrency,
-    then the degrade threshold."""
+    then the degrade and reject thresholds."""
     cores = max(1, int(config.cores))
     yield _global_knob("workers", tuple(range(1, cores + 2)))
     yield _global_knob("threads", tuple(range(1, cores + 1)))
@@ -115,6 +116,7 @@ def knobs(model: TrafficModel, config: SimConfig) -> Iterator[Knob]:
         yield _stage_knob(stage, "concurrency", CONCURRENCY)
     if config.shed:
         yield _global_knob("degrade_at", DEGRADE_AT)
+        yield _global_knob("reject_at", REJECT_AT)
 
 
 @dataclass
@@ -155,6 +157,8 @@ def search(
                 candidate = set_(best, value)
                 if candidate.workers * candidate.threads > 2 * max(1.0, candidate.cores):
                     continue  # oversubscribed beyond reason
+                if candidate.degrade_at > candidate.reject_at:
+                    continue  # the server refuses it (AdmissionConfig)
                 cap = evaluate(candidate)
                 tried.append((name, value, cap.rate))
                 if cap.rate > best_cap.rate * (1 + min_gain):

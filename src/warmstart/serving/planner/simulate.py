@@ -3,10 +3,12 @@
 What is simulated, after ``serving.engine`` and ``serving.admission``:
 
 - Poisson arrivals; each request costs ``overhead_s`` of event-loop CPU (``ingress`` share
-  before admission, the rest after its last stage), on one event-loop thread (FIFO).
+  before admission, the rest after its last stage), on one event-loop thread (FIFO); the loop
+  also spends ``idle_cpu`` seconds per second with no request (timers, polling), in slices.
 - Admission: the engine's predicted wait (queue depth, ``max_batch``, ``concurrency``, the
-  median of the last 32 service times, ``max_wait_s``) against the deadline: reject (503),
-  degrade (fewer work units, or skip a stage) or admit; ``max_in_flight`` caps requests.
+  median of the last 32 service times, ``max_wait_s``) against the deadline: degrade (fewer
+  work units, or skip a stage) above ``degrade_at``, reject (503) when even the degraded path
+  is predicted above ``reject_at``, else admit; ``max_in_flight`` caps requests.
 - Stages: bounded queue, ``concurrency`` workers that take the first item, then collect until
   ``max_batch`` items or ``max_wait_s``; a request past its deadline is dropped at the boundary.
 - Compute: one pool of ``workers`` threads shared by the stages (FIFO); a call's CPU demand
@@ -36,6 +38,7 @@ from warmstart.serving.engine import StageConfig
 from warmstart.serving.planner.fit import RequestClass, TrafficModel
 
 INGRESS = 0.6  # share of the per-request overhead before admission (parse, validate, map ids)
+IDLE_PERIOD_S = 0.005  # the loop's per-second CPU (``idle_cpu``) comes in slices this far apart
 CLIENT_TIMEOUT_S = 2.0  # the load generator gives up after this (an error)
 
 
@@ -64,6 +67,7 @@ class SimConfig:
     max_in_flight: int = 512
     shed: bool = True
     background: float = 0.0
+    reject_at: float = 0.8
 
     def key(self) -> tuple[Any, ...]:
         return (
@@ -76,6 +80,7 @@ class SimConfig:
             self.max_in_flight,
             self.shed,
             self.background,
+            self.reject_at,
         )
 
 
@@ -87,6 +92,8 @@ class SimResult:
     degraded: int
     requests: int
     cpu_busy: float = 0.0
+    loop_cpu_s: float = 0.0  # event-loop CPU seconds of the run (overhead), all requests
+    stage_cpu_s: float = 0.0  # stage calls' CPU seconds of the run
 
     @property
     def error_rate(self) -> float:
@@ -176,6 +183,8 @@ class Simulator:
         self._pool_free = config.workers
         self.in_flight = 0
         self.cpu_busy = 0.0
+        self.loop_cpu = 0.0
+        self.stage_cpu = 0.0
 
     # ------------------------------------------------------------------ event plumbing
 
@@ -236,6 +245,7 @@ class Simulator:
             return
         self._loop_busy = True
         work, then = self._loop.popleft()
+        self.loop_cpu += work
 
         def done() -> None:
             then()
@@ -267,6 +277,10 @@ class Simulator:
             req = _Req(i, float(t), classes[c])
             reqs.append(req)
             self._at(float(t), functools.partial(self._arrive, req))
+        if self.model.idle_cpu > 0:  # timers, polling, ticks: CPU per second, on the loop
+            slice_s = self.model.idle_cpu * IDLE_PERIOD_S
+            for t in np.arange(IDLE_PERIOD_S, float(times[-1]), IDLE_PERIOD_S):
+                self._at(float(t), functools.partial(self._loop_submit, slice_s, _nothing))
         self.latency = np.full(n, np.nan)
         self.errors = np.zeros(n, bool)
         self.degraded = np.zeros(n, bool)
@@ -283,6 +297,8 @@ class Simulator:
             int(self.degraded[keep].sum()),
             int(n - int(warmup * n)),
             self.cpu_busy / max(self.now, 1e-9),
+            self.loop_cpu,
+            self.stage_cpu,
         )
 
     def _arrive(self, req: _Req) -> None:
@@ -304,11 +320,14 @@ class Simulator:
             degraded = [
                 (s, by_name[s].degraded) for s, _ in req.visits if by_name[s].degraded is not None
             ]
-            if self._predict([self.stages[s] for s, _ in degraded]) > c.deadline_s:
+            if self._predict([self.stages[s] for s, _ in degraded]) > c.reject_at * c.deadline_s:
                 return self._fail(req)
+            # counted as degraded only when it loses work (fewer candidates, a skipped rerank)
+            req.degraded = [s for s, _ in degraded] != [s for s, _ in req.visits] or any(
+                u != by_name[s].units for s, u in degraded
+            )
             req.visits = [(s, float(u)) for s, u in degraded if u is not None]
-            req.degraded = True
-            self.degraded[req.i] = True
+            self.degraded[req.i] = req.degraded
         self.in_flight += 1
         req.deadline = self.now + c.deadline_s
         self._next(req)
@@ -404,6 +423,7 @@ class Simulator:
             model = self.model.stages[stage.name]
             units = sum(u for _, u in items)
             work = model.sample(len(items), units, self.config.threads, self.rng)
+            self.stage_cpu += work * self.config.threads
             self._run_cpu(
                 work,
                 float(self.config.threads),
@@ -420,6 +440,10 @@ class Simulator:
             self._next(req)
         self._take(stage)
         self._pool_run()
+
+
+def _nothing() -> None:
+    return None
 
 
 def simulate(
