@@ -39,6 +39,7 @@ from warmstart.serving.planner.fit import RequestClass, TrafficModel
 
 INGRESS = 0.6  # share of the per-request overhead before admission (parse, validate, map ids)
 IDLE_PERIOD_S = 0.005  # the loop's per-second CPU (``idle_cpu``) comes in slices this far apart
+# (or farther: at most one slice per simulated request)
 CLIENT_TIMEOUT_S = 2.0  # the load generator gives up after this (an error)
 
 
@@ -278,8 +279,9 @@ class Simulator:
             reqs.append(req)
             self._at(float(t), functools.partial(self._arrive, req))
         if self.model.idle_cpu > 0:  # timers, polling, ticks: CPU per second, on the loop
-            slice_s = self.model.idle_cpu * IDLE_PERIOD_S
-            for t in np.arange(IDLE_PERIOD_S, float(times[-1]), IDLE_PERIOD_S):
+            period = max(IDLE_PERIOD_S, float(times[-1]) / n)  # at most one slice per request
+            slice_s = self.model.idle_cpu * period
+            for t in np.arange(period, float(times[-1]), period):
                 self._at(float(t), functools.partial(self._loop_submit, slice_s, _nothing))
         self.latency = np.full(n, np.nan)
         self.errors = np.zeros(n, bool)
