@@ -1,0 +1,31 @@
+"""``warmstart distill train-teacher``'s precision: fp32 by default, bf16 only when asked (warned)."""
+
+from __future__ import annotations
+
+import pytest
+
+from warmstart.cli import build_parser
+from warmstart.cli.distill import BF16_TRAINING_WARNING, teacher_config
+from warmstart.distill.example import ExampleConfig
+
+
+def _args(*extra: str):
+    return build_parser().parse_args(["distill", "train-teacher", *extra])
+
+
+def test_train_teacher_defaults_to_fp32_without_a_warning(capsys) -> None:
+    assert not ExampleConfig().teacher_bf16
+    for extra in ((), ("--fp32",)):
+        config = teacher_config(_args(*extra, "--epochs", "2"))
+        assert not config.teacher_bf16 and config.teacher_epochs == 2
+    assert "WARNING" not in capsys.readouterr().err
+
+
+def test_bf16_training_is_an_opt_in_that_warns(capsys) -> None:
+    assert teacher_config(_args("--bf16")).teacher_bf16
+    assert BF16_TRAINING_WARNING in capsys.readouterr().err
+
+
+def test_bf16_and_fp32_exclude_each_other() -> None:
+    with pytest.raises(SystemExit):
+        _args("--bf16", "--fp32")
