@@ -29,3 +29,17 @@ def test_bf16_training_is_an_opt_in_that_warns(capsys) -> None:
 def test_bf16_and_fp32_exclude_each_other() -> None:
     with pytest.raises(SystemExit):
         _args("--bf16", "--fp32")
+
+
+def test_share_cores_and_idle_priority_options() -> None:
+    from warmstart.cli.distill import _teacher_spec, pool_config
+
+    run = ["distill", "run", "--workdir", "w", "--threads", "2"]
+    plain = pool_config(build_parser().parse_args(run))
+    assert plain.refill_at is None and plain.student_threads_idle is None
+    shared = pool_config(build_parser().parse_args([*run, "--share-cores"]))
+    assert shared.refill_at == 2 and shared.student_threads_idle == 2
+    teacher = ["distill", "teacher", "--address", "a", "--preset", "scifact", "--teacher", "t"]
+    assert not _teacher_spec(build_parser().parse_args(teacher)).idle_priority
+    spec = _teacher_spec(build_parser().parse_args([*teacher, "--teacher-idle-priority"]))
+    assert spec.idle_priority

@@ -17,7 +17,10 @@ def run(
 ) -> tuple[list, SimBackend, Dispatcher, list[str]]:
     backend = SimBackend(teachers)
     dispatcher = Dispatcher(
-        max_in_flight=kw.pop("max_in_flight", 2), timeout_s=kw.pop("timeout_s", 30.0)
+        max_in_flight=kw.pop("max_in_flight", 2),
+        timeout_s=kw.pop("timeout_s", 30.0),
+        buffer=kw.pop("buffer", 2),
+        refill_at=kw.pop("refill_at", None),
     )
     lines: list[str] = []
     out = list(stream(plan.tasks(), backend, dispatcher, poll_s=0.5, say=lines.append, **kw))
@@ -127,14 +130,60 @@ teacher_strategy = st.builds(
     batch=st.integers(1, 6),
     epochs=st.integers(1, 3),
     in_flight=st.integers(1, 3),
+    refill_at=st.sampled_from([None, None, 0, 2]),
 )
-def test_exactly_once_under_random_failures(teachers, n, batch, epochs, in_flight) -> None:
+def test_exactly_once_under_random_failures(
+    teachers, n, batch, epochs, in_flight, refill_at
+) -> None:
     plan = BatchPlan(n, batch, epochs, seed=n)
     pool = {f"t{i}": t for i, t in enumerate(teachers)}
     pool["survivor"] = SimTeacher(2.0, join=12.0)  # someone finishes the work eventually
-    out, _, d, _ = run(plan, pool, max_in_flight=in_flight, timeout_s=10.0)
+    out, _, d, _ = run(plan, pool, max_in_flight=in_flight, timeout_s=10.0, refill_at=refill_at)
     check_exactly_once(plan, out)
     assert d.outstanding == 0 and not d.attempts
+
+
+def test_refill_at_adds_tasks_only_from_the_low_water_mark() -> None:
+    d = Dispatcher(max_in_flight=1, buffer=2, refill_at=1)
+    d.add_member("t")
+    step = iter(range(1, 100))
+
+    def fill() -> int:
+        n = 0
+        while d.wants_task():
+            d.add_task(Task(next(step), 0, (0,)))
+            n += 1
+        return n
+
+    def deliver_one() -> None:
+        ((aid, _, _),) = d.assignments(0.0)
+        d.complete(aid, "x", 1.0)
+        assert len(d.deliver()) == 1
+
+    assert fill() == 3  # capacity 1 + 2
+    deliver_one()
+    assert fill() == 0  # 2 undelivered > refill_at
+    deliver_one()
+    assert fill() == 2  # 1 undelivered: refilled to capacity
+    plain = Dispatcher(max_in_flight=1, buffer=2)
+    plain.add_member("t")
+    assert plain.capacity() == 3 and plain.wants_task()
+
+
+def test_with_refill_at_a_slow_student_sees_idle_teachers_between_bursts() -> None:
+    # a 1 s teacher feeding a student that trains 2 s a step
+    plan = BatchPlan(60, 2, 1, seed=0)
+    backend = SimBackend({"t": SimTeacher(1.0)})
+    d = Dispatcher(max_in_flight=3, buffer=5, refill_at=2)
+    busy: list[bool] = []
+    out = []
+    for item in stream(
+        plan.tasks(), backend, d, poll_s=0.5, before_yield=lambda x: busy.append(x.teachers_busy())
+    ):
+        out.append(item)
+        backend.clock += 2.0  # the student's step
+    check_exactly_once(plan, out)
+    assert len(busy) == len(out) and any(busy) and not all(busy)
 
 
 def test_ledger_names_the_first_wrong_sample() -> None:

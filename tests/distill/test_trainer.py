@@ -149,3 +149,25 @@ def test_teacher_spec_validation_and_synthetic_build() -> None:
     teacher = build_teacher(TeacherSpec(kind="synthetic"))
     out = teacher.predict(PairGroups(("a b", "c"), (("a b", "x"), ("c", "c d"))))
     assert out.shape == (2, 2) and out[0, 0] > out[0, 1]
+
+
+def test_idle_priority_applies_to_the_calling_thread_only() -> None:
+    import os
+    import threading
+
+    from warmstart.distill.teacher import use_idle_priority
+
+    if not hasattr(os, "SCHED_IDLE"):
+        pytest.skip("no SCHED_IDLE on this OS")
+    before = os.sched_getscheduler(0)
+    seen: list[int] = []
+
+    def worker() -> None:
+        assert use_idle_priority()
+        seen.append(os.sched_getscheduler(0))
+
+    t = threading.Thread(target=worker)
+    t.start()
+    t.join()
+    assert seen == [os.SCHED_IDLE]
+    assert os.sched_getscheduler(0) == before  # the test's own thread keeps its policy

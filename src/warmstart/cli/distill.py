@@ -39,6 +39,7 @@ def _teacher_spec(args: argparse.Namespace) -> Any:
         "num_cpus": args.teacher_cpus,
         "device": args.teacher_device,
         "num_gpus": 1.0 if args.teacher_device == "cuda" else 0.0,
+        "idle_priority": args.teacher_idle_priority,
     }
     if args.preset == "tiny":
         return TeacherSpec(kind="synthetic", delay_s=args.teacher_delay, **common)
@@ -55,6 +56,11 @@ def _add_teacher_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--teacher-device", choices=("cpu", "cuda"), default="cpu")
     p.add_argument(
         "--teacher-delay", type=float, default=0.0, help="tiny preset: seconds per teacher call"
+    )
+    p.add_argument(
+        "--teacher-idle-priority",
+        action="store_true",
+        help="teachers compute at SCHED_IDLE: only on CPU time nothing else wants (Linux)",
     )
 
 
@@ -101,6 +107,17 @@ def _dataset_and_student(args: argparse.Namespace) -> tuple[Any, Any]:
     return student_dataset(collection, config, seed=0), CrossEncoderStudent(model, tokenizer)
 
 
+def pool_config(args: argparse.Namespace) -> Any:
+    """The elastic pool's settings; ``--share-cores``: teachers on the student's cores work in
+    bursts and the student trains on 1 thread during them, on ``--threads`` between."""
+    from warmstart.distill.ray_pool import PoolConfig
+
+    bursts: dict[str, Any] = {}
+    if args.share_cores:
+        bursts = {"buffer": 5, "refill_at": 2, "student_threads_idle": args.threads}
+    return PoolConfig(max_in_flight=args.max_in_flight, timeout_s=args.timeout, **bursts)
+
+
 def _source(args: argparse.Namespace, dataset: Any, owned: list[Any]) -> tuple[Any, Any]:
     """(teacher source, elastic pool or None); local teacher actors are appended to ``owned``."""
     from warmstart.distill.teacher import build_teacher
@@ -121,7 +138,7 @@ def _source(args: argparse.Namespace, dataset: Any, owned: list[Any]) -> tuple[A
             build_teacher(spec), dataset, 8, args.workdir / "teacher_outputs.safetensors"
         )
         return OfflineTeacher(table), None
-    from warmstart.distill.ray_pool import ElasticTeacherPool, PoolConfig, connect, start_teacher
+    from warmstart.distill.ray_pool import ElasticTeacherPool, connect, start_teacher
 
     address = connect(args.address, num_cpus=args.cluster_cpus)
     (args.workdir / "cluster.json").write_text(json.dumps({"address": address}))
@@ -129,7 +146,7 @@ def _source(args: argparse.Namespace, dataset: Any, owned: list[Any]) -> tuple[A
         f"ray cluster at {address} (teachers join with: warmstart distill teacher --address {address})"
     )
     owned.extend(start_teacher(spec, f"{args.workdir.name}-local{i}") for i in range(args.teachers))
-    config = PoolConfig(max_in_flight=args.max_in_flight, timeout_s=args.timeout)
+    config = pool_config(args)
     pool = ElasticTeacherPool(dataset, config, say=say)
     return pool, pool
 
@@ -319,6 +336,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     run.add_argument("--temperature", type=float, default=2.0)
     run.add_argument("--bf16", action="store_true", help="bf16 autocast for the student")
     run.add_argument("--threads", type=int, default=1, help="the student's torch threads")
+    run.add_argument(
+        "--share-cores",
+        action="store_true",
+        help="teachers share the student's cores: they work in bursts (queue refilled from 2 "
+        "to full) and the student trains on 1 thread during a burst, --threads between",
+    )
     run.add_argument("--no-progress", action="store_true")
     _add_teacher_options(run)
     add_data_dir(run)

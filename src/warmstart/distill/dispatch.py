@@ -62,11 +62,17 @@ class Dispatcher:
         max_in_flight: requests outstanding per teacher (backpressure).
         timeout_s: an attempt older than this counts as failed (its teacher is dropped).
         ewma: weight of the newest call time in each teacher's speed estimate.
+        buffer: undelivered tasks held beyond ``max_in_flight`` per teacher (EDL-Dist's ``+ 2``).
+        refill_at: None: top the queue up whenever a task is delivered; a number: once full, add
+            tasks again only when this few are undelivered (teachers then work in bursts and
+            idle in between, which a student sharing their cores uses: ``ElasticTeacherPool``).
     """
 
     max_in_flight: int = 2
     timeout_s: float = 60.0
     ewma: float = 0.3
+    buffer: int = 2
+    refill_at: int | None = None
     members: dict[str, Member] = field(default_factory=dict)
     pending: deque[int] = field(default_factory=deque)
     attempts: dict[int, Attempt] = field(default_factory=dict)
@@ -77,12 +83,15 @@ class Dispatcher:
     resent: int = 0
     duplicates: int = 0
     _attempt_ids: Iterator[int] = field(default_factory=itertools.count)
+    _filling: bool = True
 
     def __post_init__(self) -> None:
         if self.max_in_flight < 1:
             raise ValueError(f"max_in_flight={self.max_in_flight}: must be >= 1")
         if self.timeout_s <= 0:
             raise ValueError(f"timeout_s={self.timeout_s}: must be > 0")
+        if self.buffer < 0 or (self.refill_at is not None and self.refill_at < 0):
+            raise ValueError(f"buffer={self.buffer}, refill_at={self.refill_at}: must be >= 0")
 
     # ------------------------------------------------------------------ membership
     def add_member(self, name: str) -> None:
@@ -106,8 +115,21 @@ class Dispatcher:
         return self.added - self.next_seq
 
     def capacity(self) -> int:
-        """How many undelivered tasks to hold: EDL-Dist's ``2n + 2`` for n teachers."""
-        return self.max_in_flight * max(1, len(self.members)) + 2
+        """How many undelivered tasks to hold: EDL-Dist's ``2n + 2`` for n teachers (defaults)."""
+        return self.max_in_flight * max(1, len(self.members)) + self.buffer
+
+    def wants_task(self) -> bool:
+        """Whether to add a task now: below capacity, and (with ``refill_at``) not between a
+        full queue and the low-water mark."""
+        if self.outstanding >= self.capacity():
+            self._filling = False
+        if self.refill_at is None or self.outstanding <= self.refill_at:
+            self._filling = True
+        return self._filling and self.outstanding < self.capacity()
+
+    def teachers_busy(self) -> bool:
+        """A teacher has work: a request in flight or a task waiting for a slot."""
+        return bool(self.attempts or self.pending)
 
     def assignments(self, now: float) -> list[tuple[int, str, Task]]:
         """(attempt id, teacher, task) for each pending task a teacher has a free slot for.
@@ -270,11 +292,14 @@ def stream(
     wait_log_s: float = 10.0,
     say: Callable[[str], None] = log.info,
     stats: StreamStats | None = None,
+    before_yield: Callable[[Dispatcher], None] | None = None,
 ) -> Iterator[tuple[Task, Any]]:
     """Yield ``(task, outputs)`` for every task, in order, each accepted exactly once.
 
     Membership is re-read every ``poll_s`` seconds (joins and leaves logged); with no teacher
-    alive it waits, logging every ``wait_log_s`` seconds, and never gives up.
+    alive it waits, logging every ``wait_log_s`` seconds, and never gives up. ``before_yield``
+    sees the dispatcher before each task goes to the student (e.g. to size the student's threads
+    by ``teachers_busy``).
     """
     stats = stats if stats is not None else StreamStats()
     todo = iter(tasks)
@@ -299,7 +324,7 @@ def stream(
                 f"teacher {name} timed out after {dispatcher.timeout_s:g} s: dropped, work re-sent"
             )
             _drop(backend, dispatcher, dropped, name)
-        while not exhausted and dispatcher.outstanding < dispatcher.capacity():
+        while not exhausted and dispatcher.wants_task():
             task = next(todo, None)
             if task is None:
                 exhausted = True
@@ -313,6 +338,8 @@ def stream(
         if ready:
             for item in ready:
                 stats.delivered += 1
+                if before_yield is not None:
+                    before_yield(dispatcher)
                 yield item
             continue
         if not dispatcher.members and now - last_wait_log >= wait_log_s:

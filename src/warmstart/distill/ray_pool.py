@@ -31,7 +31,7 @@ from ray.exceptions import GetTimeoutError, RayError
 import warmstart
 from warmstart.distill.data import GroupDataset, Task
 from warmstart.distill.dispatch import Dispatcher, StreamStats, TeacherFailed, log, stream
-from warmstart.distill.teacher import TeacherSpec, build_teacher
+from warmstart.distill.teacher import TeacherSpec, build_teacher, use_idle_priority
 
 REGISTRY = "warmstart-distill-registry"
 NAMESPACE = "warmstart-distill"
@@ -47,6 +47,13 @@ class PoolConfig:
         heartbeat_s / ttl_s: teachers refresh their entry this often / are dropped this long
             after the last refresh.
         poll_s: how often the student re-reads the membership.
+        buffer / refill_at: the dispatcher's queue beyond the requests in flight, and its
+            low-water mark (``dispatch.Dispatcher``).
+        student_threads_idle: teachers on the student's own cores: the student trains with this
+            many torch threads while no teacher has work, and with 1 while one has (None: the
+            student's threads are left alone). With ``refill_at`` the teachers work in bursts
+            (the queue refilled from ``refill_at`` to full), so the student gets all cores
+            between bursts and one core during them.
     """
 
     max_in_flight: int = 2
@@ -54,12 +61,17 @@ class PoolConfig:
     heartbeat_s: float = 0.5
     ttl_s: float = 1.5
     poll_s: float = 0.25
+    buffer: int = 2
+    refill_at: int | None = None
+    student_threads_idle: int | None = None
 
     def __post_init__(self) -> None:
         if self.ttl_s <= self.heartbeat_s:
             raise ValueError(f"ttl_s={self.ttl_s} must exceed heartbeat_s={self.heartbeat_s}")
         if self.ttl_s + self.poll_s > 2.0:
             raise ValueError("ttl_s + poll_s must stay <= 2 s (membership seen within 2 s)")
+        if self.student_threads_idle is not None and self.student_threads_idle < 1:
+            raise ValueError(f"student_threads_idle={self.student_threads_idle}: must be >= 1")
 
 
 def runtime_env() -> dict[str, Any]:
@@ -139,12 +151,17 @@ class TeacherWorker:
         self._stop = threading.Event()
         self._beat = threading.Thread(target=self._heartbeat, args=(heartbeat_s,), daemon=True)
         self._beat.start()
+        self._idle = spec.idle_priority
+        self._idle_threads: set[int] = set()  # threads already at SCHED_IDLE
 
     def _heartbeat(self, every: float) -> None:
         while not self._stop.wait(every):
             self._registry.heartbeat.remote(self.name)
 
     def predict(self, batch: Any) -> np.ndarray:
+        if self._idle and threading.get_ident() not in self._idle_threads:
+            self._idle_threads.add(threading.get_ident())
+            self.info["idle_priority_applied"] = use_idle_priority()
         return self.teacher.predict(batch)
 
     def describe(self) -> dict[str, Any]:
@@ -157,7 +174,7 @@ class TeacherWorker:
 
 
 def _spec_info(spec: TeacherSpec) -> dict[str, Any]:
-    keep = ("kind", "threads", "batch_size", "device", "num_cpus", "num_gpus")
+    keep = ("kind", "threads", "batch_size", "device", "num_cpus", "num_gpus", "idle_priority")
     return {k: v for k, v in asdict(spec).items() if k in keep}
 
 
@@ -232,7 +249,11 @@ class ElasticTeacherPool:
         self.say = say
         self.dataset = dataset
         self.registry = registry(self.config.ttl_s)
-        self.dispatcher = Dispatcher(self.config.max_in_flight, self.config.timeout_s)
+        c = self.config
+        self.dispatcher = Dispatcher(
+            c.max_in_flight, c.timeout_s, buffer=c.buffer, refill_at=c.refill_at
+        )
+        self.student_threads: list[int] = []  # threads of each delivered step (when sized)
         self.stats = StreamStats()
         self._t0 = time.monotonic()
 
@@ -245,7 +266,18 @@ class ElasticTeacherPool:
             poll_s=self.config.poll_s,
             say=self.say,
             stats=self.stats,
+            before_yield=None if self.config.student_threads_idle is None else self._size,
         )
+
+    def _size(self, dispatcher: Dispatcher) -> None:
+        """The student's torch threads for its next step: 1 while a teacher has work."""
+        import torch
+
+        assert self.config.student_threads_idle is not None
+        threads = 1 if dispatcher.teachers_busy() else self.config.student_threads_idle
+        if threads != torch.get_num_threads():
+            torch.set_num_threads(threads)
+        self.student_threads.append(threads)
 
     def status(self, step: int, samples: int) -> dict[str, Any]:
         d = self.dispatcher

@@ -8,6 +8,7 @@ online-KD baseline, a Ray actor, a teacher joining from another machine) builds 
 from __future__ import annotations
 
 import hashlib
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,6 +49,11 @@ class TeacherSpec:
         num_cpus: CPUs a Ray actor reserves (fractional allowed).
         num_gpus: GPUs a Ray actor reserves (fractional allowed).
         delay_s: synthetic only: seconds each ``predict`` call takes (a stand-in for compute).
+        idle_priority: a serving process (a Ray actor) computes at Linux ``SCHED_IDLE``
+            (:func:`use_idle_priority`): the teacher then only gets CPU time no other process
+            wants, e.g. the moments a student that uses every core spends on one thread
+            (tokenising, the optimizer, Python); the process's other threads (Ray's RPC) keep
+            their priority.
     """
 
     kind: str = "cross_encoder"
@@ -59,6 +65,7 @@ class TeacherSpec:
     num_cpus: float = 1.0
     num_gpus: float = 0.0
     delay_s: float = 0.0
+    idle_priority: bool = False
 
     def __post_init__(self) -> None:
         if self.kind not in TEACHER_KINDS:
@@ -143,8 +150,19 @@ class SyntheticTeacher:
         ).reshape(len(batch), batch.group_size)
 
 
+def use_idle_priority() -> bool:
+    """Put the calling thread (and the threads it starts later, e.g. torch's intra-op pool) at
+    ``SCHED_IDLE``; False where the OS has no such policy (then nothing changes)."""
+    policy = getattr(os, "SCHED_IDLE", None)
+    if policy is None or not hasattr(os, "sched_setscheduler"):
+        return False
+    os.sched_setscheduler(0, policy, os.sched_param(0))  # pid 0: the calling thread (Linux)
+    return True
+
+
 def build_teacher(spec: TeacherSpec) -> Teacher:
-    """The teacher ``spec`` describes, ready to ``predict`` (does not change thread settings)."""
+    """The teacher ``spec`` describes, ready to ``predict`` (does not change thread settings or
+    priorities: a serving process applies ``threads`` and ``idle_priority`` to itself)."""
     if spec.kind == "synthetic":
         return SyntheticTeacher(spec.delay_s)
     from warmstart.retrieval.encoders import CrossEncoder, load_encoder
