@@ -11,7 +11,8 @@ each a server process pinned to the same single core, same model files, same run
 For each, the highest Poisson arrival rate with p99 <= 100 ms and < 0.1% errors is searched
 (doubling, then bisection). Reference ceilings in the same run: the load generator against a
 trivial server (its own ceiling), our HTTP stack on a trivial endpoint (``GET /healthz``), and
-the same compute in-process in ideal batches of 32 (no HTTP). Then overload at 2x our capacity,
+our compute in-process in ideal batches of 1-64 (no HTTP; the best counts). A degraded answer
+(fewer candidates) counts as a failure in the capacity search. Then overload at 2x our capacity,
 and the store tiers under Zipf-distributed returning users (memory tier = 5% of the users), and
 a scale run of 5M x 64-dim item rows in LMDB with Zipf item access.
 
@@ -52,6 +53,14 @@ P99_MS, MAX_ERRORS = 100.0, 0.001
 MAX_IN_FLIGHT = int(os.environ.get("WS_BENCH_MAX_IN_FLIGHT", "512"))  # the server default
 SERVER_CPU = 1  # every server process (and its children) runs on this core
 CLIENT_CPU = 0
+CEILING_BATCHES = (1, 8, 16, 32, 64)  # batch sizes of the in-process ceiling (the best counts)
+OVERLOAD_CONNECTIONS = 2048  # the flood may open this many (a request never waits for one)
+
+
+def server_env() -> dict[str, str]:
+    """The environment of every server-side process: one BLAS/OpenMP thread (without it,
+    numpy's BLAS threads alone halved the in-process ceiling), the tree's sources first."""
+    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": "src", "RAY_DEDUP_LOGS": "0"}
 
 
 # --------------------------------------------------------------------------- artifacts
@@ -166,12 +175,12 @@ def request_bodies(data_dir: Path, n: int, seed: int = 0) -> list[dict[str, Any]
 # --------------------------------------------------------------------------- the three systems
 
 
-def _steps():  # type: ignore[no-untyped-def]
+def _steps(precision: str = "float32"):  # type: ignore[no-untyped-def]
     """The per-request steps shared by the baselines (same models, same maths as ours)."""
     from warmstart.serving.models import load_recommend_models
     from warmstart.serving.pipelines import top_k
 
-    models = load_recommend_models(COLDNAS, MF)
+    models = load_recommend_models(COLDNAS, MF, precision)
     rec, mf = models.ranker.rec, models.candidates
 
     def prepare(body: Any) -> tuple[Any, np.ndarray]:
@@ -194,13 +203,13 @@ def _steps():  # type: ignore[no-untyped-def]
     return rec, prepare, respond
 
 
-def serve_naive(port: int) -> None:
+def serve_naive(port: int, precision: str) -> None:
     import torch
     import uvicorn
     from fastapi import FastAPI
 
     torch.set_num_threads(1)
-    rec, prepare, respond = _steps()
+    rec, prepare, respond = _steps(precision)
     app = FastAPI()
 
     @app.get("/healthz")
@@ -313,7 +322,7 @@ def serve_ray_search(port: int, max_batch: int, wait_s: float, options: dict[str
     ray.shutdown()
 
 
-def serve_ray(port: int, max_batch: int, wait_s: float) -> None:
+def serve_ray(port: int, max_batch: int, wait_s: float, precision: str) -> None:
     import ray
     import torch
     from fastapi import FastAPI
@@ -328,7 +337,7 @@ def serve_ray(port: int, max_batch: int, wait_s: float) -> None:
     class Recommender:
         def __init__(self) -> None:
             torch.set_num_threads(1)
-            self.rec, self.prepare, self.respond = _steps()
+            self.rec, self.prepare, self.respond = _steps(precision)
 
         @serve.batch(max_batch_size=max_batch, batch_wait_timeout_s=wait_s)
         async def rank(self, pairs: list[tuple[Any, np.ndarray]]) -> list[np.ndarray]:
@@ -391,10 +400,9 @@ class ServerProcess:
         cpus: frozenset[int] = frozenset({SERVER_CPU}),
     ) -> None:
         self.port = port
-        env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": "src", "RAY_DEDUP_LOGS": "0"}
         self.proc = subprocess.Popen(
             [sys.executable, str(script), *args],
-            env=env,
+            env=server_env(),
             start_new_session=True,
             preexec_fn=lambda: os.sched_setaffinity(0, cpus),
             stdout=subprocess.DEVNULL,
@@ -438,7 +446,11 @@ class ServerProcess:
 
 
 def passes(r: dict[str, float]) -> bool:
-    return r["p99_ms"] <= P99_MS and r["error_rate"] < MAX_ERRORS
+    """p99 within the target and under 0.1% failures, where a *degraded* answer (fewer
+    candidates than asked: the server said so) counts as a failure: capacity is measured for
+    the asked workload (500 candidates), not for whatever the server chose to compute."""
+    failures = r["errors"] + r.get("degraded", 0)
+    return r["p99_ms"] <= P99_MS and failures < MAX_ERRORS * max(1, r["sent"])
 
 
 def step(port: int, payloads: list[bytes], rate: float, duration: float, log: list) -> bool:
@@ -447,7 +459,8 @@ def step(port: int, payloads: list[bytes], rate: float, duration: float, log: li
     log.append(r)
     print(
         f"  rate {rate:7.0f}/s  p99 {r['p99_ms']:8.1f} ms  errors {r['error_rate']:.4f}  "
-        f"(generator send lag p99 {r['send_lag_p99_ms']:.1f} ms)",
+        f"degraded {r['degraded']}  (generator send lag p99 {r['send_lag_p99_ms']:.1f} ms, "
+        f"timer lag p99 {r['timer_lag_p99_ms']:.1f} ms)",
         flush=True,
     )
     return passes(r)
@@ -479,45 +492,83 @@ def max_rate(
     return good
 
 
-def ideal_compute_rate(bodies: list[dict[str, Any]], batch: int = 32) -> float:
-    """Requests/s of adapt + candidates + ranking in-process, in ideal batches (no HTTP)."""
+def ideal_compute_rate(
+    bodies: list[dict[str, Any]],
+    batches: tuple[int, ...] = CEILING_BATCHES,
+    seconds: float = 3.0,
+    precision: str = "float32",
+) -> dict[str, Any]:
+    """Requests/s of our compute in-process, in ideal batches, no HTTP: the same function our
+    model stage runs (``RecommendPipeline._model_batch``: adapt, MF ridge fit, candidates
+    with exclusions, ranking; then top-k), on full batches of ``batches`` sizes (the best
+    counts), in a child process set up as a server (pinned to the server core, one thread)."""
+    path = RUNS / "serving" / "ceiling-bodies.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(bodies))
+    out = subprocess.run(
+        [sys.executable, str(HERE), "--serve", "ceiling", "--config", str(path),
+         "--ceiling-batches", ",".join(map(str, batches)), "--duration", str(seconds),
+         "--precision", precision],
+        env=server_env(), preexec_fn=lambda: os.sched_setaffinity(0, {SERVER_CPU}),
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def compute_ceiling(bodies_path: Path, batches: list[int], seconds: float, precision: str) -> None:
+    """The child of :func:`ideal_compute_rate`: prints one JSON line."""
     import torch
 
-    from warmstart.serving.models import load_recommend_models
-    from warmstart.serving.pipelines import top_k
+    from warmstart.serving.app import recommend_request
+    from warmstart.serving.engine import ComputePool
+    from warmstart.serving.models import load_models
+    from warmstart.serving.pipelines import RecommendPipeline, _Adapt, _Model, top_k
+    from warmstart.serving.store import build_store
 
-    os.sched_setaffinity(0, {SERVER_CPU})
     torch.set_num_threads(1)
-    models = load_recommend_models(COLDNAS, MF)
-    rec, mf = models.ranker.rec, models.candidates
-    reqs = []
-    for b in bodies:
-        rows = rec.item_ids.to_rows([i["item"] for i in b["interactions"]])
-        reqs.append((rows, np.array([i["rating"] for i in b["interactions"]], np.float32)))
+    models = load_models(COLDNAS, MF, None, "coldnas", precision)
+    pipeline = RecommendPipeline(models, build_store(64 << 20), ComputePool(1, 1), ComputePool(1))
+    reqs = [
+        recommend_request(RecommendBody.model_validate(b), pipeline)
+        for b in json.loads(bodies_path.read_text())
+    ]
+    todo = [
+        _Model(_Adapt(None, r.items, r.ratings), None, r.exclude, r.n_candidates or CANDIDATES)
+        for r in reqs
+    ]
 
-    def run(chunk: list[tuple[np.ndarray, np.ndarray]]) -> None:
-        states = rec.adapt_many(chunk)
-        users = mf.fit_users(chunk)
-        _, cands = mf.candidates(users, CANDIDATES + SUPPORT)
-        kept = [c[~np.isin(c, r)][:CANDIDATES] for c, (r, _) in zip(cands, chunk, strict=True)]
-        for s in rec.score_many(states, kept):
-            top_k(s, K)
+    def run(chunk: list[_Model]) -> None:
+        for cands, scores in pipeline._model_batch(chunk):
+            assert cands.size == CANDIDATES
+            top_k(scores, K)
 
-    run(reqs[:batch])  # warm-up
-    start = time.perf_counter()
-    n = 0
-    while time.perf_counter() - start < 5.0:
-        for i in range(0, len(reqs), batch):
-            run(reqs[i : i + batch])
-            n += len(reqs[i : i + batch])
-    os.sched_setaffinity(0, {CLIENT_CPU})
-    return n / (time.perf_counter() - start)
+    by_batch, cpu_by_batch = {}, {}
+    for batch in batches:
+        chunks = [todo[i : i + batch] for i in range(0, len(todo) - batch + 1, batch)]
+        run(chunks[0])  # warm-up
+        n, start, cpu = 0, time.perf_counter(), time.thread_time()
+        while time.perf_counter() - start < seconds:
+            for chunk in chunks:
+                run(chunk)
+                n += len(chunk)
+        wall, cpu = time.perf_counter() - start, time.thread_time() - cpu
+        by_batch[batch], cpu_by_batch[batch] = n / wall, 1e3 * cpu / n
+    best = max(by_batch, key=lambda b: by_batch[b])
+    print(json.dumps({"best": by_batch[best], "best_batch": best, "by_batch": by_batch,
+                      "cpu_ms_per_request": cpu_by_batch}))  # fmt: skip
 
 
 def overload(server: ServerProcess, payloads: list[bytes], capacity: float, seconds: float) -> dict:
-    """2x capacity for ``seconds``, then normal load: goodput, latencies, RSS, recovery."""
+    """2x capacity for ``seconds``, then normal load: goodput, latencies, RSS, recovery; the
+    admission counters of the flood alone; then the generator's own lag at the flood's rate
+    and connection count (a trivial server answering after the flood's mean latency)."""
     rss: list[float] = []
     import threading
+
+    import httpx
+
+    def recommend_stats() -> dict[str, Any]:
+        return httpx.get(f"http://127.0.0.1:{server.port}/v1/stats").json()["recommend"]
 
     stop = threading.Event()
 
@@ -526,9 +577,13 @@ def overload(server: ServerProcess, payloads: list[bytes], capacity: float, seco
             rss.append(server.rss_mb())
 
     sampler = threading.Thread(target=sample_rss, daemon=True)
-    before = server.rss_mb()
+    before, stats0 = server.rss_mb(), recommend_stats()
     sampler.start()
-    flood = measure("127.0.0.1", server.port, payloads, 2 * capacity, seconds, seed=101)
+    flood = measure(
+        "127.0.0.1", server.port, payloads, 2 * capacity, seconds, seed=101,
+        max_connections=OVERLOAD_CONNECTIONS,
+    )  # fmt: skip
+    stats1 = recommend_stats()
     after = [
         measure("127.0.0.1", server.port, payloads, 0.5 * capacity, 1.0, seed=200 + i)
         for i in range(5)
@@ -536,21 +591,44 @@ def overload(server: ServerProcess, payloads: list[bytes], capacity: float, seco
     stop.set()
     sampler.join()
     recovered = next((i + 1 for i, r in enumerate(after) if passes(r)), None)
-    import httpx
+    admission = {k: v - stats0["admission"].get(k, 0) for k, v in stats1["admission"].items()}
+    admission["in_flight"] = stats1["admission"]["in_flight"]
 
-    stats = httpx.get(f"http://127.0.0.1:{server.port}/v1/stats").json()["recommend"]
+    def expired(stats: dict[str, Any]) -> int:
+        return sum(s["expired"] for s in stats["stages"])
+
     return {
-        "admission": stats["admission"],  # refused at admission (fast) vs ...
-        "expired_in_queue": sum(s["expired"] for s in stats["stages"]),  # ... late, at deadline
+        "admission": admission,  # the flood's: refused at admission (fast) vs ...
+        "expired_in_queue": expired(stats1) - expired(stats0),  # ... late, at the deadline
         "rate": 2 * capacity,
         "seconds": seconds,
         "flood": flood,
         "goodput_fraction_of_capacity": flood["goodput"] / capacity,
+        "full_goodput_fraction_of_capacity": (flood["ok"] - flood["degraded"]) / seconds / capacity,
         "rss_mb_before": before,
         "rss_mb_max": max(rss) if rss else before,
         "recovered_within_s": recovered,
         "after": after,
+        "generator_at_flood": generator_check(2 * capacity, flood, min(seconds, 10.0)),
     }
+
+
+def generator_check(rate: float, flood: dict[str, Any], seconds: float) -> dict[str, Any]:
+    """The generator alone at ``rate`` against a trivial server that answers after the flood's
+    mean latency: as many connections open as in the flood, no server CPU behind them."""
+    delay_s = max(1e-3, flood["peak_connections"] / rate)
+    port = free_port()
+    trivial = ServerProcess(
+        ["--serve", "trivial", "--port", str(port), "--delay-ms", str(1e3 * delay_s)], port
+    )
+    try:
+        r = measure(
+            "127.0.0.1", port, [request_bytes("GET", "/healthz")], rate, seconds, seed=7,
+            max_connections=OVERLOAD_CONNECTIONS,
+        )  # fmt: skip
+    finally:
+        trivial.stop()
+    return {"delay_ms": 1e3 * delay_s, **r}
 
 
 SEARCH_SERVERS = {"naive": "naive-search", "ray": "ray-search", "ours": "ours"}
@@ -803,17 +881,28 @@ def main() -> None:
     parser = add_common_args(argparse.ArgumentParser(description=__doc__.splitlines()[0]))
     parser.add_argument(
         "--serve",
-        choices=("naive", "naive-search", "ray", "ray-search", "ours", "trivial"),
+        choices=("naive", "naive-search", "ray", "ray-search", "ours", "trivial", "ceiling"),
         help=argparse.SUPPRESS,
     )
     parser.add_argument("--port", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--search-options", default="{}", help=argparse.SUPPRESS)
+    parser.add_argument("--delay-ms", type=float, default=0.0, help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--ceiling-batches", default=",".join(map(str, CEILING_BATCHES)), help=argparse.SUPPRESS
+    )
     parser.add_argument("--config", type=Path, default=None, help=argparse.SUPPRESS)
     parser.add_argument(
         "--only", default="naive,ray,ours,ours-staged", help="systems to measure (or none)"
     )
     parser.add_argument("--duration", type=float, default=5.0, help="seconds per arrival rate")
     parser.add_argument("--overload-s", type=float, default=60.0)
+    parser.add_argument("--refine", type=int, default=2, help="bisection steps per capacity")
+    parser.add_argument(
+        "--precision",
+        choices=("float32", "bfloat16"),
+        default="float32",
+        help="ColdNAS scoring precision, the same for every system and the ceiling",
+    )
     parser.add_argument("--ray-batch", type=int, default=16)
     parser.add_argument("--ray-wait-ms", type=float, default=5.0)
     parser.add_argument("--epochs", type=int, default=5, help="ColdNAS epochs when training")
@@ -847,11 +936,11 @@ def main() -> None:
     )
     args = parser.parse_args()
     if args.serve == "naive":
-        return serve_naive(args.port)
+        return serve_naive(args.port, args.precision)
     if args.serve == "naive-search":
         return serve_naive_search(args.port, json.loads(args.search_options))
     if args.serve == "ray":
-        return serve_ray(args.port, args.ray_batch, args.ray_wait_ms / 1e3)
+        return serve_ray(args.port, args.ray_batch, args.ray_wait_ms / 1e3, args.precision)
     if args.serve == "ray-search":
         return serve_ray_search(
             args.port, args.ray_batch, args.ray_wait_ms / 1e3, json.loads(args.search_options)
@@ -859,7 +948,10 @@ def main() -> None:
     if args.serve == "ours":
         return serve_ours(args.config)
     if args.serve == "trivial":
-        return asyncio.run(trivial_server(args.port))
+        return asyncio.run(trivial_server(args.port, 1e-3 * args.delay_ms))
+    if args.serve == "ceiling":
+        batches = [int(b) for b in args.ceiling_batches.split(",")]
+        return compute_ceiling(args.config, batches, args.duration, args.precision)
     run(args)
 
 
@@ -867,7 +959,7 @@ def run(args: argparse.Namespace) -> None:
     os.sched_setaffinity(0, {CLIENT_CPU})
     ensure_artifacts(args.data_dir, args.epochs)
     duration = 3.0 if args.quick else args.duration
-    refine = 1 if args.quick else 2
+    refine = 1 if args.quick else args.refine
     skip = set(filter(None, args.skip.split(",")))
     bodies = request_bodies(args.data_dir, 600)
     payloads = [request_bytes("POST", "/v1/recommend", json.dumps(b).encode()) for b in bodies]
@@ -875,7 +967,8 @@ def run(args: argparse.Namespace) -> None:
     workdir.mkdir(parents=True, exist_ok=True)
     result: dict[str, Any] = {"workload": {"support": SUPPORT, "candidates": CANDIDATES, "k": K,
                                            "p99_ms": P99_MS, "max_error_rate": MAX_ERRORS,
-                                           "seconds_per_rate": duration, "server_cpus": 1}}  # fmt: skip
+                                           "seconds_per_rate": duration, "server_cpus": 1,
+                                           "precision": args.precision}}  # fmt: skip
     curves: dict[str, list] = {}
     result["load_average_start"] = list(os.getloadavg())
     print(f"load average at start {result['load_average_start']}", flush=True)
@@ -892,23 +985,38 @@ def run(args: argparse.Namespace) -> None:
         trivial.stop()
 
     if "recommend" not in skip:
-        print("ceiling: ideal in-process compute (batches of 32, no HTTP)", flush=True)
-        result["compute_ceiling"] = ideal_compute_rate(bodies)
-        print(f"  {result['compute_ceiling']:.0f} requests/s", flush=True)
+        print(f"ceiling: our compute in-process, batches of {CEILING_BATCHES}, no HTTP", flush=True)
+        ceiling = ideal_compute_rate(bodies, precision=args.precision)
+        result["compute_ceiling"], result["compute_ceiling_batches"] = ceiling["best"], ceiling
+        for b, rate in ceiling["by_batch"].items():
+            cpu = ceiling["cpu_ms_per_request"][b]
+            print(f"  batch {b:>3}: {rate:6.0f} requests/s ({cpu:.3f} ms CPU each)", flush=True)
 
     systems = [s for s in args.only.split(",") if s and s != "none"]
     caps: dict[str, float] = {}
+
+    def ours_command(system: str, port: int, degrade: bool) -> list[str]:
+        """Our server; ``degrade=False`` for the capacity search (full N or a refusal: the
+        degraded path is then never taken), the default shedding for the overload."""
+        config = ours_config(port, workdir)
+        config["recommend"] = {
+            "fused": system == "ours",
+            "recommender": "coldnas",
+            "precision": args.precision,
+        }
+        if not degrade:
+            config["admission"].update(degrade_at=0.8, reject_at=0.8)
+        path = workdir / f"{system}{'' if degrade else '-full'}.json"
+        path.write_text(json.dumps(config))
+        return ["--serve", "ours", "--config", str(path)]
+
     for system in systems if "recommend" not in skip else []:
         port = free_port()
         if system.startswith("ours"):
-            config = ours_config(port, workdir)
-            config["recommend"] = {"fused": system == "ours", "recommender": "coldnas"}
-            path = workdir / f"{system}.json"
-            path.write_text(json.dumps(config))
-            cmd = ["--serve", "ours", "--config", str(path)]
+            cmd = ours_command(system, port, degrade=False)
         else:
             cmd = ["--serve", system, "--port", str(port), "--ray-batch", str(args.ray_batch),
-                   "--ray-wait-ms", str(args.ray_wait_ms)]  # fmt: skip
+                   "--ray-wait-ms", str(args.ray_wait_ms), "--precision", args.precision]  # fmt: skip
         print(f"system {system}", flush=True)
         server = ServerProcess(cmd, port)
         try:
@@ -926,11 +1034,18 @@ def run(args: argparse.Namespace) -> None:
                 )
             curves[system] = []
             caps[system] = max_rate(port, payloads, 100, duration, refine, curves[system])
-            if system == "ours" and caps[system] and "overload" not in skip:
-                print(f"overload: {2 * caps[system]:.0f}/s for {args.overload_s:.0f} s", flush=True)
-                result["overload"] = overload(server, payloads, caps[system], args.overload_s)
         finally:
             server.stop()
+        if system == "ours" and caps[system] and "overload" not in skip:
+            print(f"overload: {2 * caps[system]:.0f}/s for {args.overload_s:.0f} s (a fresh "
+                  "server, degrading before refusing)", flush=True)  # fmt: skip
+            port = free_port()
+            server = ServerProcess(ours_command(system, port, degrade=True), port)
+            try:
+                measure("127.0.0.1", port, payloads, 50, 2.0, seed=999)  # warm-up
+                result["overload"] = overload(server, payloads, caps[system], args.overload_s)
+            finally:
+                server.stop()
     result["capacity"] = caps
     result["curves"] = curves
     if "ours" in caps:
@@ -972,20 +1087,29 @@ def run(args: argparse.Namespace) -> None:
 
 def report(result: dict[str, Any]) -> None:
     print(f"load average: start {result['load_average_start']}, end {list(os.getloadavg())}")
-    rows = [{"system": "load generator (trivial server)", "max_rate": result["generator_ceiling"]}]
+
+    def row(system: str, curve: str, cap: float) -> dict[str, Any]:
+        best = [r for r in result["curves"].get(curve, []) if r["rate"] == cap]
+        at = best[0] if best else {}
+        return {"system": system, "max_rate": cap, "p99_ms": at.get("p99_ms", "-"),
+                "errors": at.get("errors", "-"), "degraded": at.get("degraded", "-"),
+                "send_lag_p99_ms": at.get("send_lag_p99_ms", "-")}  # fmt: skip
+
+    rows = [row("load generator (trivial server)", "generator", result["generator_ceiling"])]
     if "http_ceiling" in result:
-        rows.append({"system": "our HTTP stack (GET /healthz)", "max_rate": result["http_ceiling"]})
+        rows.append(row("our HTTP stack (GET /healthz)", "http_stack", result["http_ceiling"]))
     if "compute_ceiling" in result:
+        best_batch = result.get("compute_ceiling_batches", {}).get("best_batch", "-")
         rows.append(
-            {"system": "compute in-process, ideal batches", "max_rate": result["compute_ceiling"]}
+            {
+                "system": f"compute in-process, batches of {best_batch}",
+                "max_rate": result["compute_ceiling"],
+            }
         )
     search = result.get("search", {})
     for system, cap in [*result["capacity"].items(), *search.get("capacity", {}).items()]:
-        best = [r for r in result["curves"].get(system, []) if r["rate"] == cap]
-        rows.append(
-            {"system": system, "max_rate": cap, "p99_ms": best[0]["p99_ms"] if best else "-"}
-        )
-    print_table(rows, ["system", "max_rate", "p99_ms"])
+        rows.append(row(system, system, cap))
+    print_table(rows, ["system", "max_rate", "p99_ms", "errors", "degraded", "send_lag_p99_ms"])
     if search:
         print(f"search options (every system): {search['options']}")
         for name, share in search["reranked_share"].items():
@@ -995,17 +1119,23 @@ def report(result: dict[str, Any]) -> None:
             print(f"{key}: {result[key]:.2f}")
     if "overload" in result:
         o = result["overload"]
-        f = o["flood"]
+        f, g = o["flood"], o["generator_at_flood"]
         print(
             f"overload {o['rate']:.0f}/s x {o['seconds']:.0f} s: goodput {f['goodput']:.0f}/s "
-            f"({o['goodput_fraction_of_capacity']:.0%} of capacity), accepted p99 "
+            f"({o['goodput_fraction_of_capacity']:.0%} of capacity; without the degraded "
+            f"answers {o['full_goodput_fraction_of_capacity']:.0%}), accepted p99 "
             f"{f.get('ok_p99_ms', 0):.1f} ms, 503s {f['rejected_503']} with p99 "
             f"{f.get('rejected_p99_ms', 0):.1f} ms, other errors {f['errors'] - f['rejected_503']}, "
             f"RSS {o['rss_mb_before']:.0f} -> max {o['rss_mb_max']:.0f} MB, "
             f"recovered within {o['recovered_within_s']} s; refused at admission "
             f"{o['admission']['rejected']}, expired in a queue {o['expired_in_queue']}, "
-            f"degraded {o['admission']['degraded']}; generator send lag p99 "
-            f"{f['send_lag_p99_ms']:.1f} ms"
+            f"degraded {o['admission']['degraded']} of {o['admission']['admitted']} admitted; "
+            f"generator send lag p99 {f['send_lag_p99_ms']:.1f} ms (timer lag "
+            f"{f['timer_lag_p99_ms']:.1f} ms, {f['peak_connections']} connections)\n"
+            f"generator alone at {o['rate']:.0f}/s, trivial server answering after "
+            f"{g['delay_ms']:.1f} ms ({g['peak_connections']} connections): send lag p99 "
+            f"{g['send_lag_p99_ms']:.1f} ms, timer lag p99 {g['timer_lag_p99_ms']:.1f} ms, "
+            f"errors {g['errors']}"
         )
     if "tiers" in result:
         t = result["tiers"]

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
+FEED_S = 0.05  # the arrival timers are armed this often, a few periods ahead
 
 
 @dataclass
@@ -27,6 +28,9 @@ class Sample:
     status: int  # 0 = transport error or timeout
     retry_after: bool = False
     lag_s: float = 0.0  # scheduled send time -> the request written (the generator's own delay)
+    degraded: bool = False  # the server said so (``X-Degraded`` header): a lesser answer
+    late_s: float = 0.0  # scheduled send time -> the generator's timer fired (its own CPU delay;
+    # ``lag_s`` adds the wait for a free connection)
 
 
 def request_bytes(method: str, path: str, body: bytes | None = None) -> bytes:
@@ -37,27 +41,33 @@ def request_bytes(method: str, path: str, body: bytes | None = None) -> bytes:
     return head.encode() + body
 
 
-def parse_response(buf: bytearray) -> tuple[int, int, bool] | None:
-    """``(bytes consumed, status, has Retry-After)`` of the first complete response in ``buf``
-    (Content-Length or chunked body), or ``None`` while it is incomplete."""
+RETRY, DEGRADED = 1, 2  # flags of a parsed response
+
+
+def parse_response(buf: bytearray) -> tuple[int, int, int] | None:
+    """``(bytes consumed, status, flags)`` of the first complete response in ``buf``
+    (Content-Length or chunked body), or ``None`` while it is incomplete; ``flags`` has
+    ``RETRY`` for a ``Retry-After`` header and ``DEGRADED`` for an ``X-Degraded`` one."""
     end = buf.find(b"\r\n\r\n")
     if end < 0:
         return None
     lines = bytes(buf[:end]).split(b"\r\n")
     status = int(lines[0].split()[1])
-    length, retry, chunked = 0, False, False
+    length, flags, chunked = 0, 0, False
     for line in lines[1:]:
         name, _, value = line.partition(b":")
         name = name.strip().lower()
         if name == b"content-length":
             length = int(value)
         elif name == b"retry-after":
-            retry = True
+            flags |= RETRY
+        elif name == b"x-degraded":
+            flags |= DEGRADED
         elif name == b"transfer-encoding" and b"chunked" in value.lower():
             chunked = True
     pos = end + 4
     if not chunked:
-        return (pos + length, status, retry) if len(buf) >= pos + length else None
+        return (pos + length, status, flags) if len(buf) >= pos + length else None
     while True:  # chunks: size line, data, CRLF; a 0-size chunk (and its CRLF) ends the body
         eol = buf.find(b"\r\n", pos)
         if eol < 0:
@@ -67,7 +77,7 @@ def parse_response(buf: bytearray) -> tuple[int, int, bool] | None:
         if len(buf) < pos:
             return None
         if size == 0:
-            return pos, status, retry
+            return pos, status, flags
 
 
 class _Client(asyncio.Protocol):
@@ -78,16 +88,16 @@ class _Client(asyncio.Protocol):
         self.gen = gen
         self.buf = bytearray()
         self.transport: asyncio.Transport | None = None
-        self.job: tuple[float, float] | None = None  # (scheduled, sent)
+        self.job: tuple[float, float, float] | None = None  # (scheduled, sent, late)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
         self.gen.connected(self)
 
-    def send(self, index: int, scheduled: float) -> None:
+    def send(self, index: int, scheduled: float, late: float) -> None:
         assert self.transport is not None
         self.transport.write(self.gen.payloads[index % len(self.gen.payloads)])
-        self.job = (scheduled, self.gen.loop.time())
+        self.job = (scheduled, self.gen.loop.time(), late)
 
     def data_received(self, data: bytes) -> None:
         self.buf += data
@@ -98,10 +108,10 @@ class _Client(asyncio.Protocol):
             return
         if parsed is None or self.job is None:
             return
-        used, status, retry = parsed
+        used, status, flags = parsed
         del self.buf[:used]
         job, self.job = self.job, None
-        self.gen.done(self, job, status, retry)
+        self.gen.done(self, job, status, flags)
 
     def fail(self) -> None:
         job, self.job = self.job, None
@@ -127,16 +137,18 @@ class _Generator:
         self.n, self.limit, self.timeout_s = n, limit, timeout_s
         self.idle: list[_Client] = []
         self.busy: set[_Client] = set()
-        self.waiting: deque[tuple[int, float]] = deque()
+        self.waiting: deque[tuple[int, float, float]] = deque()  # (index, scheduled, late)
         self.connecting = 0
+        self.peak_connections = 0
         self.samples: list[Sample] = []
         self.finished = self.loop.create_future()
 
     def submit(self, index: int, scheduled: float) -> None:
+        late = self.loop.time() - scheduled
         if self.idle:
-            self._start(self.idle.pop(), index, scheduled)
+            self._start(self.idle.pop(), index, scheduled, late)
             return
-        self.waiting.append((index, scheduled))
+        self.waiting.append((index, scheduled, late))
         if len(self.busy) + self.connecting < self.limit:
             self.connecting += 1
             task = self.loop.create_task(self._connect())
@@ -148,16 +160,17 @@ class _Generator:
         except OSError:
             self.connecting -= 1
             if self.waiting:
-                _, scheduled = self.waiting.popleft()
-                self._record(scheduled, self.loop.time(), 0, False)
+                _, scheduled, late = self.waiting.popleft()
+                self._record((scheduled, self.loop.time(), late), 0, 0)
 
     def connected(self, client: _Client) -> None:
         self.connecting -= 1
+        self.peak_connections = max(self.peak_connections, len(self.busy) + len(self.idle) + 1)
         self._next(client)
 
-    def _start(self, client: _Client, index: int, scheduled: float) -> None:
+    def _start(self, client: _Client, index: int, scheduled: float, late: float) -> None:
         self.busy.add(client)
-        client.send(index, scheduled)
+        client.send(index, scheduled, late)
 
     def _next(self, client: _Client) -> None:
         self.busy.discard(client)
@@ -166,20 +179,25 @@ class _Generator:
         else:
             self.idle.append(client)
 
-    def done(self, client: _Client, job: tuple[float, float], status: int, retry: bool) -> None:
-        self._record(job[0], job[1], status, retry)
+    def done(
+        self, client: _Client, job: tuple[float, float, float], status: int, flags: int
+    ) -> None:
+        self._record(job, status, flags)
         self._next(client)
 
-    def lost(self, client: _Client, job: tuple[float, float] | None) -> None:
+    def lost(self, client: _Client, job: tuple[float, float, float] | None) -> None:
         self.busy.discard(client)
         if client in self.idle:
             self.idle.remove(client)
         if job is not None:
-            self._record(job[0], job[1], 0, False)
+            self._record(job, 0, 0)
 
-    def _record(self, scheduled: float, sent: float, status: int, retry: bool) -> None:
-        now = self.loop.time()
-        self.samples.append(Sample(now - scheduled, status, retry, sent - scheduled))
+    def _record(self, job: tuple[float, float, float], status: int, flags: int) -> None:
+        scheduled, sent, late = job
+        lat, lag = self.loop.time() - scheduled, sent - scheduled
+        self.samples.append(
+            Sample(lat, status, bool(flags & RETRY), lag, bool(flags & DEGRADED), late)
+        )
         if len(self.samples) >= self.n and not self.finished.done():
             self.finished.set_result(None)
 
@@ -190,8 +208,8 @@ class _Generator:
             if client.job is not None and now - client.job[0] > self.timeout_s:
                 client.fail()
         while self.waiting and now - self.waiting[0][1] > self.timeout_s:
-            _, scheduled = self.waiting.popleft()
-            self._record(scheduled, now, 0, False)
+            _, scheduled, late = self.waiting.popleft()
+            self._record((scheduled, now, late), 0, 0)
 
     def close(self) -> None:
         for client in [*self.idle, *self.busy]:
@@ -208,8 +226,10 @@ async def run_open_loop(
     seed: int = 0,
     max_connections: int = 256,
     timeout_s: float = 2.0,
+    stats: dict[str, Any] | None = None,
 ) -> list[Sample]:
-    """Send ``rate`` requests/s (Poisson) for ``duration_s``; payloads are used round-robin."""
+    """Send ``rate`` requests/s (Poisson) for ``duration_s``; payloads are used round-robin.
+    ``stats`` (optional) receives ``peak_connections``, the most connections open at once."""
     if host not in LOOPBACK:
         raise ValueError(f"load generator targets loopback only, got {host!r}")
     rng = np.random.default_rng(seed)
@@ -218,32 +238,50 @@ async def run_open_loop(
     gen = _Generator(host, port, payloads, n, max_connections, timeout_s)
     loop = gen.loop
     start = loop.time() + 0.05
-    for i, off in enumerate(offsets):  # timers, not a task per request
-        loop.call_at(start + off, gen.submit, i, start + off)
+    times = (start + offsets).tolist()
+
+    async def feeder() -> None:
+        """Timers, not a task per request, armed a short horizon ahead: arming all of a long
+        run's timers at once would take long enough to make its first requests late."""
+        i = 0
+        while i < n:
+            horizon = loop.time() + 4 * FEED_S
+            while i < n and times[i] <= horizon:
+                loop.call_at(times[i], gen.submit, i, times[i])
+                i += 1
+            await asyncio.sleep(FEED_S)
 
     async def sweeper() -> None:
         while not gen.finished.done():
             await asyncio.sleep(0.05)
             gen.sweep()
 
+    feeding = loop.create_task(feeder())
     sweeping = loop.create_task(sweeper())
     await gen.finished
+    feeding.cancel()
     sweeping.cancel()
     gen.close()
+    if stats is not None:
+        stats["peak_connections"] = gen.peak_connections
     return gen.samples
 
 
 def summarize(samples: Sequence[Sample], rate: float, duration_s: float) -> dict[str, float]:
-    """p50/p99 of all and of answered (200) requests, error and rejection rates, goodput."""
+    """p50/p99 of all and of answered (200) requests, error, rejection and degradation rates,
+    goodput (200s, degraded ones included), and the generator's own delays."""
     lat = np.array([s.latency_s for s in samples]) * 1e3
     ok = np.array([s.status == 200 for s in samples])
     rejected = np.array([s.status == 503 for s in samples])
+    degraded = np.array([s.degraded and s.status == 200 for s in samples])
     out = {
         "rate": rate,
         "sent": len(samples),
         "ok": int(ok.sum()),
         "errors": int((~ok).sum()),
         "error_rate": float((~ok).mean()) if len(samples) else 0.0,
+        "degraded": int(degraded.sum()),  # answered, but with less work (e.g. fewer candidates)
+        "degraded_rate": float(degraded.mean()) if len(samples) else 0.0,
         "rejected_503": int(rejected.sum()),
         "p50_ms": float(np.percentile(lat, 50)) if len(lat) else 0.0,
         "p99_ms": float(np.percentile(lat, 99)) if len(lat) else 0.0,
@@ -251,6 +289,11 @@ def summarize(samples: Sequence[Sample], rate: float, duration_s: float) -> dict
         # the generator's own delay before a request went out (part of every latency above):
         # large values mean the generator, not the server, was behind
         "send_lag_p99_ms": float(np.percentile([1e3 * s.lag_s for s in samples], 99))
+        if len(samples)
+        else 0.0,
+        # the part of it that was the generator's own timer firing late (its CPU), without the
+        # wait for a free connection
+        "timer_lag_p99_ms": float(np.percentile([1e3 * s.late_s for s in samples], 99))
         if len(samples)
         else 0.0,
     }
@@ -262,12 +305,16 @@ def summarize(samples: Sequence[Sample], rate: float, duration_s: float) -> dict
 
 
 def measure(
-    host: str, port: int, payloads: Sequence[bytes], rate: float, duration_s: float, seed: int = 0
+    host: str, port: int, payloads: Sequence[bytes], rate: float, duration_s: float, **opts: Any
 ) -> dict[str, float]:
+    """:func:`run_open_loop` (``opts``: seed, max_connections, timeout_s), summarised, with
+    its wall time and the most connections it held open."""
     t0 = time.perf_counter()
-    samples = _run(run_open_loop(host, port, payloads, rate, duration_s, seed))
+    stats: dict[str, Any] = {}
+    samples = _run(run_open_loop(host, port, payloads, rate, duration_s, **opts, stats=stats))
     out = summarize(samples, rate, duration_s)
     out["wall_s"] = time.perf_counter() - t0
+    out["peak_connections"] = stats["peak_connections"]
     return out
 
 
@@ -280,9 +327,14 @@ def _run(main: Any) -> Any:
     return uvloop.run(main)
 
 
-async def trivial_server(port: int) -> None:
-    """The smallest keep-alive HTTP server (fixed 200 reply): the generator's own ceiling."""
+async def trivial_server(port: int, delay_s: float = 0.0) -> None:
+    """The smallest keep-alive HTTP server (fixed 200 reply): the generator's own ceiling.
+
+    ``delay_s`` > 0 answers each request that much later (a timer, no CPU), so the generator
+    holds as many connections open as against a slow server (rate x latency) and its own
+    ceiling can be measured at that connection count."""
     reply = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Type: application/json\r\n\r\n{}"
+    loop = asyncio.get_running_loop()
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
@@ -291,7 +343,10 @@ async def trivial_server(port: int) -> None:
                 for line in head.split(b"\r\n"):
                     if line.lower().startswith(b"content-length:"):
                         await reader.readexactly(int(line.split(b":")[1]))
-                writer.write(reply)
+                if delay_s > 0:
+                    loop.call_later(delay_s, writer.write, reply)
+                else:
+                    writer.write(reply)
         except (asyncio.IncompleteReadError, ConnectionError):
             writer.close()
 

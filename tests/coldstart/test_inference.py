@@ -452,3 +452,37 @@ def test_many_users_split_into_passes_give_the_same_answers(
     assert rec._passes([s[0].size for s in supports], 16) == [(0, 2), (2, 3), (3, 5), (5, 7)]
     for a, b in zip(rec.adapt_many(supports), states, strict=True):
         np.testing.assert_allclose(a.params, b.params, rtol=1e-5, atol=1e-6)
+
+
+# ----------------------------------------------------------------------------- folded scoring
+@pytest.mark.parametrize("structure", ["mul+add|mul+add|mul+add", "-|add|mul", "max+add|mul|add"])
+def test_folded_and_bfloat16_scoring(split: types.EpisodeSplit, structure: str) -> None:
+    """mul/add everywhere: modulations folded into per-user layer weights, same scores as the
+    model's forward; bfloat16 close to it; any max/min keeps the model's path in float32."""
+    config = ColdNASConfig(
+        embedding_dim=8, hidden_sizes=(16, 8), adaptation_dim=16, user_features="on"
+    )
+    model, _ = train_structure(
+        split, Structure.parse(structure), config, TrainConfig(epochs=1, lr=1e-2)
+    )
+    rec, low = ColdStartRecommender(model), ColdStartRecommender(model, precision="bfloat16")
+    foldable = "max" not in structure
+    assert rec._folded == low._folded == foldable
+    assert low.precision == ("bfloat16" if foldable else "float32")
+    tasks = split.test[:4]
+    with torch.no_grad():
+        expected = model.eval()(collate_tasks(tasks))
+    states = rec.adapt_many(
+        [(t.support_items, t.support_labels) for t in tasks], [t.user for t in tasks]
+    )
+    items = [t.query_items for t in tasks]
+    for i, (got, approx) in enumerate(
+        zip(rec.score_many(states, items), low.score_many(states, items), strict=True)
+    ):
+        want = expected[i, : len(tasks[i].query_items)].numpy()
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(approx, want, atol=0.05)  # 1-5 scale, 8-bit mantissa
+    shared = rec.score(states, items[0])  # the same items for every user: broadcast path
+    np.testing.assert_allclose(shared[1], rec.score(states[1], items[0]), rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="precision"):
+        ColdStartRecommender(model, precision="float16")

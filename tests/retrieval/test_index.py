@@ -64,6 +64,20 @@ def test_exact_matches_brute_force_across_blocks(n_queries: int, k: int) -> None
     _assert_matches_reference(x, q, scores, ids, k)
 
 
+@pytest.mark.parametrize("block_rows", [16, 1024])  # many corpus blocks, and one
+@pytest.mark.parametrize("n_queries", [1, 9])
+def test_exact_unordered_returns_the_same_top_k(block_rows: int, n_queries: int) -> None:
+    x, q = _random(203, 12, 3), _random(n_queries, 12, 4)
+    index = build_index("exact", 12, block_rows=block_rows, query_block=8)
+    index.add(x)
+    scores, ids = index.search(q, 20)
+    loose_s, loose_i = index.search(q, 20, ordered=False)
+    for qi, a, b, sa, sb in zip(q, ids, loose_i, scores, loose_s, strict=True):
+        assert set(a) == set(b)
+        np.testing.assert_allclose(np.sort(sb)[::-1], sa, rtol=1e-6)
+        np.testing.assert_allclose(sb, x[b] @ qi, rtol=1e-4, atol=1e-4)  # each row's score
+
+
 @settings(max_examples=40, deadline=None)
 @given(
     n=st.integers(1, 70),

@@ -118,6 +118,40 @@ def test_overload_is_refused_at_once_with_503_and_queues_nothing(tiny_artifacts,
         assert r.status_code == 422 and r.json()["detail"][0]["loc"][-1] == "item"
 
 
+def test_rendered_answer_equals_the_payload(client):
+    """The response bytes (per-item JSON fragments + scores) parse to ``recommend_payload``."""
+    from warmstart.serving.app import recommend_payload
+    from warmstart.serving.pipelines import Recommendation
+
+    server = client.app.state.server
+    pipeline = server.recommend
+    scores = np.array([4.5, 3.123456789, 1.0], np.float32)
+    for out in (
+        Recommendation(np.array([3, 1, 2]), scores, "adapted", 50, ("n_candidates=100",)),
+        Recommendation(np.array([3, 0]), scores[:2], "cached", 2),
+        Recommendation(np.zeros(0, np.int64), np.zeros(0, np.float32), "cold", 0),
+    ):
+        body = server.recommend_json(pipeline, out)
+        assert json.loads(body) == recommend_payload(pipeline, out)
+    assert server.recommend_json(pipeline, out) == body  # cached fragments, same bytes
+
+
+def test_degraded_answer_says_so_in_a_header_too(tiny_artifacts, tmp_path):
+    """Degraded (fewer candidates): in the body's ``degraded`` and an ``X-Degraded`` header,
+    which the benchmark's load generator counts without parsing bodies."""
+    config = serve_config(tiny_artifacts, tmp_path, admission={"deadline_ms": 10_000})
+    server = Server(config)
+    with TestClient(create_app(server)) as c:
+        body = {"interactions": support(tiny_artifacts), "k": 3}
+        r = c.post("/v1/recommend", json=body)
+        assert r.status_code == 200 and "x-degraded" not in r.headers
+        for _ in range(MIN_SAMPLES):  # 6 s per batch: over 50% of the deadline, under 80%
+            server.recommend.model.metrics.observe_service(6.0)
+        r = c.post("/v1/recommend", json=body)
+        assert r.status_code == 200, r.text
+        assert r.json()["degraded"] == [r.headers["x-degraded"]] == ["n_candidates=100"]
+
+
 @pytest.mark.parametrize("recommender", ["auto", "coldnas"])
 def test_item_knn_serves_when_its_artifact_exists(tiny_artifacts, tmp_path, recommender):
     from warmstart.coldstart.knn_inference import load_knn
@@ -264,3 +298,20 @@ def test_redis_stopped_under_load_then_restarted(redis_server, tiny_artifacts, t
         else:
             pytest.fail("the server never wrote to the restarted Redis")
         client.close()
+
+
+def test_hot_path_in_front_of_the_app_serves_and_passes_on(tiny_artifacts, tmp_path):
+    """``app.state.hot_path`` (what ``warmstart serve`` runs): the same answers; invalid
+    and oversized bodies still get FastAPI's 422 / the 413, other routes the app's."""
+    server = Server(serve_config(tiny_artifacts, tmp_path))
+    app = create_app(server)
+    with TestClient(app.state.hot_path) as hot:  # its lifespan reaches the app
+        body = {"interactions": support(tiny_artifacts), "k": 4}
+        a = hot.post("/v1/recommend", json=body)
+        assert a.status_code == 200 and len(a.json()["items"]) == 4
+        assert server.recommend.admission.admitted == 1
+        bad = hot.post("/v1/recommend", json={"interactions": [{"item": "nope", "rating": 4}]})
+        assert bad.status_code == 422 and bad.json()["detail"][0]["loc"][-1] == "item"
+        big = hot.post("/v1/recommend", content=b"x" * (2 << 20))
+        assert big.status_code == 413
+        assert hot.get("/readyz").status_code == 200 and hot.get("/healthz").status_code == 200

@@ -292,14 +292,15 @@ def test_stopped_stage_refuses_and_config_is_validated(pool):
         StageConfig(max_wait_s=-1)
 
 
-def test_predicted_wait_grows_with_queue_depth(pool):
+@pytest.mark.parametrize("seen_size", [2, 1])
+def test_predicted_wait_grows_with_queue_depth(pool, seen_size):
     gate = Gate()
 
     async def main():
         stage = Stage("p", gate, StageConfig(max_batch=2, queue_size=64), pool)
         await stage.start()
         for _ in range(MIN_SAMPLES):  # as if the batches so far had taken 10 ms each
-            stage.metrics.observe_service(0.010)
+            stage.metrics.observe_service(0.010, seen_size)
         empty = stage.predicted_wait_s()
         first = asyncio.create_task(stage.submit(0))
         await gate.wait_entered()
@@ -314,5 +315,7 @@ def test_predicted_wait_grows_with_queue_depth(pool):
 
     empty, loaded = run(main)
     assert empty == pytest.approx(0.010)
-    # 9 items in 2-item batches = 5 batches + the one in flight
-    assert loaded == pytest.approx(6 * 0.010)
+    if seen_size == 2:  # 9 items in 2-item batches = 5 batches + the one in flight
+        assert loaded == pytest.approx(6 * 0.010)
+    else:  # only 1-item batches seen: a 2-item batch is predicted to take twice as long
+        assert loaded == pytest.approx(5 * 0.020 + 0.010)

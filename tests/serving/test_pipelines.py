@@ -16,6 +16,7 @@ from warmstart.serving.pipelines import (
     RecommendPipeline,
     RecommendRequest,
     top_k,
+    without,
 )
 from warmstart.serving.store import MemoryTier, TieredStore
 
@@ -90,6 +91,36 @@ def test_known_user_is_written_back_then_served_from_the_store(models, tiny_arti
     assert 0 not in a.rows and not set(b.rows) & set(t.support_items)  # rated stay excluded
     stats = pipeline.store.snapshot()["memory"]
     assert stats["hits"] == 1 and stats["misses"] == 0 and stats["writes"] == 1
+
+
+@pytest.mark.parametrize("fused", [False, True])
+def test_exclusions_leave_the_best_remaining_candidates(models, tiny_artifacts, fused):
+    """Excluded and rated items never come back; the N candidates ranked are the MF top N of
+    the rest (the fused path takes them unordered from the index, then keeps the best)."""
+    t = tiny_artifacts.split.test[1]
+    mf = models.candidates
+    (row,) = mf.fit_users([(t.support_items, t.support_labels)])
+    _, order = mf.candidates(row[None], mf.n_items)
+    exclude = order[0][[0, 2, 5]]  # some of the user's best candidates
+    req = RecommendRequest(
+        items=t.support_items, ratings=t.support_labels, k=mf.n_items, exclude=exclude,
+        n_candidates=15,
+    )  # fmt: skip
+    pipeline, _ = make_pipeline(models, replace(RELAXED, fused=fused))
+    (out,) = run_requests(pipeline, [req])
+    banned = set(exclude) | set(t.support_items)
+    want = [r for r in order[0] if r not in banned][:15]
+    assert out.n_candidates == 15 and set(out.rows) == set(want)
+
+
+def test_without_marks_and_clears_the_scratch_row():
+    scratch = np.zeros(10, dtype=bool)
+    cands = np.array([7, 3, 9, 1, 4])
+    assert without(cands, 2, scratch, np.array([3]), np.array([9, 3])).tolist() == [7, 1]
+    scores = np.array([0.1, 0.9, 0.5, 0.7, 0.3])  # cands in any order: the best n kept
+    got = without(cands, 2, scratch, np.array([9]), scores=scores)
+    assert sorted(got.tolist()) == [1, 3] and not scratch.any()
+    assert without(cands, 9, scratch, np.array([7]), scores=scores).tolist() == [3, 9, 1, 4]
 
 
 def test_unknown_user_without_interactions_gets_the_cold_state(models):

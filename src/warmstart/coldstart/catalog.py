@@ -92,10 +92,12 @@ class IdMap:
             raise ValueError(
                 f"{arg}: expected a list of {self.entity} ids, got the string {raw_ids!r}"
             )
-        values = [_raw_scalar(v, arg) for v in raw_ids]
-        rows = [self._index.get(v, -1) for v in values]
-        unknown = [v for v, r in zip(values, rows, strict=True) if r < 0]
-        if unknown:
+        # plain ints and strs (what a parsed request holds) as they are, anything else checked
+        values = [v if type(v) is int or type(v) is str else _raw_scalar(v, arg) for v in raw_ids]
+        get = self._index.get
+        rows = [get(v, -1) for v in values]
+        if -1 in rows:
+            unknown = [v for v, r in zip(values, rows, strict=True) if r < 0]
             shown = ", ".join(repr(v) for v in unknown[:_SHOWN])
             more = f" and {len(unknown) - _SHOWN} more" if len(unknown) > _SHOWN else ""
             raise ValueError(

@@ -85,6 +85,13 @@ class UserState:
 _PASS_ELEMENTS = 1 << 17
 """Most fc1-output floats (users x candidates x H1, padded) one scoring pass holds: 512 KiB."""
 
+_FOLDED_PASS_ELEMENTS = 1 << 19
+"""The same bound for the folded scoring path (2 MiB in float32: its passes keep no wider
+intermediate than fc1's output, and 8 users x 500 candidates per pass cost ~15% less CPU per
+user than 2, measured on one core)."""
+
+PRECISIONS = ("float32", "bfloat16")
+
 Support = tuple[Sequence[int] | np.ndarray, Sequence[float] | np.ndarray]
 """One user's support set: ``(rows, labels)``, both ``(S,)``; ``S == 0`` is allowed."""
 
@@ -172,6 +179,16 @@ class ColdStartRecommender:
             application chose, e.g. the CLI's ``--threads``); ``n`` runs each call with ``n``
             intra-op threads set for the calling thread only, so other threads and other
             objects are unaffected.
+        precision: ``float32`` (default) or ``bfloat16``: the matrix products of scoring in
+            bfloat16 (CPUs with AVX-512 BF16 run them ~2-3x faster; scores differ by ~1e-3 on
+            a 1-5 scale), for structures whose every position holds only ``mul``/``add``
+            (others always score in float32). Adaptation is float32 either way.
+
+    Scoring, when every position holds only ``mul``/``add`` (no max/min, no gates): each
+    modulation is folded into the layer before it, per user (``(W h + b) * m + a`` is
+    ``(diag(m) W) h + (m b + a)``), so a layer is one batched matrix product with a per-user
+    weight and bias, then ReLU, with no elementwise pass over the candidates x width tensors
+    (same value up to float rounding; ~25% less CPU per candidate on ML-1M).
     """
 
     def __init__(
@@ -182,7 +199,10 @@ class ColdStartRecommender:
         user_ids: IdMap | None = None,
         item_info: ItemInfo | None = None,
         threads: int | None = None,
+        precision: str = "float32",
     ) -> None:
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision={precision!r}: allowed values {PRECISIONS}")
         if model.searching:
             raise ValueError("ColdStartRecommender: needs a derived model, not the search supernet")
         self.model = model.eval()
@@ -227,6 +247,25 @@ class ColdStartRecommender:
         with torch.no_grad():
             fixed_items = self._fast_fc1 and "mul" not in ops0
             self._item_fc1 = self._item_vectors @ self._w_item.T if fixed_items else None  # (N, H1)
+        positions = model.structure.positions
+        self._folded = (
+            model.gate_logits is None
+            and all(set(p) <= {"mul", "add"} for p in positions)
+            and all(isinstance(layer, torch.nn.Linear) for layer in model.hidden)
+        )
+        self.precision = precision if self._folded else "float32"
+        self._dtype = torch.bfloat16 if self.precision == "bfloat16" else torch.float32
+        self._item_table = self._item_vectors.to(self._dtype)  # (N, Di), the folded path's
+        # the folded path's layers after fc1 and the output, looked up once (slicing a
+        # ModuleList builds a new one on every call)
+        self._later_layers: list[tuple[torch.Tensor, torch.Tensor]] = [
+            (layer.weight.detach(), layer.bias.detach())
+            for layer in model.hidden[1:]
+            if isinstance(layer, torch.nn.Linear)
+        ]
+        self._out = (model.out.weight[0].detach(), model.out.bias.detach())  # (D_L,), (1,)
+        self._slices = dict(model.layout.slices)
+        self._item_prior = model.item_prior  # (N,) buffer
         self._frozen = True
 
     def __setattr__(self, name: str, value: Any) -> None:
@@ -433,7 +472,8 @@ class ColdStartRecommender:
         Short lists still share a pass: 64 users x 100 candidates run in 7 passes.
         """
         width_of_row = self._fc1_bias.numel() if row_width is None else row_width
-        budget = max(1, _PASS_ELEMENTS // width_of_row)  # padded rows per pass
+        elements = _FOLDED_PASS_ELEMENTS if self._folded and row_width is None else _PASS_ELEMENTS
+        budget = max(1, elements // width_of_row)  # padded rows per pass
         passes, start, width = [], 0, 0
         for i, n in enumerate(sizes):
             wider = max(width, n)
@@ -456,6 +496,8 @@ class ColdStartRecommender:
     def _predict(
         self, params: torch.Tensor, user_vec: torch.Tensor, items: torch.Tensor, query: torch.Tensor
     ) -> np.ndarray:
+        if self._folded:
+            return self._predict_folded(params, user_vec, items, query)
         if self._fast_fc1:
             scores = self.model.predict_from_fc1(self._fc1(params, user_vec, items), params, query)
         else:
@@ -511,6 +553,45 @@ class ColdStartRecommender:
             for r, i in zip(checked, raw, strict=True)
         ]
 
+    def _mod(self, params: torch.Tensor, position: int, op: str) -> torch.Tensor | None:
+        sl = self._slices.get((position, op))
+        return None if sl is None else params[:, sl]  # (U, D)
+
+    def _predict_folded(
+        self, params: torch.Tensor, user_vec: torch.Tensor, items: torch.Tensor, query: torch.Tensor
+    ) -> np.ndarray:
+        """Scores with every modulation folded into per-user layer weights (see the class
+        docstring): fc1 of ``[e_item, e_user] * m0 + a0`` then ``* m1 + a1`` is
+        ``A e_item + c`` with ``A = diag(m1) W_i diag(m0_i)`` and a per-user ``c``."""
+        di = self._w_item.shape[1]
+        m0, a0 = self._mod(params, 0, "mul"), self._mod(params, 0, "add")
+        user_in = user_vec if m0 is None else user_vec * m0[:, di:]  # (U, Du)
+        const = user_in @ self._w_user.T + self._fc1_bias  # (U, H1)
+        if a0 is not None:
+            const = const + a0[:, :di] @ self._w_item.T + a0[:, di:] @ self._w_user.T
+        weight = self._w_item[None]  # (1 or U, H1, Di)
+        if m0 is not None:
+            weight = weight * m0[:, None, :di]
+        weights, biases = [weight], [const]
+        for w, b in self._later_layers:
+            weights.append(w[None])  # (1, Dk, Dk-1)
+            biases.append(b[None].expand(params.shape[0], -1))  # (U, Dk)
+        for k in range(len(weights)):  # fold position k + 1 into layer k + 1
+            m, a = self._mod(params, k + 1, "mul"), self._mod(params, k + 1, "add")
+            if m is not None:
+                weights[k], biases[k] = m[:, :, None] * weights[k], m * biases[k]
+            if a is not None:
+                biases[k] = biases[k] + a
+        vectors = self._item_table[items]  # (I, Di) or (U, I, Di)
+        h = vectors if items.dim() == 2 else vectors[None].expand(params.shape[0], -1, -1)
+        for w, b in zip(weights, biases, strict=True):
+            w = w.expand(params.shape[0], -1, -1).to(self._dtype)
+            h = torch.baddbmm(b[:, None, :].to(self._dtype), h, w.transpose(1, 2)).relu_()
+        w_out, b_out = self._out
+        logits = torch.matmul(h.float(), w_out) + b_out + self._item_prior[query]  # (U, I)
+        low, high = self.model.config.rating_range
+        return (low + (high - low) * torch.sigmoid(logits)).numpy().astype(np.float32)
+
     def _fc1(
         self, params: torch.Tensor, user_vec: torch.Tensor, items: torch.Tensor
     ) -> torch.Tensor:
@@ -545,14 +626,17 @@ class ColdStartRecommender:
         return item_term + const[:, None, :]
 
 
-def load_recommender(directory: Path | str, threads: int | None = None) -> ColdStartRecommender:
+def load_recommender(
+    directory: Path | str, threads: int | None = None, precision: str = "float32"
+) -> ColdStartRecommender:
     """Load a model directory written by the trainer (``config.json``, safetensors, id maps).
 
     ``directory`` may also be a run folder whose ``model/`` subfolder holds the model;
-    ``threads`` is the recommender's thread policy (see ``ColdStartRecommender``).
+    ``threads`` and ``precision`` are the recommender's thread policy and scoring precision
+    (see ``ColdStartRecommender``).
     """
     directory = Path(directory)
     model, config = load_model(directory)
     user_ids, item_ids = load_id_maps(directory)
     info = load_item_info(directory)
-    return ColdStartRecommender(model, config, item_ids, user_ids, info, threads)
+    return ColdStartRecommender(model, config, item_ids, user_ids, info, threads, precision)

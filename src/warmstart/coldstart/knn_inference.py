@@ -180,8 +180,11 @@ class ItemKNN:
         )  # (T, I) 0/1; a repeated item adds up
         return self._prior[None, :] + (w @ self.matrix).toarray().astype(np.float64)
 
-    def candidates(self, users: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
-        """Top-``n`` item rows of each ``(I,)`` score row, best first: scores, rows."""
+    def candidates(
+        self, users: np.ndarray, n: int, ordered: bool = True
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Top-``n`` item rows of each ``(I,)`` score row, best first (any order unless
+        ``ordered``): scores, rows."""
         scores = np.asarray(users, dtype=np.float64)
         if scores.ndim != 2 or scores.shape[1] != self.n_items:
             raise ValueError(f"candidates: users must be (T, {self.n_items}), got {scores.shape}")
@@ -190,6 +193,8 @@ class ItemKNN:
         n = min(n, self.n_items)
         part = np.argpartition(-scores, n - 1, axis=1)[:, :n]
         vals = np.take_along_axis(scores, part, 1)
+        if not ordered:
+            return vals, part.astype(np.int64)
         order = np.argsort(-vals, axis=1, kind="stable")
         rows = np.take_along_axis(part, order, 1)
         return np.take_along_axis(scores, rows, 1), rows.astype(np.int64)

@@ -139,22 +139,26 @@ class MFRecommender:
         items, values = support_rows(i, rows, labels, self.n_items)
         return Task(-1, items, values, _EMPTY_I, _EMPTY_F)
 
-    def candidates(self, users: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    def candidates(
+        self, users: np.ndarray, n: int, ordered: bool = True
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Top-``n`` item rows by predicted rating for each user row.
 
         Args:
             users: ``(T, D + 1)`` rows from :meth:`fit_users`.
             n: candidates per user (clipped to the number of items).
+            ordered: ``False`` returns the same top-``n`` in no particular order (for a ranking
+                stage that re-scores them; saves the index's final sort).
 
         Returns:
             scores ``(T, n')`` float32 (``p_u · q_i + b_i``, without ``mu + b_u``) and item rows
-            ``(T, n')`` int64, best first.
+            ``(T, n')`` int64, best first (when ``ordered``).
         """
         users = np.asarray(users, dtype=np.float32)
         if users.ndim != 2 or users.shape[1] != self.dim + 1:
             raise ValueError(f"candidates: users must be (T, {self.dim + 1}), got {users.shape}")
         queries = np.concatenate([users[:, : self.dim], np.ones((len(users), 1), np.float32)], 1)
-        return self._index.search(queries, n)
+        return self._index.search(queries, n, ordered)
 
     def predict(self, user: np.ndarray, rows: np.ndarray) -> np.ndarray:
         """``mu + b_u + b_i + p_u · q_i`` for one ``(D + 1,)`` user row, clipped to the bounds."""

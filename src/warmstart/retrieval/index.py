@@ -284,12 +284,16 @@ class ExactIndex:
             self._blocks.append(np.ascontiguousarray(arr[s : s + self.config.block_rows].T))
         self._ntotal += len(arr)
 
-    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    def search(
+        self, queries: np.ndarray, k: int, ordered: bool = True
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Top-``k`` rows by inner product.
 
         Args:
             queries: (M, D) float array.
             k: hits per query; clipped to ``ntotal``.
+            ordered: ``False`` returns the same top-``k`` of each query in no particular order
+                (no final sort: for a caller that re-ranks them anyway).
 
         Returns:
             scores (M, k') float32 and row positions (M, k') int64, best first, k' = min(k, ntotal).
@@ -298,18 +302,18 @@ class ExactIndex:
         kk = _check_k(k, self._ntotal)
         if self.threads is None:  # the process's settings, numpy's BLAS
             if len(q) == 1:
-                scores, ids = self._search_vector(q[0], kk, in_torch=False)
+                scores, ids = self._search_vector(q[0], kk, in_torch=False, ordered=ordered)
                 return scores[None], ids[None]
             with torch.inference_mode():
-                return self._search_blocked(q, kk, in_torch=False)
+                return self._search_blocked(q, kk, in_torch=False, ordered=ordered)
         workers = min(self.threads, len(q) // MIN_QUERIES_PER_WORKER)
         if workers >= 2:
-            return self._search_parallel(q, kk, workers)
+            return self._search_parallel(q, kk, workers, ordered)
         with intra_op_threads(self.threads), torch.inference_mode():
             if len(q) == 1:
-                scores, ids = self._search_vector(q[0], kk, in_torch=True)
+                scores, ids = self._search_vector(q[0], kk, in_torch=True, ordered=ordered)
                 return scores[None], ids[None]
-            return self._search_blocked(q, kk, in_torch=True)
+            return self._search_blocked(q, kk, in_torch=True, ordered=ordered)
 
     def _executor(self) -> ThreadPoolExecutor:
         with self._pool_lock:
@@ -318,7 +322,7 @@ class ExactIndex:
             return self._pool
 
     def _search_parallel(
-        self, q: np.ndarray, k: int, workers: int
+        self, q: np.ndarray, k: int, workers: int, ordered: bool = True
     ) -> tuple[np.ndarray, np.ndarray]:
         """Queries split into ``workers`` shares, each searched by ``_search_blocked`` in one of
         the index's own worker threads with one intra-op thread (GEMM and top-k in torch, which
@@ -336,7 +340,7 @@ class ExactIndex:
 
         def run(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
             with intra_op_threads(1), torch.inference_mode():
-                return self._search_blocked(q[rows], k, in_torch=True)
+                return self._search_blocked(q[rows], k, in_torch=True, ordered=ordered)
 
         results = list(self._executor().map(run, parts))
         return (
@@ -345,7 +349,7 @@ class ExactIndex:
         )
 
     def _search_vector(
-        self, q: np.ndarray, k: int, *, in_torch: bool
+        self, q: np.ndarray, k: int, *, in_torch: bool, ordered: bool = True
     ) -> tuple[np.ndarray, np.ndarray]:
         """One query (D,): matrix-vector products into one (N,) score vector, one partition."""
         scores = np.empty(self._ntotal, dtype=np.float32)
@@ -355,11 +359,12 @@ class ExactIndex:
             _matmul(q, block, scores[offset : offset + n], in_torch)
             offset += n
         ids = np.argpartition(scores, -k)[-k:] if k < self._ntotal else np.arange(self._ntotal)
-        ids = ids[np.argsort(-scores[ids], kind="stable")]
+        if ordered:
+            ids = ids[np.argsort(-scores[ids], kind="stable")]
         return scores[ids], ids.astype(np.int64)
 
     def _search_blocked(
-        self, q: np.ndarray, k: int, *, in_torch: bool
+        self, q: np.ndarray, k: int, *, in_torch: bool, ordered: bool = True
     ) -> tuple[np.ndarray, np.ndarray]:
         """Queries (M, D): each corpus block is read once and scored against every query block.
 
@@ -389,6 +394,9 @@ class ExactIndex:
                     continue
                 live = s + rows  # global query rows that can still gain a hit here
                 v, i = torch.topk(block_scores[rows], min(k, n), dim=1, sorted=False)
+                if offset == 0 and n >= k:  # the first block's k best are the best so far
+                    best_v[live], best_i[live], floor[live] = v, i, v.amin(dim=1)
+                    continue
                 cand_v = torch.cat([best_v[live], v], dim=1)  # (r, k + k_block)
                 cand_i = torch.cat([best_i[live], i + offset], dim=1)
                 top_v, pos = torch.topk(cand_v, k, dim=1, sorted=False)
@@ -396,6 +404,8 @@ class ExactIndex:
                 best_i[live] = torch.gather(cand_i, 1, pos)
                 floor[live] = top_v.amin(dim=1)
             offset += n
+        if not ordered:
+            return best_v.numpy(), best_i.numpy()
         best_v, order = torch.sort(best_v, dim=1, descending=True, stable=True)
         return best_v.numpy(), torch.gather(best_i, 1, order).numpy()
 

@@ -173,7 +173,8 @@ class StageMetrics:
 
     ``service`` holds seconds per batch call, ``wait`` seconds from submission to the start of
     the item's batch; ``batch_sizes`` counts calls by batch size. ``recent`` holds the last few
-    service times, whose median predicts the next (robust to a slow first call or a stall).
+    service times, whose median predicts the next (robust to a slow first call or a stall), and
+    ``recent_sizes`` their batch sizes.
     """
 
     submitted: int = 0
@@ -185,10 +186,23 @@ class StageMetrics:
     service: Window = field(default_factory=Window)
     wait: Window = field(default_factory=Window)
     recent: Window = field(default_factory=lambda: Window(32))
+    recent_sizes: Window = field(default_factory=lambda: Window(32))
 
-    def observe_service(self, seconds: float) -> None:
+    def observe_service(self, seconds: float, items: int = 1) -> None:
         self.service.add(seconds)
         self.recent.add(seconds)
+        self.recent_sizes.add(items)
+
+    def batch_seconds(self, items: float) -> float:
+        """Predicted seconds of one call on ``items``: the median recent call, scaled up in
+        proportion when ``items`` exceeds the median recent batch size (0 before
+        ``MIN_SAMPLES`` calls). An upper bound of a fixed cost plus a cost per item on both
+        sides of the median size, so a queue that grows past the batches seen so far (the
+        start of a flood) is not predicted at small-batch speed."""
+        if len(self.recent) < MIN_SAMPLES:
+            return 0.0
+        typical = self.recent_sizes.quantile(0.5) if len(self.recent_sizes) else 1.0
+        return self.recent.quantile(0.5) * max(1.0, items / max(1.0, typical))
 
     def snapshot(self, queue_depth: int, busy: int) -> dict[str, Any]:
         return {
@@ -298,17 +312,18 @@ class Stage(Generic[T, R]):
         """Expected seconds until ``extra`` newly submitted items are done at this stage
         (``extra`` may include items that upstream stages will hand over first).
 
-        Queued items form ``ceil((depth + extra) / max_batch)`` batches shared by the workers;
-        each takes the median of the recent service times (0 until ``MIN_SAMPLES`` batches
-        were measured: a cold stage's first calls are slow and say little). A busy stage
-        adds one batch for the work already in flight.
+        Queued items form ``ceil((depth + extra) / max_batch)`` batches of up to ``max_batch``
+        shared by the workers; each takes ``StageMetrics.batch_seconds`` of its size (0 until
+        ``MIN_SAMPLES`` batches were measured: a cold stage's first calls are slow and say
+        little). A busy stage adds its batches in flight.
         """
-        batches = math.ceil((self.depth + extra) / self.config.max_batch)
-        rounds = math.ceil(batches / self.config.concurrency) + (1 if self._busy else 0)
-        wait = self.config.max_wait_s if self.depth + extra < self.config.max_batch else 0.0
-        recent = self.metrics.recent
-        service = recent.quantile(0.5) if len(recent) >= MIN_SAMPLES else 0.0
-        return rounds * service + wait
+        queued = self.depth + extra
+        batches = math.ceil(queued / self.config.max_batch)
+        rounds = math.ceil(batches / self.config.concurrency)
+        wait = self.config.max_wait_s if queued < self.config.max_batch else 0.0
+        metrics = self.metrics
+        busy = metrics.batch_seconds(self._busy_items / self._busy) if self._busy else 0.0
+        return rounds * metrics.batch_seconds(min(queued, self.config.max_batch)) + busy + wait
 
     async def submit(self, value: T, deadline: float | None = None) -> R:
         """Queue ``value`` and await its result.
@@ -405,7 +420,7 @@ class Stage(Generic[T, R]):
             self._busy -= 1
             self._busy_items -= len(batch)
             end = self.clock()
-            self.metrics.observe_service(end - start)
+            self.metrics.observe_service(end - start, len(batch))
             size = len(batch)
             self.metrics.batch_sizes[size] = self.metrics.batch_sizes.get(size, 0) + 1
             if self.recorder is not None:

@@ -145,9 +145,12 @@ class RecommendModels:
         return self.ranker.rec.item_ids
 
 
-def load_recommend_models(coldnas_dir: Path | str, mf_dir: Path | str) -> RecommendModels:
-    """Load the ranking (ColdNAS) and candidate (MF) models; their item rows must agree."""
-    rec = load_recommender(coldnas_dir)
+def load_recommend_models(
+    coldnas_dir: Path | str, mf_dir: Path | str, precision: str = "float32"
+) -> RecommendModels:
+    """Load the ranking (ColdNAS, scoring in ``precision``) and candidate (MF) models; their
+    item rows must agree."""
+    rec = load_recommender(coldnas_dir, precision=precision)
     mf = load_mf(mf_dir)
     if mf.n_items != rec.n_items:
         raise ValueError(
@@ -176,17 +179,19 @@ def load_models(
     mf_dir: Path | str | None,
     knn_dir: Path | str | None,
     recommender: str = "auto",
+    precision: str = "float32",
 ) -> RecommendModels:
     """The recommend pipeline's models for ``recommender`` (see :func:`resolve_recommender`):
 
     - ``knn``: item-kNN candidates ranked by their own item-kNN score (the top-k table's best);
-    - ``coldnas``: MF top-N candidates ranked by ColdNAS (the issue's two-stage shape).
+    - ``coldnas``: MF top-N candidates ranked by ColdNAS (the issue's two-stage shape), its
+      scoring in ``precision``.
     """
     choice = resolve_recommender(recommender, knn_dir)
     if choice == "coldnas":
         if mf_dir is None:
             raise ValueError("recommend.recommender=coldnas needs models.mf (an MF artifact)")
-        return load_recommend_models(coldnas_dir, mf_dir)
+        return load_recommend_models(coldnas_dir, mf_dir, precision)
     if knn_dir is None:
         raise ValueError("recommend.recommender=knn needs models.knn (an item-kNN artifact)")
     from warmstart.coldstart.knn_inference import load_knn

@@ -35,7 +35,8 @@ def uvicorn_config(app: Any, host: str, port: int, drain_s: float = 10.0) -> uvi
 def serve_forever(config: ServeConfig, admin_token: str | None) -> None:
     """Run until SIGINT/SIGTERM; shutdown stops accepting, then drains in-flight requests."""
     app = create_app(Server(config, admin_token))
-    uvicorn.Server(uvicorn_config(app, config.host, config.port, config.drain_s)).run()
+    entry = app.state.hot_path  # the fast path in front of the app (see ``create_app``)
+    uvicorn.Server(uvicorn_config(entry, config.host, config.port, config.drain_s)).run()
 
 
 @contextmanager

@@ -1,0 +1,93 @@
+"""The benchmark's load generator and pass rule: response flags, degraded counts, timer lag."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[2] / "benchmarks"
+
+
+def _load(name: str):
+    spec = importlib.util.spec_from_file_location(f"_bench_{name}", BENCH / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+loadgen = _load("loadgen")
+
+
+def test_parse_response_reads_status_length_and_flags():
+    ok = bytearray(
+        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nX-Degraded: n_candidates=100\r\n\r\n{}"
+    )
+    assert loadgen.parse_response(ok) == (len(ok), 200, loadgen.DEGRADED)
+    busy = bytearray(b"HTTP/1.1 503 X\r\nretry-after: 1\r\ncontent-length: 0\r\n\r\nHTTP/1.1")
+    assert loadgen.parse_response(busy) == (busy.index(b"HTTP/1.1", 5), 503, loadgen.RETRY)
+    assert (
+        loadgen.parse_response(bytearray(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n{}")) is None
+    )
+    chunked = bytearray(
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\n{}\r\n0\r\n\r\n"
+    )
+    assert loadgen.parse_response(chunked) == (len(chunked), 200, 0)
+
+
+def test_summary_counts_degraded_answers_and_both_lags():
+    samples = [
+        loadgen.Sample(0.010, 200, lag_s=0.001, late_s=0.001),
+        loadgen.Sample(0.020, 200, degraded=True, lag_s=0.005, late_s=0.001),
+        loadgen.Sample(0.001, 503, retry_after=True),
+        loadgen.Sample(0.030, 200),
+    ]
+    out = loadgen.summarize(samples, 4.0, 1.0)
+    assert (out["ok"], out["errors"], out["rejected_503"], out["degraded"]) == (3, 1, 1, 1)
+    assert out["send_lag_p99_ms"] >= out["timer_lag_p99_ms"] > 0
+
+
+@pytest.fixture
+def bench(monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCH))
+    return _load("bench_serving")
+
+
+def test_a_degraded_answer_fails_the_capacity_step(bench):
+    clean = {"p99_ms": 50.0, "errors": 0, "degraded": 0, "sent": 5000}
+    assert bench.passes(clean)
+    assert bench.passes({**clean, "degraded": 4})  # < 0.1%
+    assert not bench.passes({**clean, "degraded": 5})
+    assert not bench.passes({**clean, "errors": 3, "degraded": 2})
+    assert not bench.passes({**clean, "p99_ms": 101.0})
+
+
+def test_generator_measures_against_the_trivial_server_with_a_delay():
+    async def main():
+        server = asyncio.ensure_future(loadgen.trivial_server(port, delay_s=0.02))
+        await asyncio.sleep(0.2)
+        try:
+            stats: dict = {}
+            samples = await loadgen.run_open_loop(
+                "127.0.0.1", port, [loadgen.request_bytes("GET", "/")], 200, 0.5, stats=stats
+            )
+        finally:
+            server.cancel()
+        return samples, stats
+
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    samples, stats = asyncio.run(main())
+    assert samples and all(s.status == 200 for s in samples)
+    assert min(s.latency_s for s in samples) >= 0.02  # answered after the delay
+    assert stats["peak_connections"] >= 2  # requests overlapped, each on its own connection
+    with pytest.raises(ValueError, match="loopback"):
+        asyncio.run(loadgen.run_open_loop("10.0.0.1", port, [b""], 1, 0.1))
