@@ -903,6 +903,12 @@ def main() -> None:
         default="float32",
         help="ColdNAS scoring precision, the same for every system and the ceiling",
     )
+    parser.add_argument(
+        "--compute-nice",
+        type=int,
+        default=0,
+        help="our compute.nice (model threads below the event loop; for a core ours alone)",
+    )
     parser.add_argument("--ray-batch", type=int, default=16)
     parser.add_argument("--ray-wait-ms", type=float, default=5.0)
     parser.add_argument("--epochs", type=int, default=5, help="ColdNAS epochs when training")
@@ -968,7 +974,8 @@ def run(args: argparse.Namespace) -> None:
     result: dict[str, Any] = {"workload": {"support": SUPPORT, "candidates": CANDIDATES, "k": K,
                                            "p99_ms": P99_MS, "max_error_rate": MAX_ERRORS,
                                            "seconds_per_rate": duration, "server_cpus": 1,
-                                           "precision": args.precision}}  # fmt: skip
+                                           "precision": args.precision,
+                                           "ours_compute_nice": args.compute_nice}}  # fmt: skip
     curves: dict[str, list] = {}
     result["load_average_start"] = list(os.getloadavg())
     print(f"load average at start {result['load_average_start']}", flush=True)
@@ -999,6 +1006,7 @@ def run(args: argparse.Namespace) -> None:
         """Our server; ``degrade=False`` for the capacity search (full N or a refusal: the
         degraded path is then never taken), the default shedding for the overload."""
         config = ours_config(port, workdir)
+        config["compute"]["nice"] = args.compute_nice
         config["recommend"] = {
             "fused": system == "ours",
             "recommender": "coldnas",
