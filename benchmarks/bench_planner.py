@@ -415,6 +415,8 @@ def report(result: dict[str, Any], summary: dict[str, Any]) -> None:
              "measured_p99_ms": round(at[0]["p99_ms"], 1) if at else "-",
              "meas_degraded": round(at[0].get("degraded", 0.0), 3) if at else "-",
              "pred_degraded": round(pred["degraded"], 3),
+             "meas_p99_errors_only": max(
+                 (r["rate"] for r in meas["curve"] if bs.passes(r)), default=0.0),
              "meas_degraded_all_rates": round(meas["degraded_share_all_rates"], 3)}
         )  # fmt: skip
     print_table(rows, list(rows[0]))
