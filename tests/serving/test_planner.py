@@ -215,3 +215,51 @@ def test_simulated_loop_spends_the_idle_cpu() -> None:
     assert busy.loop_cpu_s - quiet.loop_cpu_s == pytest.approx(0.05 * seconds, rel=0.05)
     assert busy.stage_cpu_s == pytest.approx(quiet.stage_cpu_s) == pytest.approx(2.0)
     assert busy.latencies_s.mean() > quiet.latencies_s.mean()
+
+
+def test_background_ignores_calls_that_queued_for_the_pool() -> None:
+    """A call that waited behind another stage's call for the one pool thread is slow on the
+    wall clock with no other process about: only calls that overlapped none are used."""
+    from warmstart.serving.planner.fit import background_load, isolated
+
+    ticks = [{"run": 0, "t": float(t), "req": 10, "cpu": 0.1, "wall": 1.0} for t in range(1, 5)]
+    encode, model = [], []
+    for t in range(4):  # an encode call, two model calls queued behind it, one alone
+        encode.append({"run": 0, "t": t + 0.1, "svc": 0.010, "cpu": 0.010})
+        model.append({"run": 0, "t": t + 0.102, "svc": 0.0105, "cpu": 0.0025})
+        model.append({"run": 0, "t": t + 0.104, "svc": 0.0110, "cpu": 0.0025})
+        model.append({"run": 0, "t": t + 0.5, "svc": 0.0025, "cpu": 0.0025})
+    assert isolated(encode + model) == model[2::3]
+    assert background_load({"encode": encode, "model": model}, ticks) == pytest.approx(0.0)
+    # without the isolation the median call would have run at a third of its speed
+    from statistics import median
+
+    assert median(b["svc"] / b["cpu"] - 1 for b in encode + model) > 1
+
+
+def test_a_batchs_results_reach_the_next_stage_together() -> None:
+    """As in the engine, the items of a finished batch are all queued at the next stage
+    before it collects: a stage without a wait gets them as one batch, not one by one."""
+    from warmstart.serving.planner import simulate as sim_module
+
+    visits = (Visit("encode", 1.0, 1.0, 1.0), Visit("index", 1.0, 1.0, 1.0))
+    model = TrafficModel(
+        {"encode": ServiceModel(0.004, 0.001, 0.0), "index": ServiceModel(0.0002, 0.0001, 0.0)},
+        (RequestClass("search", 1.0, visits),),
+        0.0,
+    )
+    knobs = StageConfig(32, 0.0, queue_size=2048)
+    config = SimConfig({"encode": knobs, "index": knobs}, shed=False)
+    s = sim_module.Simulator(model, config, seed=0)
+    sizes: dict[str, list[int]] = {"encode": [], "index": []}
+    dispatch = s._dispatch
+
+    def record(stage: object) -> None:
+        sizes[stage.name].append(len(stage.collecting or ()))  # type: ignore[attr-defined]
+        dispatch(stage)  # type: ignore[arg-type]
+
+    s._dispatch = record  # type: ignore[method-assign]
+    s.run(150.0, 1500)
+    assert max(sizes["encode"]) > 1  # batches formed upstream
+    assert len(sizes["index"]) == len(sizes["encode"])
+    assert sizes["index"] == sizes["encode"]

@@ -215,7 +215,8 @@ def background_load(
     ticks: list[dict[str, Any]],
     own: dict[tuple[int, int], float] | None = None,
 ) -> float:
-    """``median(wall / cpu - 1 - own) `` of the stage calls logged in the calmer half of the ticks.
+    """``median(wall / cpu - 1 - own)`` of the isolated stage calls (``isolated``) logged in the
+    calmer half of the ticks.
 
     A call that took twice its CPU time on the wall clock shared its core with about one other
     runnable thread. Part of that is the server's own event loop (``own``: per ``(run, second)``
@@ -223,7 +224,9 @@ def background_load(
     on one core; the simulator already shares the core with the loop); the rest belongs to other
     processes, which the simulator adds as a constant processor-sharing load.
     """
-    calls = [b for bs in batches.values() for b in bs if (b.get("cpu") or 0) > 1e-4]
+    every = [b for bs in batches.values() for b in bs]
+    calls = [b for b in isolated(every) if (b.get("cpu") or 0) > 1e-4]
+    calls = calls or [b for b in every if (b.get("cpu") or 0) > 1e-4]
     if not calls or not ticks:
         return 0.0
     own = own or {}
@@ -236,6 +239,27 @@ def background_load(
     ratios = [excess(b) for b in calls if (b["run"], int(b["t"]) + 1) in calm]
     ratios = ratios or [excess(b) for b in calls]
     return max(0.0, float(np.median(ratios)))
+
+
+def isolated(calls: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The calls that overlapped no other stage call of their run: a call's wall time runs from
+    its stage's hand-off to the pool, so one that queued behind another stage's call for a
+    pool thread (several stages, fewer threads) took longer than its CPU time without any
+    other process being involved; only the isolated calls measure the others' load."""
+    by_run: dict[int, list[dict[str, Any]]] = defaultdict(list)
+    for b in calls:
+        by_run[b["run"]].append(b)
+    out = []
+    for run in by_run.values():
+        run.sort(key=lambda b: b["t"])
+        latest_end = -np.inf
+        for i, b in enumerate(run):
+            end = b["t"] + b["svc"]
+            next_start = run[i + 1]["t"] if i + 1 < len(run) else np.inf
+            if latest_end <= b["t"] and next_start >= end:
+                out.append(b)
+            latest_end = max(latest_end, end)
+    return out
 
 
 def cpu_share(ticks: list[dict[str, Any]], reqs: list[dict[str, Any]]) -> float:

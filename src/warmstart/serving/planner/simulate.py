@@ -186,6 +186,7 @@ class Simulator:
         self.cpu_busy = 0.0
         self.loop_cpu = 0.0
         self.stage_cpu = 0.0
+        self._routing: list[_Stage] | None = None
 
     # ------------------------------------------------------------------ event plumbing
 
@@ -379,7 +380,10 @@ class Simulator:
                 self._dispatch(stage)
             return
         stage.queue.append(item)
-        self._take(stage)
+        if self._routing is not None:  # a batch's results are still being handed on
+            self._routing.append(stage)
+        else:
+            self._take(stage)
 
     # ------------------------------------------------------------------ stage workers
 
@@ -438,9 +442,14 @@ class Simulator:
         stage.busy -= 1
         stage.busy_items -= len(items)
         stage.idle += 1
+        # every result of the batch reaches its next stage's queue before any stage collects,
+        # as in the engine (the waiters resume in one loop iteration, the stage workers after)
+        self._routing = []
         for req, _ in items:
             self._next(req)
-        self._take(stage)
+        routed, self._routing = self._routing, None
+        for nxt in dict.fromkeys([*routed, stage]):
+            self._take(nxt)
         self._pool_run()
 
 
