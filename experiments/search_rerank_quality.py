@@ -123,11 +123,20 @@ def main() -> None:
         (None, False, min(lengths)),
     ]
     settings += [(c, b, own) for c in args.cross for b in (False, True)]
+    cache_path = args.out.with_suffix(".cache.json")  # reruns skip settings already scored
+    cache = json.loads(cache_path.read_text()) if cache_path.is_file() else {}
     for cross_dir, bf16, length in settings:
-        r = with_cross(base, cross_dir, bf16, length)
-        label = "served cross" if cross_dir is None else cross_dir.name
-        hits = hits_by_precision[bf16]
-        runs, seconds = rerank_run(r, texts, hits, depths)
+        label = "served cross" if cross_dir is None else str(cross_dir)
+        key = f"{args.retriever.resolve()}|{label}|{bf16}|{length}|{depths}"
+        if key not in cache:
+            r = with_cross(base, cross_dir, bf16, length)
+            runs, seconds = rerank_run(r, texts, hits_by_precision[bf16], depths)
+            cache[key] = {"runs": {str(d): v for d, v in runs.items()}, "seconds": seconds}
+            cache_path.parent.mkdir(parents=True, exist_ok=True)
+            cache_path.write_text(json.dumps(cache))
+        runs = {int(d): v for d, v in cache[key]["runs"].items()}
+        seconds = cache[key]["seconds"]
+        label = label if cross_dir is None else f"{cross_dir.parent.name}/{cross_dir.name}"
         for depth, run_lists in runs.items():
             name = f"{label}, {'bf16' if bf16 else 'fp32'}, {length} tokens, top {depth}"
             per_query[name] = retrieval_per_query(dict(zip(ids, run_lists, strict=True)), qrels)

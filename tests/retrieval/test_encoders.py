@@ -173,3 +173,17 @@ def test_head_input_spread_flags_a_collapsed_cls_state(tiny_backbone: Path) -> N
     mean = CrossEncoder(_ConstantFirstToken(backbone), CrossEncoderConfig(pooling="mean"))
     assert head_input_spread(mean, batch) > 1e-3
     assert collapsed.training  # the check leaves the mode as it found it
+
+
+def test_a_query_longer_than_the_pair_budget_is_cut_not_refused(tiny_backbone: Path) -> None:
+    """Only-second truncation cannot fit a query longer than ``max_length``; the pair is then cut
+    longest-first; pairs that fit keep only-second truncation (the query intact)."""
+    _, tok = load_backbone(tiny_backbone)
+    long_query = " ".join(["word"] * 40)
+    batch = tokenize(tok, [long_query], 16, ["a passage of several words"])
+    assert batch["input_ids"].shape == (1, 16)
+    query = "a short query"
+    short = tokenize(tok, [query], 16, [" ".join(["passage"] * 40)])
+    alone = tok([query])["input_ids"][0]  # [CLS] query [SEP]
+    assert short["input_ids"].shape == (1, 16)
+    assert short["input_ids"][0, : len(alone)].tolist() == alone

@@ -46,14 +46,32 @@ def tokenize(
     max_length: int,
     pairs: list[str] | None = None,
 ) -> dict[str, torch.Tensor]:
-    """Pad/truncate texts (or text pairs, only the second truncated) into (B, T) tensors."""
+    """Pad/truncate texts (or text pairs, only the second truncated) into (B, T) tensors.
+
+    A pair whose first text alone does not fit ``max_length`` leaves nothing of the second to
+    cut, which only-second truncation refuses; such a batch is cut longest-first instead (both
+    texts shortened), so a long query is scored rather than failing the call.
+    """
+    truncation: bool | str = "only_second" if pairs is not None else True
     with _lock(tokenizer):
-        out = tokenizer(
-            texts,
-            pairs,
-            padding=True,
-            truncation="only_second" if pairs is not None else True,
-            max_length=max_length,
-            return_tensors="pt",
-        )
+        try:
+            out = tokenizer(
+                texts,
+                pairs,
+                padding=True,
+                truncation=truncation,
+                max_length=max_length,
+                return_tensors="pt",
+            )
+        except Exception as err:  # the fast tokenizer raises a bare Exception here
+            if pairs is None or "truncat" not in str(err).lower():
+                raise
+            out = tokenizer(
+                texts,
+                pairs,
+                padding=True,
+                truncation="longest_first",
+                max_length=max_length,
+                return_tensors="pt",
+            )
     return dict(out)
