@@ -634,6 +634,32 @@ def generator_check(rate: float, flood: dict[str, Any], seconds: float) -> dict[
 SEARCH_SERVERS = {"naive": "naive-search", "ray": "ray-search", "ours": "ours"}
 
 
+def rerank_cost(options: dict[str, Any], queries: list[str], calls: int = 15) -> dict[str, float]:
+    """Median ms of one request's encode and rerank (``rerank_many`` of one query's top
+    ``rerank_n``) in-process on the server core, with ``options`` and with the same options in
+    fp32: what one request costs before any queueing."""
+    import torch
+
+    os.sched_setaffinity(0, {SERVER_CPU})
+    torch.set_num_threads(1)
+    out: dict[str, float] = {}
+    for label, opts in (("configured", options), ("fp32", {**options, "bf16": False})):
+        config, retriever = search_model(opts)
+        encode, rerank = [], []
+        for q in queries[: calls + 1]:
+            t0 = time.perf_counter()
+            hits = retriever.search(retriever.encode_queries([q]), config.rerank_n)[0]
+            t1 = time.perf_counter()
+            retriever.rerank_many([q], [hits])
+            encode.append(t1 - t0)
+            rerank.append(time.perf_counter() - t1)
+        out[f"{label}_encode_search_ms"] = 1e3 * float(np.median(encode[1:]))
+        out[f"{label}_rerank_ms"] = 1e3 * float(np.median(rerank[1:]))
+    os.sched_setaffinity(0, {CLIENT_CPU})
+    print(f"  one request in-process: {out}", flush=True)
+    return out
+
+
 def search_capacity(
     args: argparse.Namespace,
     workdir: Path,
@@ -655,6 +681,7 @@ def search_capacity(
     ensure_retriever(args.data_dir, args.cross_encoder)
     queries = list(load_scifact(args.data_dir).queries.values())[:300]
     options = search_options(args)
+    cost = rerank_cost(options, queries)
     caps: dict[str, float] = {}
     shares: dict[str, float] = {}
     runs = [(s, (False, True)) for s in systems if s in SEARCH_SERVERS]
@@ -695,7 +722,7 @@ def search_capacity(
         finally:
             server.stop()
     resolved = {**options, "bf16": SearchConfig(**options).use_bf16}
-    return {"capacity": caps, "reranked_share": shares, "options": resolved}
+    return {"capacity": caps, "reranked_share": shares, "options": resolved, "cost_ms": cost}
 
 
 def reranked_share(port: int, payloads: list[bytes], rate: float, duration: float) -> float:
@@ -1120,6 +1147,7 @@ def report(result: dict[str, Any]) -> None:
     print_table(rows, ["system", "max_rate", "p99_ms", "errors", "degraded", "send_lag_p99_ms"])
     if search:
         print(f"search options (every system): {search['options']}")
+        print(f"one search request in-process (median ms): {search['cost_ms']}")
         for name, share in search["reranked_share"].items():
             print(f"{name}: share of answers really reranked at its max rate {share:.3f}")
     for key in ("ours_over_naive", "ours_over_ray", "ours_fraction_of_limit"):
