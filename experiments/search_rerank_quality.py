@@ -117,11 +117,7 @@ def main() -> None:
         }
         per_query[name] = retrieval_per_query(run, qrels)
         rows.append({"setting": name, "seconds_per_query": 0.0})
-    settings = [
-        (None, False, own),
-        *[(None, True, n) for n in lengths],
-        (None, False, min(lengths)),
-    ]
+    settings = [(None, False, own), *[(None, True, n) for n in lengths]]
     settings += [(c, b, own) for c in args.cross for b in (False, True)]
     cache_path = args.out.with_suffix(".cache.json")  # reruns skip settings already scored
     cache = json.loads(cache_path.read_text()) if cache_path.is_file() else {}
