@@ -686,7 +686,7 @@ def search_capacity(
     shares: dict[str, float] = {}
     runs = [(s, (False, True)) for s in systems if s in SEARCH_SERVERS]
     if "ours" in systems:
-        runs.append(("ours, may skip rerank", (True,)))
+        runs.append(("ours-may-skip", (True,)))
     for system, modes in runs:
         port = free_port()
         if system.startswith("ours"):
@@ -704,6 +704,8 @@ def search_capacity(
         try:
             for rerank in modes:
                 name = f"search {system}{' + rerank' if rerank else ''}"
+                if system == "ours-may-skip":
+                    name = "search ours + rerank, skipped under load"
                 print(name, flush=True)
                 payloads = [
                     request_bytes(
