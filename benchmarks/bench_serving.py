@@ -692,7 +692,12 @@ def search_capacity(
         if system.startswith("ours"):
             config = ours_config(port, workdir)
             config["models"] = {"coldnas": None, "mf": None, "retriever": str(RETRIEVER)}
-            config["search"] = {**options, "degrade_rerank": system != "ours"}
+            admission = {**config["admission"], **json.loads(args.search_admission)}
+            config["search"] = {
+                **options,
+                "degrade_rerank": system != "ours",
+                "admission": admission,
+            }
             path = workdir / "ours-search.json"
             path.write_text(json.dumps(config))
             cmd = ["--serve", "ours", "--config", str(path)]
@@ -723,7 +728,11 @@ def search_capacity(
                     shares[name] = reranked_share(port, payloads, caps[name], duration)
         finally:
             server.stop()
-    resolved = {**options, "bf16": SearchConfig(**options).use_bf16}
+    resolved = {
+        **options,
+        "bf16": SearchConfig(**options).use_bf16,
+        "ours_admission": json.loads(args.search_admission),
+    }
     return {"capacity": caps, "reranked_share": shares, "options": resolved, "cost_ms": cost}
 
 
@@ -958,6 +967,11 @@ def main() -> None:
     )
     parser.add_argument(
         "--rerank-max-length", type=int, default=0, help="tokens per reranked pair (0: model's)"
+    )
+    parser.add_argument(
+        "--search-admission",
+        default="{}",
+        help='JSON merged into our search admission, e.g. {"degrade_at": 1.0, "reject_at": 1.0}',
     )
     parser.add_argument(
         "--cross-encoder",
