@@ -297,7 +297,7 @@ def test_search_config_speed_options_from_json():
     from warmstart.retrieval.encoding import native_bf16
     from warmstart.serving.config import ServeConfig
 
-    c = ServeConfig.from_dict({"search": {"bf16": False, "rerank_max_length": 64, "rerank_n": 5}})
-    assert (c.search.use_bf16, c.search.rerank_max_length, c.search.rerank_n) == (False, 64, 5)
+    c = ServeConfig.from_dict({"search": {"bf16": False, "rerank_max_length": 64, "rerank_n": 7}})
+    assert (c.search.use_bf16, c.search.rerank_max_length, c.search.rerank_n) == (False, 64, 7)
     assert ServeConfig.from_dict({"search": {"bf16": True}}).search.use_bf16
     assert ServeConfig.from_dict({}).search.use_bf16 == native_bf16()  # "auto", the default

@@ -9,7 +9,7 @@ the artifacts the README's commands write). Example::
       "store": {"memory_mb": 64, "lmdb_path": "runs/serve/lmdb", "redis_url": null},
       "compute": {"workers": 1, "intra_op_threads": 1, "io_workers": 2},
       "recommend": {"n_candidates": 500, "adapt": {"max_batch": 32, "max_wait_s": 0.001}},
-      "search": {"rerank_n": 20},
+      "search": {"rerank_n": 5},
       "admission": {"deadline_ms": 100}
     }
 """
