@@ -14,7 +14,11 @@ trivial server (its own ceiling), our HTTP stack on a trivial endpoint (``GET /h
 our compute in-process in ideal batches of 1-64 (no HTTP; the best counts). A degraded answer
 (fewer candidates) counts as a failure in the capacity search. Then overload at 2x our capacity,
 and the store tiers under Zipf-distributed returning users (memory tier = 5% of the users), and
-a scale run of 5M x 64-dim item rows in LMDB with Zipf item access.
+a scale run of 5M x 64-dim item rows in LMDB with Zipf item access (built once, cached under
+``~/.cache/warmstart/bench-serving-scale``). ``search``: zero-shot MiniLM over SciFact without and
+with the cross-encoder rerank, naive / Ray Serve / ours, one rerank configuration for all
+(``--rerank-n``, ``--search-bf16``, ``--rerank-max-length``); ``--skip recommend`` runs only the
+search, tiers and scale parts.
 
 Usage (run under ``flock /tmp/ws-bench.lock``; it needs the ML-1M data)::
 
