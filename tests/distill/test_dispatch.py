@@ -171,9 +171,10 @@ def test_refill_at_adds_tasks_only_from_the_low_water_mark() -> None:
 
 
 def test_with_refill_at_a_slow_student_sees_idle_teachers_between_bursts() -> None:
-    # a 1 s teacher feeding a student that trains 2 s a step
+    # a serial 1 s teacher feeding a student that trains 2 s a step: bursts of 6 tasks (8 - 2)
+    # take the teacher 6 s, 3 student steps; the other 3 steps of each 6 see it idle
     plan = BatchPlan(60, 2, 1, seed=0)
-    backend = SimBackend({"t": SimTeacher(1.0)})
+    backend = SimBackend({"t": SimTeacher(1.0, serial=True)})
     d = Dispatcher(max_in_flight=3, buffer=5, refill_at=2)
     busy: list[bool] = []
     out = []
@@ -183,7 +184,8 @@ def test_with_refill_at_a_slow_student_sees_idle_teachers_between_bursts() -> No
         out.append(item)
         backend.clock += 2.0  # the student's step
     check_exactly_once(plan, out)
-    assert len(busy) == len(out) and any(busy) and not all(busy)
+    assert len(busy) == len(out) == 30 and sum(busy) == 15
+    assert backend.clock == pytest.approx(1.0 + 2.0 * 30)  # the student never waited after step 1
 
 
 def test_ledger_names_the_first_wrong_sample() -> None:

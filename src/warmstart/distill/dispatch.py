@@ -201,10 +201,11 @@ class Dispatcher:
             self.resent += 1
         return attempt.task
 
-    def deliver(self) -> list[tuple[Task, Any]]:
-        """Tasks whose outputs are in, in their original order, up to the first missing one."""
-        out = []
-        while self.next_seq in self.results:
+    def deliver(self, limit: int | None = None) -> list[tuple[Task, Any]]:
+        """Tasks whose outputs are in, in their original order, up to the first missing one
+        (at most ``limit``)."""
+        out: list[tuple[Task, Any]] = []
+        while self.next_seq in self.results and (limit is None or len(out) < limit):
             out.append((self.tasks.pop(self.next_seq), self.results.pop(self.next_seq)))
             self.next_seq += 1
         return out
@@ -324,6 +325,8 @@ def stream(
                 f"teacher {name} timed out after {dispatcher.timeout_s:g} s: dropped, work re-sent"
             )
             _drop(backend, dispatcher, dropped, name)
+        if handles:  # what finished while the student trained, without waiting: frees slots
+            _collect(backend, dispatcher, handles, dropped, 0.0, note)
         while not exhausted and dispatcher.wants_task():
             task = next(todo, None)
             if task is None:
@@ -334,7 +337,9 @@ def stream(
             return
         for aid, name, task in dispatcher.assignments(now):
             handles[backend.submit(name, task)] = aid
-        ready = dispatcher.deliver()
+        # one at a time: between two steps of the student the loop collects, refills and
+        # re-assigns (a batch of ready outputs would otherwise hold all of that back)
+        ready = dispatcher.deliver(limit=1)
         if ready:
             for item in ready:
                 stats.delivered += 1
