@@ -263,3 +263,23 @@ def test_a_batchs_results_reach_the_next_stage_together() -> None:
     assert max(sizes["encode"]) > 1  # batches formed upstream
     assert len(sizes["index"]) == len(sizes["encode"])
     assert sizes["index"] == sizes["encode"]
+
+
+def test_simulated_prediction_is_the_engines() -> None:
+    """The simulator's admission predicts a stage's wait as ``engine.Stage.predicted_wait_s``:
+    the median recent call scaled past the median recent batch size, plus the batch in flight."""
+    from warmstart.serving.engine import StageMetrics
+    from warmstart.serving.planner.simulate import _Stage
+
+    knobs = StageConfig(8, 0.002, queue_size=2048, concurrency=1)
+    stage, metrics = _Stage("s", knobs), StageMetrics()
+    for seconds, items in ((0.004, 2), (0.006, 4), (0.005, 3), (0.009, 6), (0.003, 1)):
+        stage.observe(seconds, items)
+        metrics.observe_service(seconds, items)
+    for n in (1, 3, 8, 20):
+        assert stage.batch_seconds(n) == pytest.approx(metrics.batch_seconds(n))
+    stage.queue.extend([(None, 1.0)] * 10)  # type: ignore[list-item]
+    stage.busy, stage.busy_items = 1, 6
+    rounds = 2  # ceil((10 + 3) / 8) batches, one worker
+    expected = rounds * metrics.batch_seconds(8) + metrics.batch_seconds(6)  # no wait: >= 8
+    assert stage.predicted_wait(3) == pytest.approx(expected)

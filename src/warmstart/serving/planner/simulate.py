@@ -6,7 +6,8 @@ What is simulated, after ``serving.engine`` and ``serving.admission``:
   before admission, the rest after its last stage), on one event-loop thread (FIFO); the loop
   also spends ``idle_cpu`` seconds per second with no request (timers, polling), in slices.
 - Admission: the engine's predicted wait (queue depth, ``max_batch``, ``concurrency``, the
-  median of the last 32 service times, ``max_wait_s``) against the deadline: degrade (fewer
+  median of the last 32 service times scaled past the median of the last 32 batch sizes,
+  ``max_wait_s``) against the deadline: degrade (fewer
   work units, or skip a stage) above ``degrade_at``, reject (503) when even the degraded path
   is predicted above ``reject_at``, else admit; ``max_in_flight`` caps requests.
 - Stages: bounded queue, ``concurrency`` workers that take the first item, then collect until
@@ -26,7 +27,6 @@ from __future__ import annotations
 import functools
 import heapq
 import math
-import statistics
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -138,12 +138,21 @@ class _Stage:
         self.busy = 0
         self.busy_items = 0
         self.recent: deque[float] = deque(maxlen=32)
+        self.recent_sizes: deque[int] = deque(maxlen=32)
         self.service = 0.0  # median of ``recent`` once it holds 3 (the engine's MIN_SAMPLES)
+        self.typical = 1.0  # median of ``recent_sizes``
 
-    def observe(self, seconds: float) -> None:
+    def observe(self, seconds: float, items: int = 1) -> None:
         self.recent.append(seconds)
+        self.recent_sizes.append(items)
         if len(self.recent) >= 3:
-            self.service = statistics.median(self.recent)
+            self.service = _lower_median(self.recent)
+            self.typical = max(1.0, _lower_median(self.recent_sizes))
+
+    def batch_seconds(self, items: float) -> float:
+        """``engine.StageMetrics.batch_seconds``: the median recent call, scaled up past the
+        median recent batch size."""
+        return self.service * max(1.0, items / self.typical)
 
     @property
     def load(self) -> int:
@@ -151,11 +160,17 @@ class _Stage:
 
     def predicted_wait(self, extra: int) -> float:
         """``engine.Stage.predicted_wait_s``."""
-        depth = len(self.queue)
-        batches = math.ceil((depth + extra) / self.k.max_batch)
-        rounds = math.ceil(batches / self.k.concurrency) + (1 if self.busy else 0)
-        wait = self.k.max_wait_s if depth + extra < self.k.max_batch else 0.0
-        return rounds * self.service + wait
+        queued = len(self.queue) + extra
+        rounds = math.ceil(math.ceil(queued / self.k.max_batch) / self.k.concurrency)
+        wait = self.k.max_wait_s if queued < self.k.max_batch else 0.0
+        busy = self.batch_seconds(self.busy_items / self.busy) if self.busy else 0.0
+        return rounds * self.batch_seconds(min(queued, self.k.max_batch)) + busy + wait
+
+
+def _lower_median(values: deque[Any]) -> float:
+    """``engine.Window.quantile(0.5)``: the lower middle value."""
+    ordered = sorted(values)
+    return float(ordered[math.ceil(0.5 * len(ordered)) - 1])
 
 
 class Simulator:
@@ -438,7 +453,7 @@ class Simulator:
 
     def _batch_done(self, stage: _Stage, items: list[tuple[_Req, float]], start: float) -> None:
         self._pool_free += 1
-        stage.observe(self.now - start)
+        stage.observe(self.now - start, len(items))
         stage.busy -= 1
         stage.busy_items -= len(items)
         stage.idle += 1
