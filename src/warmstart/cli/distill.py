@@ -222,13 +222,15 @@ def cmd_teacher(args: argparse.Namespace) -> int:
     from warmstart.distill.ray_pool import connect, start_teacher
 
     connect(args.address)
+    # after connect (ray.init installs its own SIGTERM handler, which exits with code 15) and
+    # before the teacher registers: a SIGTERM sent once it is seen joining means "leave cleanly"
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
     name = args.name or f"teacher-{int(time.time() * 1000) % 100000}"
     actor = start_teacher(_teacher_spec(args), name)
     info = ray.get(actor.describe.remote(), timeout=120)
     say(f"teacher {name} serving (actor pid {info['pid']}); SIGTERM or Ctrl-C to leave")
-    stop = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
     while not stop.wait(0.5):
         pass
     ray.get(actor.leave.remote(), timeout=10)
