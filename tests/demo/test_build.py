@@ -8,7 +8,7 @@ import json
 import numpy as np
 
 from fixtures.demo import build_tiny_demo
-from warmstart.demo.build import load_manifest, native_bf16
+from warmstart.demo.build import load_manifest
 from warmstart.demo.served import load_served
 
 
@@ -41,12 +41,3 @@ def test_served_models_rank_unrated_items(tiny_demo) -> None:
     _, cands = models.candidates.candidates(users, 10)
     scores = models.ranker.score_many(states, [cands[0]])[0]
     assert scores.shape == (10,) and np.isfinite(scores).all()
-
-
-def test_bf16_encoding_only_with_native_bf16_units(tmp_path) -> None:
-    info = tmp_path / "cpuinfo"
-    info.write_text("flags\t: fpu avx512f avx512bw\n")
-    assert not native_bf16(info)
-    info.write_text("flags\t: fpu avx512f avx512_bf16\n")
-    assert native_bf16(info)
-    assert not native_bf16(tmp_path / "missing")

@@ -385,4 +385,6 @@ def test_native_bf16_reads_the_cpu_flags(tmp_path: Path) -> None:
     assert native_bf16(info)
     info.write_text("flags\t\t: fpu avx512f avx512_bf16x sse\n")
     assert not native_bf16(info)
+    info.write_text("flags\t: fpu avx512f avx512bw\n")  # AVX-512 without its bf16 extension
+    assert not native_bf16(info)
     assert not native_bf16(tmp_path / "missing")

