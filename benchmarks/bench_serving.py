@@ -278,14 +278,33 @@ def serve_naive_search(port: int, options: dict[str, Any]) -> None:
     uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
 
 
-def serve_ray_search(port: int, max_batch: int, wait_s: float, options: dict[str, Any]) -> None:
-    """Search on Ray Serve: the same steps, ``@serve.batch`` on the encoder and the rerank."""
+def _start_ray_serve(port: int) -> None:
+    """A one-CPU local Ray cluster with Serve's HTTP proxy on 127.0.0.1:``port``."""
     import ray
-    from fastapi import FastAPI
     from ray import serve
 
     ray.init(address="local", num_cpus=1, include_dashboard=False, log_to_driver=False)
     serve.start(http_options={"host": "127.0.0.1", "port": port})
+
+
+def _serve_until_signalled(app: Any) -> None:
+    """Run the bound Serve application until SIGTERM/SIGINT; the benchmark then ends the whole
+    process group."""
+    import ray
+    from ray import serve
+
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT})
+    serve.run(app, route_prefix="/", blocking=False)
+    signal.sigwait({signal.SIGTERM, signal.SIGINT})
+    ray.shutdown()
+
+
+def serve_ray_search(port: int, max_batch: int, wait_s: float, options: dict[str, Any]) -> None:
+    """Search on Ray Serve: the same steps, ``@serve.batch`` on the encoder and the rerank."""
+    from fastapi import FastAPI
+    from ray import serve
+
+    _start_ray_serve(port)
     app = FastAPI()
 
     @serve.deployment(max_ongoing_requests=4 * max_batch, ray_actor_options={"num_cpus": 1})
@@ -320,20 +339,15 @@ def serve_ray_search(port: int, max_batch: int, wait_s: float, options: dict[str
 
         search.__annotations__["body"] = SearchBody  # see serve_ray
 
-    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT})
-    serve.run(Search.bind(), route_prefix="/", blocking=False)
-    signal.sigwait({signal.SIGTERM, signal.SIGINT})
-    ray.shutdown()
+    _serve_until_signalled(Search.bind())
 
 
 def serve_ray(port: int, max_batch: int, wait_s: float, precision: str) -> None:
-    import ray
     import torch
     from fastapi import FastAPI
     from ray import serve
 
-    ray.init(address="local", num_cpus=1, include_dashboard=False, log_to_driver=False)
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    _start_ray_serve(port)
     app = FastAPI()
 
     @serve.deployment(max_ongoing_requests=4 * max_batch, ray_actor_options={"num_cpus": 1})
@@ -359,10 +373,7 @@ def serve_ray(port: int, max_batch: int, wait_s: float, precision: str) -> None:
         # a class pickled into the replica: give FastAPI the model class, not its name
         recommend.__annotations__["body"] = RecommendBody
 
-    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT})
-    serve.run(Recommender.bind(), route_prefix="/", blocking=False)
-    signal.sigwait({signal.SIGTERM, signal.SIGINT})
-    ray.shutdown()  # the benchmark then ends the whole process group
+    _serve_until_signalled(Recommender.bind())
 
 
 def ours_config(port: int, workdir: Path, **store: Any) -> dict[str, Any]:
