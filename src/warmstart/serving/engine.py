@@ -167,6 +167,23 @@ class Window:
         return ordered[min(len(ordered) - 1, math.ceil(q * len(ordered)) - 1)]
 
 
+def predicted_wait(
+    queued: int,
+    config: StageConfig,
+    batch_seconds: Callable[[float], float],
+    busy: int,
+    busy_items: int,
+) -> float:
+    """Seconds until the last of ``queued`` items is done at a stage (``Stage.predicted_wait_s``;
+    the planner's simulator predicts with the same function): ``ceil(queued / max_batch)``
+    batches shared by ``concurrency`` workers, each ``batch_seconds`` of its size, plus the
+    ``busy`` calls in flight on ``busy_items``, plus ``max_wait_s`` for a batch that won't fill."""
+    rounds = math.ceil(math.ceil(queued / config.max_batch) / config.concurrency)
+    wait = config.max_wait_s if queued < config.max_batch else 0.0
+    in_flight = batch_seconds(busy_items / busy) if busy else 0.0
+    return rounds * batch_seconds(min(queued, config.max_batch)) + in_flight + wait
+
+
 @dataclass
 class StageMetrics:
     """Counters and windows of one stage (read by /metrics and /v1/stats).
@@ -187,11 +204,18 @@ class StageMetrics:
     wait: Window = field(default_factory=Window)
     recent: Window = field(default_factory=lambda: Window(32))
     recent_sizes: Window = field(default_factory=lambda: Window(32))
+    # medians of ``recent`` and ``recent_sizes``, kept per call so a prediction (per request) sorts
+    # nothing; 0 s until ``MIN_SAMPLES`` calls
+    _median_s: float = field(default=0.0, repr=False)
+    _typical: float = field(default=1.0, repr=False)
 
     def observe_service(self, seconds: float, items: int = 1) -> None:
         self.service.add(seconds)
         self.recent.add(seconds)
         self.recent_sizes.add(items)
+        if len(self.recent) >= MIN_SAMPLES:
+            self._median_s = self.recent.quantile(0.5)
+            self._typical = max(1.0, self.recent_sizes.quantile(0.5))
 
     def batch_seconds(self, items: float) -> float:
         """Predicted seconds of one call on ``items``: the median recent call, scaled up in
@@ -199,10 +223,7 @@ class StageMetrics:
         ``MIN_SAMPLES`` calls). An upper bound of a fixed cost plus a cost per item on both
         sides of the median size, so a queue that grows past the batches seen so far (the
         start of a flood) is not predicted at small-batch speed."""
-        if len(self.recent) < MIN_SAMPLES:
-            return 0.0
-        typical = self.recent_sizes.quantile(0.5) if len(self.recent_sizes) else 1.0
-        return self.recent.quantile(0.5) * max(1.0, items / max(1.0, typical))
+        return self._median_s * max(1.0, items / self._typical)
 
     def snapshot(self, queue_depth: int, busy: int) -> dict[str, Any]:
         return {
@@ -317,13 +338,13 @@ class Stage(Generic[T, R]):
         ``MIN_SAMPLES`` batches were measured: a cold stage's first calls are slow and say
         little). A busy stage adds its batches in flight.
         """
-        queued = self.depth + extra
-        batches = math.ceil(queued / self.config.max_batch)
-        rounds = math.ceil(batches / self.config.concurrency)
-        wait = self.config.max_wait_s if queued < self.config.max_batch else 0.0
-        metrics = self.metrics
-        busy = metrics.batch_seconds(self._busy_items / self._busy) if self._busy else 0.0
-        return rounds * metrics.batch_seconds(min(queued, self.config.max_batch)) + busy + wait
+        return predicted_wait(
+            self.depth + extra,
+            self.config,
+            self.metrics.batch_seconds,
+            self._busy,
+            self._busy_items,
+        )
 
     async def submit(self, value: T, deadline: float | None = None) -> R:
         """Queue ``value`` and await its result.

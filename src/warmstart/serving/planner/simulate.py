@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from warmstart.serving.engine import StageConfig
+from warmstart.serving.engine import StageConfig, StageMetrics, predicted_wait
 from warmstart.serving.planner.fit import RequestClass, TrafficModel
 
 INGRESS = 0.6  # share of the per-request overhead before admission (parse, validate, map ids)
@@ -137,22 +137,15 @@ class _Stage:
         self.collect_token = 0
         self.busy = 0
         self.busy_items = 0
-        self.recent: deque[float] = deque(maxlen=32)
-        self.recent_sizes: deque[int] = deque(maxlen=32)
-        self.service = 0.0  # median of ``recent`` once it holds 3 (the engine's MIN_SAMPLES)
-        self.typical = 1.0  # median of ``recent_sizes``
+        self.metrics = StageMetrics()  # the engine's service window and its medians
 
     def observe(self, seconds: float, items: int = 1) -> None:
-        self.recent.append(seconds)
-        self.recent_sizes.append(items)
-        if len(self.recent) >= 3:
-            self.service = _lower_median(self.recent)
-            self.typical = max(1.0, _lower_median(self.recent_sizes))
+        self.metrics.observe_service(seconds, items)
 
     def batch_seconds(self, items: float) -> float:
         """``engine.StageMetrics.batch_seconds``: the median recent call, scaled up past the
         median recent batch size."""
-        return self.service * max(1.0, items / self.typical)
+        return self.metrics.batch_seconds(items)
 
     @property
     def load(self) -> int:
@@ -160,17 +153,9 @@ class _Stage:
 
     def predicted_wait(self, extra: int) -> float:
         """``engine.Stage.predicted_wait_s``."""
-        queued = len(self.queue) + extra
-        rounds = math.ceil(math.ceil(queued / self.k.max_batch) / self.k.concurrency)
-        wait = self.k.max_wait_s if queued < self.k.max_batch else 0.0
-        busy = self.batch_seconds(self.busy_items / self.busy) if self.busy else 0.0
-        return rounds * self.batch_seconds(min(queued, self.k.max_batch)) + busy + wait
-
-
-def _lower_median(values: deque[Any]) -> float:
-    """``engine.Window.quantile(0.5)``: the lower middle value."""
-    ordered = sorted(values)
-    return float(ordered[math.ceil(0.5 * len(ordered)) - 1])
+        return predicted_wait(
+            len(self.queue) + extra, self.k, self.batch_seconds, self.busy, self.busy_items
+        )
 
 
 class Simulator:
