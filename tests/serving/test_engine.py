@@ -297,10 +297,11 @@ def test_predicted_wait_grows_with_queue_depth(pool, seen_size):
     gate = Gate()
 
     async def main():
-        stage = Stage("p", gate, StageConfig(max_batch=2, queue_size=64), pool)
+        config = StageConfig(max_batch=2, queue_size=64)
+        stage = Stage("p", gate, config, pool, clock=lambda: 100.0)  # no time passes
         await stage.start()
         for _ in range(MIN_SAMPLES):  # as if the batches so far had taken 10 ms each
-            stage.metrics.observe_service(0.010, seen_size)
+            stage.metrics.observe_service(0.010, seen_size, at=100.0)
         empty = stage.predicted_wait_s()
         first = asyncio.create_task(stage.submit(0))
         await gate.wait_entered()

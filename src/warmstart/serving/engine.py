@@ -40,6 +40,7 @@ T = TypeVar("T")
 R = TypeVar("R")
 
 MIN_SAMPLES = 3  # measured batches before a stage's service time is used for prediction
+STALE_AFTER_S = 1.0  # an idle stage whose last call ended this long ago re-measures itself
 
 BatchFn = Callable[[list[Any]], Sequence[Any]] | Callable[[list[Any]], Awaitable[Sequence[Any]]]
 
@@ -173,14 +174,21 @@ def predicted_wait(
     batch_seconds: Callable[[float], float],
     busy: int,
     busy_items: int,
+    elapsed: float = 0.0,
 ) -> float:
     """Seconds until the last of ``queued`` items is done at a stage (``Stage.predicted_wait_s``;
     the planner's simulator predicts with the same function): ``ceil(queued / max_batch)``
-    batches shared by ``concurrency`` workers, each ``batch_seconds`` of its size, plus the
-    ``busy`` calls in flight on ``busy_items``, plus ``max_wait_s`` for a batch that won't fill."""
+    batches shared by ``concurrency`` workers, each ``batch_seconds`` of its size, plus what is
+    left of the ``busy`` calls in flight on ``busy_items`` (their predicted time less the
+    ``elapsed`` seconds since the latest of them started, but at least half of it: a call past
+    its prediction is a slow one, not one nearly done), plus ``max_wait_s`` for a batch that
+    won't fill."""
     rounds = math.ceil(math.ceil(queued / config.max_batch) / config.concurrency)
     wait = config.max_wait_s if queued < config.max_batch else 0.0
-    in_flight = batch_seconds(busy_items / busy) if busy else 0.0
+    in_flight = 0.0
+    if busy:
+        call = batch_seconds(busy_items / busy)
+        in_flight = call - min(elapsed, call / 2)
     return rounds * batch_seconds(min(queued, config.max_batch)) + in_flight + wait
 
 
@@ -191,7 +199,10 @@ class StageMetrics:
     ``service`` holds seconds per batch call, ``wait`` seconds from submission to the start of
     the item's batch; ``batch_sizes`` counts calls by batch size. ``recent`` holds the last few
     service times, whose median predicts the next (robust to a slow first call or a stall), and
-    ``recent_sizes`` their batch sizes.
+    ``recent_sizes`` their batch sizes; ``last_at`` is when the latest call ended.
+    ``restart_window`` starts them afresh (a stage that sat idle: its old timings may come from
+    a slower moment) while the last medians stay in use until ``MIN_SAMPLES`` new calls
+    replace them.
     """
 
     submitted: int = 0
@@ -208,22 +219,46 @@ class StageMetrics:
     # nothing; 0 s until ``MIN_SAMPLES`` calls
     _median_s: float = field(default=0.0, repr=False)
     _typical: float = field(default=1.0, repr=False)
+    _per_item: float = field(default=0.0, repr=False)  # seconds per item past ``_typical``
+    _cap: float = field(default=0.0, repr=False)  # ... past the largest recent batch
+    _largest: float = field(default=1.0, repr=False)
+    last_at: float = -math.inf
 
-    def observe_service(self, seconds: float, items: int = 1) -> None:
+    def observe_service(self, seconds: float, items: int = 1, at: float | None = None) -> None:
+        """One call of ``seconds`` on ``items``, ended at ``at`` (the stage's clock; default
+        ``time.monotonic()``)."""
+        self.last_at = time.monotonic() if at is None else at
         self.service.add(seconds)
         self.recent.add(seconds)
         self.recent_sizes.add(items)
         if len(self.recent) >= MIN_SAMPLES:
             self._median_s = self.recent.quantile(0.5)
             self._typical = max(1.0, self.recent_sizes.quantile(0.5))
+            self._cap = self._per_item = self._median_s / self._typical
+            self._largest = self.recent_sizes.quantile(1.0)
+            slope = _size_slope(self.recent, self.recent_sizes)
+            if slope is not None:
+                self._per_item = min(self._cap, max(0.0, slope))
+
+    def restart_window(self) -> None:
+        self.recent = Window(self.recent._values.maxlen or 32)
+        self.recent_sizes = Window(self.recent_sizes._values.maxlen or 32)
 
     def batch_seconds(self, items: float) -> float:
-        """Predicted seconds of one call on ``items``: the median recent call, scaled up in
-        proportion when ``items`` exceeds the median recent batch size (0 before
-        ``MIN_SAMPLES`` calls). An upper bound of a fixed cost plus a cost per item on both
-        sides of the median size, so a queue that grows past the batches seen so far (the
-        start of a flood) is not predicted at small-batch speed."""
-        return self._median_s * max(1.0, items / self._typical)
+        """Predicted seconds of one call on ``items``: the median recent call, plus a cost per
+        item for the items past the median recent batch size (0 before ``MIN_SAMPLES`` calls).
+
+        Up to the largest recent batch, the cost per item is the slope measured across the
+        recent batch sizes (the median of the slopes between the median times of each size
+        seen: robust to a slow call), at most the median call's own cost per item; past it, and
+        when only one size was seen, it is that cap: the time scales in proportion, an upper
+        bound of a fixed cost plus a cost per item, so a queue that grows past the batches seen
+        so far (the start of a flood) is not predicted at small-batch speed. A model whose
+        batches amortise a fixed cost (the search encoder: ~4.5 ms + ~2.6 ms a query on one
+        core) is then not predicted at ~7 ms a query within the batch sizes it has run."""
+        seen = max(0.0, min(items, self._largest) - self._typical)
+        beyond = max(0.0, items - max(self._largest, self._typical))
+        return self._median_s + self._per_item * seen + self._cap * beyond
 
     def snapshot(self, queue_depth: int, busy: int) -> dict[str, Any]:
         return {
@@ -238,6 +273,21 @@ class StageMetrics:
             "service_ms": _ms(self.service),
             "wait_ms": _ms(self.wait),
         }
+
+
+def _size_slope(seconds: Window, sizes: Window) -> float | None:
+    """Median slope (seconds per item) between the median times of the batch sizes in the
+    windows (paired newest first), or ``None`` when fewer than two sizes were seen."""
+    by_size: dict[float, list[float]] = {}
+    for n, s in zip(reversed(sizes._values), reversed(seconds._values), strict=False):
+        by_size.setdefault(n, []).append(s)
+    if len(by_size) < 2:
+        return None
+    points = sorted((n, sorted(v)[(len(v) - 1) // 2]) for n, v in by_size.items())
+    slopes = sorted(
+        (t2 - t1) / (n2 - n1) for i, (n1, t1) in enumerate(points) for n2, t2 in points[i + 1 :]
+    )
+    return slopes[(len(slopes) - 1) // 2]
 
 
 def _ms(window: Window) -> dict[str, float]:
@@ -290,6 +340,7 @@ class Stage(Generic[T, R]):
         self._workers: list[asyncio.Task[None]] = []
         self._busy = 0
         self._busy_items = 0
+        self._last_start = -math.inf  # the latest call's start (clock seconds)
         # traffic log hook (serving.trafficlog.StageRecorder): called with (items, start, end)
         self.recorder: Callable[[list[_Item], float, float], None] | None = None
 
@@ -336,14 +387,28 @@ class Stage(Generic[T, R]):
         Queued items form ``ceil((depth + extra) / max_batch)`` batches of up to ``max_batch``
         shared by the workers; each takes ``StageMetrics.batch_seconds`` of its size (0 until
         ``MIN_SAMPLES`` batches were measured: a cold stage's first calls are slow and say
-        little). A busy stage adds its batches in flight.
+        little). A busy stage adds what is left of its batches in flight.
+
+        An idle stage (nothing queued, in flight or on its way: ``extra`` <= 1) predicts 0 when
+        its last call ended over ``STALE_AFTER_S`` ago, and until ``MIN_SAMPLES`` calls since
+        then re-measured it (``StageMetrics.restart_window``): a stage that admission refuses
+        or skips gets no new timings, so a median from a slow moment would otherwise refuse
+        for ever. Such a request is a probe, one at a time.
         """
+        now, m = self.clock(), self.metrics
+        if (
+            extra <= 1
+            and self.load == 0
+            and (now - m.last_at > STALE_AFTER_S or len(m.recent) < MIN_SAMPLES)
+        ):
+            return 0.0
         return predicted_wait(
             self.depth + extra,
             self.config,
             self.metrics.batch_seconds,
             self._busy,
             self._busy_items,
+            now - self._last_start,
         )
 
     async def submit(self, value: T, deadline: float | None = None) -> R:
@@ -426,6 +491,9 @@ class Stage(Generic[T, R]):
         self._busy += 1
         self._busy_items += len(batch)
         start = self.clock()
+        if start - self.metrics.last_at > STALE_AFTER_S and self._busy == 1:
+            self.metrics.restart_window()  # idle for a while: measure afresh
+        self._last_start = start
         try:
             results = await self._call(values)
             if len(results) != len(values):
@@ -441,7 +509,7 @@ class Stage(Generic[T, R]):
             self._busy -= 1
             self._busy_items -= len(batch)
             end = self.clock()
-            self.metrics.observe_service(end - start, len(batch))
+            self.metrics.observe_service(end - start, len(batch), end)
             size = len(batch)
             self.metrics.batch_sizes[size] = self.metrics.batch_sizes.get(size, 0) + 1
             if self.recorder is not None:

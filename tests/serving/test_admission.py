@@ -1,0 +1,124 @@
+"""Admission's wait prediction: stale timings recover, batch cost by size, calls in flight
+(a fake clock and events, never sleeps)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from warmstart.serving.admission import Admission, AdmissionConfig
+from warmstart.serving.engine import (
+    MIN_SAMPLES,
+    STALE_AFTER_S,
+    ComputePool,
+    Overloaded,
+    Stage,
+    StageConfig,
+    StageMetrics,
+    predicted_wait,
+)
+
+from .test_engine import Gate, run
+
+
+@pytest.fixture
+def pool():
+    p = ComputePool(workers=1, intra_op_threads=None)
+    yield p
+    p.shutdown()
+
+
+def test_a_stage_refused_on_stale_timings_is_probed_and_recovers(pool):
+    """Timings from a slow moment (1 s a call) refuse every 100 ms request, and a refused
+    request adds no timing: without re-measuring, the stage would refuse for ever."""
+    now = [1000.0]
+
+    def fast(items):  # each call takes 5 ms of the fake clock
+        now[0] += 0.005
+        return items
+
+    gate = Gate(fast)
+    admission = Admission(AdmissionConfig(deadline_ms=100, degrade_at=1.0, reject_at=1.0))
+
+    async def main():
+        stage = Stage("s", gate, StageConfig(max_batch=4), pool, clock=lambda: now[0])
+        await stage.start()
+        for _ in range(MIN_SAMPLES):
+            stage.metrics.observe_service(1.0, 1, at=now[0])
+
+        def admit():
+            return admission.admit([stage], [stage], 0.1)
+
+        for _ in range(3):  # the old median refuses, and keeps refusing while nothing runs
+            with pytest.raises(Overloaded):
+                admit()
+        now[0] += STALE_AFTER_S + 0.1  # idle for a while: the next request is a probe
+        assert not admit().degrade
+        probe = asyncio.create_task(stage.submit(0))
+        await gate.wait_entered()
+        with pytest.raises(Overloaded):  # one probe at a time: the rest still see 1 s
+            admit()
+        gate.release.set()
+        await probe
+        for i in range(MIN_SAMPLES - 1):  # idle and still re-measuring: probes, one by one
+            admit()
+            await stage.submit(i)
+        admit()  # now predicted from the fresh timings
+        recovered = stage.metrics.batch_seconds(1)
+        await stage.stop()
+        return recovered
+
+    assert run(main) == pytest.approx(0.005)
+    assert admission.rejected == 4 and admission.admitted == MIN_SAMPLES + 1
+
+
+def test_a_busy_stage_is_not_probed_and_fresh_stages_predict_from_their_timings(pool):
+    now = [50.0]
+
+    async def main():
+        stage = Stage("s", lambda xs: xs, StageConfig(max_batch=4), pool, clock=lambda: now[0])
+        await stage.start()
+        for _ in range(MIN_SAMPLES):
+            stage.metrics.observe_service(0.2, 1, at=now[0])
+        fresh = stage.predicted_wait_s()
+        upstream = stage.predicted_wait_s(extra=2)  # a request on its way: not idle
+        now[0] += STALE_AFTER_S + 1
+        stale_idle, stale_upstream = stage.predicted_wait_s(), stage.predicted_wait_s(extra=2)
+        await stage.stop()
+        return fresh, upstream, stale_idle, stale_upstream
+
+    fresh, upstream, stale_idle, stale_upstream = run(main)
+    assert fresh == pytest.approx(0.2) and upstream == pytest.approx(0.4)
+    assert stale_idle == 0.0 and stale_upstream == pytest.approx(0.4)
+
+
+def test_batch_cost_follows_the_sizes_seen_and_scales_in_proportion_past_them():
+    m = StageMetrics()
+    for _ in range(MIN_SAMPLES):  # one size seen: proportional (an upper bound)
+        m.observe_service(0.007, 1)
+    assert m.batch_seconds(4) == pytest.approx(0.028)
+    for _ in range(3):  # a fixed 4.5 ms + 2.5 ms per item, seen at sizes 1, 2 and 4
+        m.observe_service(0.0095, 2)
+        m.observe_service(0.0145, 4)
+        m.observe_service(0.007, 1)
+    # the median call is still a 7 ms batch of 1; sizes 2 and 4 follow the 2.5 ms slope
+    assert m.batch_seconds(1) == pytest.approx(0.007)
+    assert m.batch_seconds(2) == pytest.approx(0.0095)
+    assert m.batch_seconds(4) == pytest.approx(0.0145)  # not 4 x 7 ms
+    # past the largest batch seen: the median call's own cost per item (7 ms)
+    assert m.batch_seconds(6) == pytest.approx(0.0145 + 2 * 0.007)
+    m.observe_service(0.5, 3)  # one slow call moves neither the median nor the slope much
+    assert m.batch_seconds(4) == pytest.approx(0.0145, rel=0.2)
+
+
+def test_a_call_in_flight_counts_what_is_left_of_it_but_at_least_half():
+    config = StageConfig(max_batch=8)
+
+    def cost(n):
+        return 0.04
+
+    assert predicted_wait(1, config, cost, 1, 1, elapsed=0.0) == pytest.approx(0.08)
+    assert predicted_wait(1, config, cost, 1, 1, elapsed=0.01) == pytest.approx(0.07)
+    assert predicted_wait(1, config, cost, 1, 1, elapsed=0.5) == pytest.approx(0.06)
+    assert predicted_wait(1, config, cost, 0, 0, elapsed=0.5) == pytest.approx(0.04)
