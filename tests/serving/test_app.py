@@ -200,6 +200,25 @@ def test_health_ready_stats_metrics_openapi(client, tiny_artifacts):
     assert {"/v1/recommend", "/v1/search", "/healthz", "/readyz", "/metrics"} <= set(paths)
 
 
+def test_search_answer_without_its_rerank_says_so_in_a_header(client):
+    """A rerank skipped under load is a degraded answer (the benchmark counts it as one)."""
+    from warmstart.retrieval.inference import Hit
+    from warmstart.serving.pipelines import SearchResult
+
+    class Skipping:  # a search pipeline whose admission always skips the rerank
+        can_rerank = True
+
+        async def run(self, req):
+            return SearchResult([Hit("d1", 1.0, "t", "x")], False, ("rerank skipped",))
+
+    server = client.app.state.server
+    server.search = Skipping()
+    r = client.post("/v1/search", json={"query": "hello", "rerank": True})
+    server.search = None
+    assert r.status_code == 200 and r.headers["x-degraded"] == "rerank skipped"
+    assert r.json()["degraded"] == ["rerank skipped"] and not r.json()["reranked"]
+
+
 def test_search_not_configured_is_404(client):
     r = client.post("/v1/search", json={"query": "hello"})
     assert r.status_code == 404 and "not configured" in r.json()["detail"]

@@ -656,7 +656,10 @@ def create_app(server: Server) -> FastAPI:
             {"id": h.doc_id, "score": float(h.score), "title": h.title, "text": h.text}
             for h in out.hits
         ]
-        return FastJSON({"hits": hits, "reranked": out.reranked, "degraded": list(out.degraded)})
+        return FastJSON(
+            {"hits": hits, "reranked": out.reranked, "degraded": list(out.degraded)},
+            headers=degraded_headers(out.degraded),
+        )
 
     @app.get("/healthz")
     async def healthz() -> Any:
