@@ -180,15 +180,11 @@ def predicted_wait(
     the planner's simulator predicts with the same function): ``ceil(queued / max_batch)``
     batches shared by ``concurrency`` workers, each ``batch_seconds`` of its size, plus what is
     left of the ``busy`` calls in flight on ``busy_items`` (their predicted time less the
-    ``elapsed`` seconds since the latest of them started, but at least half of it: a call past
-    its prediction is a slow one, not one nearly done), plus ``max_wait_s`` for a batch that
-    won't fill."""
+    ``elapsed`` seconds since the latest of them started), plus ``max_wait_s`` for a batch
+    that won't fill."""
     rounds = math.ceil(math.ceil(queued / config.max_batch) / config.concurrency)
     wait = config.max_wait_s if queued < config.max_batch else 0.0
-    in_flight = 0.0
-    if busy:
-        call = batch_seconds(busy_items / busy)
-        in_flight = call - min(elapsed, call / 2)
+    in_flight = max(0.0, batch_seconds(busy_items / busy) - elapsed) if busy else 0.0
     return rounds * batch_seconds(min(queued, config.max_batch)) + in_flight + wait
 
 
@@ -237,8 +233,8 @@ class StageMetrics:
             self._cap = self._per_item = self._median_s / self._typical
             self._largest = self.recent_sizes.quantile(1.0)
             slope = _size_slope(self.recent, self.recent_sizes)
-            if slope is not None:
-                self._per_item = min(self._cap, max(0.0, slope))
+            if slope is not None:  # a noisy window may show no slope: no batch is free
+                self._per_item = min(self._cap, max(self._cap / 4, slope))
 
     def restart_window(self) -> None:
         self.recent = Window(self.recent._values.maxlen or 32)
@@ -250,10 +246,11 @@ class StageMetrics:
 
         Up to the largest recent batch, the cost per item is the slope measured across the
         recent batch sizes (the median of the slopes between the median times of each size
-        seen: robust to a slow call), at most the median call's own cost per item; past it, and
-        when only one size was seen, it is that cap: the time scales in proportion, an upper
-        bound of a fixed cost plus a cost per item, so a queue that grows past the batches seen
-        so far (the start of a flood) is not predicted at small-batch speed. A model whose
+        seen: robust to a slow call), at most the median call's own cost per item and at least
+        a quarter of it; past it, and when only one size was seen, it is that cap: the time
+        scales in proportion, an upper bound of a fixed cost plus a cost per item, so a queue
+        that grows past the batches seen so far (the start of a flood) is not predicted at
+        small-batch speed. A model whose
         batches amortise a fixed cost (the search encoder: ~4.5 ms + ~2.6 ms a query on one
         core) is then not predicted at ~7 ms a query within the batch sizes it has run."""
         seen = max(0.0, min(items, self._largest) - self._typical)
