@@ -113,9 +113,14 @@ def test_overload_is_refused_at_once_with_503_and_queues_nothing(tiny_artifacts,
         assert r.status_code == 503 and int(r.headers["retry-after"]) >= 1
         assert "deadline" in r.json()["detail"]
         assert model.metrics.submitted == 0 and server.recommend.admission.rejected == 1
-        # invalid input is still a 422 naming the field, whatever the load
-        r = c.post("/v1/recommend", json={"interactions": [{"item": "nope", "rating": 4}]})
+        # refused before its body is parsed: an invalid one too (that keeps a refusal cheap)
+        bad = [{"item": "nope", "rating": 4}]
+        r = c.post("/v1/recommend", json={"interactions": bad})
+        assert r.status_code == 503 and server.recommend.admission.rejected == 2
+        # a body with its own deadline is parsed first: invalid input is its 422 at any load
+        r = c.post("/v1/recommend", json={"interactions": bad, "deadline_ms": 100})
         assert r.status_code == 422 and r.json()["detail"][0]["loc"][-1] == "item"
+        assert model.metrics.submitted == 0
 
 
 def test_rendered_answer_equals_the_payload(client):

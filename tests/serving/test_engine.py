@@ -16,6 +16,7 @@ from warmstart.serving.engine import (
     BatchSizeMismatch,
     ComputePool,
     DeadlineExceeded,
+    LoopLag,
     Overloaded,
     Stage,
     StageConfig,
@@ -320,3 +321,37 @@ def test_predicted_wait_grows_with_queue_depth(pool, seen_size):
         assert loaded == pytest.approx(6 * 0.010)
     else:  # only 1-item batches seen: a 2-item batch is predicted to take twice as long
         assert loaded == pytest.approx(5 * 0.020 + 0.010)
+
+
+def test_loop_lag_is_the_worst_lateness_of_its_window():
+    now = [0.0]
+    lag = LoopLag(interval_s=0.005, window=3, clock=lambda: now[0])
+    for due, fired in [(1.0, 1.001), (2.0, 2.030), (3.0, 3.002), (4.0, 3.999)]:
+        now[0] = fired
+        lag.tick(due)
+    assert lag.value == pytest.approx(0.030)  # the window still holds the 30 ms tick
+    now[0] = 5.0
+    lag.tick(5.0)
+    assert lag.value == pytest.approx(0.002)  # ... and now no longer
+
+
+def test_loop_lag_ticks_on_the_running_loop_until_stopped():
+    async def main():
+        lag = LoopLag(interval_s=0.001, window=2)
+        ticked = asyncio.Event()
+        inner = lag.tick
+
+        def tick(due):
+            inner(due)
+            ticked.set()
+
+        lag.tick = tick
+        lag.start()
+        lag.start()  # idempotent
+        await asyncio.wait_for(ticked.wait(), 30)
+        lag.stop()
+        ticked.clear()
+        return lag
+
+    lag = asyncio.run(main())
+    assert lag._handle is None and lag.value >= 0.0

@@ -4,8 +4,10 @@ At admission, the wait a new request would see is predicted from the queue depth
 batch service times of the stages on its path (``Stage.predicted_wait_s``). If the prediction
 exceeds the request's deadline the request is refused at once (``Overloaded`` → HTTP 503 with
 ``Retry-After``) instead of joining a queue it cannot leave in time; if it exceeds a fraction of
-the deadline the pipeline degrades first (fewer candidates, no rerank) and says so. A cap on
-requests in flight bounds memory under any load.
+the deadline the pipeline degrades first (fewer candidates, no rerank) and says so. The time a
+request already spent counts against its deadline, and so does the event loop's recent lateness
+(``LoopLag``: how long a request may have waited in its socket, unseen, before the loop read it).
+A cap on requests in flight bounds memory under any load.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from warmstart.serving.engine import Overloaded, Stage
+from warmstart.serving.engine import LoopLag, Overloaded, Stage
 
 
 @dataclass(frozen=True)
@@ -68,6 +70,9 @@ class Admission:
         self.degraded = 0
         self.rejected = 0
         self._idle: asyncio.Event | None = None
+        # the event loop's recent lateness, counted as time already spent (``LoopLag``); the
+        # server sets it when it runs the loop
+        self.loop_lag: LoopLag | None = None
 
     def enter(self) -> None:
         self.in_flight += 1
@@ -104,20 +109,45 @@ class Admission:
         """
         if self.in_flight >= self.config.max_in_flight:
             self.rejected += 1
-            raise Overloaded(f"{self.in_flight} requests in flight (limit)", retry_after_s=1.0)
+            raise self._full()
+        budget_s -= self.front_delay_s()
         predicted = self.predict_s(full)
         degrade = self.config.shed and predicted > self.config.degrade_at * budget_s
         if degrade:
             predicted = self.predict_s(degraded)
             if predicted > self.config.reject_at * budget_s:
                 self.rejected += 1
-                raise Overloaded(
-                    f"predicted {1e3 * predicted:.0f} ms exceeds the {1e3 * budget_s:.0f} ms deadline",
-                    retry_after_s=float(max(1, math.ceil(predicted))),
-                )
+                raise _late(predicted, budget_s)
             self.degraded += 1
         self.admitted += 1
         return Ticket(degrade, predicted)
+
+    def refusal(self, common: Sequence[Stage], budget_s: float) -> Overloaded | None:
+        """The refusal :meth:`admit` would give *every* request whose paths (full and
+        degraded) include ``common`` (a request's path adds stages, never removes them, so its
+        predicted time is at least ``common``'s), or ``None``; counted as a rejection.
+
+        This needs no request: the HTTP front asks it before parsing a body, so a flood is
+        refused for the cost of reading its bytes (``serving.front``)."""
+        if self.in_flight >= self.config.max_in_flight:
+            self.rejected += 1
+            return self._full()
+        if not self.config.shed:
+            return None
+        budget_s -= self.front_delay_s()
+        predicted = self.predict_s(common)
+        if predicted <= self.config.reject_at * budget_s:
+            return None
+        self.rejected += 1
+        return _late(predicted, budget_s)
+
+    def front_delay_s(self) -> float:
+        """Seconds a request may have waited unseen before the loop read it (the loop's
+        recent lateness; 0 without a ``loop_lag``)."""
+        return 0.0 if self.loop_lag is None else self.loop_lag.value
+
+    def _full(self) -> Overloaded:
+        return Overloaded(f"{self.in_flight} requests in flight (limit)", retry_after_s=1.0)
 
     def snapshot(self) -> dict[str, float]:
         return {
@@ -126,3 +156,10 @@ class Admission:
             "degraded": self.degraded,
             "rejected": self.rejected,
         }
+
+
+def _late(predicted_s: float, budget_s: float) -> Overloaded:
+    return Overloaded(
+        f"predicted {1e3 * predicted_s:.0f} ms exceeds the {1e3 * budget_s:.0f} ms deadline",
+        retry_after_s=float(max(1, math.ceil(predicted_s))),
+    )

@@ -41,7 +41,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
 
 from warmstart.serving.config import ModelPaths, ServeConfig
-from warmstart.serving.engine import ComputePool, DeadlineExceeded, Overloaded
+from warmstart.serving.engine import ComputePool, DeadlineExceeded, LoopLag, Overloaded
 from warmstart.serving.models import load_models
 from warmstart.serving.pipelines import (
     Recommendation,
@@ -184,6 +184,7 @@ class Server:
         self.reloads = 0
         self._reload_lock = asyncio.Lock()
         self.traffic: TrafficLog | None = None
+        self.loop_lag = LoopLag()  # the event loop's lateness, for admission (started with it)
         self._item_json: weakref.WeakKeyDictionary[RecommendPipeline, ItemJSON] = (
             weakref.WeakKeyDictionary()
         )
@@ -208,6 +209,7 @@ class Server:
         )
         if c.traffic_log.path is not None:
             self.traffic = TrafficLog(c.traffic_log, c.to_dict())
+        self.loop_lag.start()
         self.recommend, self.search = await self._build(c.models)
         for p in (self.recommend, self.search):
             if p is not None:
@@ -243,6 +245,9 @@ class Server:
             search = SearchPipeline(retriever, self.compute, self.config.search)
         attach(self.traffic, rec, "recommend")
         attach(self.traffic, search, "search")
+        for p in (rec, search):
+            if p is not None:
+                p.admission.loop_lag = self.loop_lag
         return rec, search
 
     async def reload(self, paths: ModelPaths) -> dict[str, Any]:
@@ -262,6 +267,7 @@ class Server:
     async def stop(self) -> None:
         self.ready = False
         self.draining = True
+        self.loop_lag.stop()
         for p in (self.recommend, self.search):
             if p is not None:
                 await p.drain()
@@ -278,6 +284,7 @@ class Server:
             "ready": self.ready,
             "models": self.config.models.__dict__,
             "reloads": self.reloads,
+            "loop_lag_ms": 1e3 * self.loop_lag.value,
         }
         if self.recommend is not None:
             out["recommend"] = self.recommend.snapshot()
@@ -447,23 +454,89 @@ _JSON_HEADERS = [(b"content-type", b"application/json")]
 _HEALTHZ = b'{"status":"ok"}'
 
 
-class FastPath:
-    """ASGI middleware that serves the hot routes without FastAPI's per-request machinery.
+Reply = tuple[int, bytes, list[tuple[bytes, bytes]]]  # status, JSON body, extra headers
+HEALTHZ_REPLY: Reply = (200, _HEALTHZ, [])
 
-    ``POST /v1/recommend``: the body is read (size-limited), validated by pydantic-core straight
-    from the bytes (~15 us), its ids mapped, then **admitted or refused at once** (503 +
-    ``Retry-After`` before anything is queued; the time since the request reached the app counts
-    against its deadline), and answered with orjson. ``GET /healthz`` gets a fixed reply. Anything else,
-    and any request that is not a clean success or refusal (invalid body, unknown ids, no
-    pipeline), goes on to the FastAPI app with the body replayed, so every error, the schema and
-    the docs stay FastAPI's. On one shared core this path costs a fraction of the full stack's
-    per-request overhead (the profile: dependency solving, stdlib JSON, middleware layers).
+
+class HotRoutes:
+    """The hot routes answered from the raw body bytes, without FastAPI's per-request
+    machinery: by the protocol front (``serving.front``, what ``warmstart serve`` runs) and by
+    the ASGI fast path (``FastPath``, for any other ASGI server).
+
+    ``POST /v1/recommend``: first, for a body that asks for no deadline of its own, whether
+    admission would refuse *any* request now (``RecommendPipeline.refusal``: in-flight limit,
+    or the model stage's predicted wait past the default deadline): then 503 + ``Retry-After``
+    without parsing the body, so a flood costs the server little more than reading it. Else
+    the body is validated by pydantic-core straight from the bytes (~15 us), its ids mapped,
+    and it is **admitted or refused at once** (nothing is queued for a refused request; the
+    time since the request reached the server counts against its deadline), and answered
+    from per-item JSON fragments. ``None`` means "not a clean success or refusal" (invalid
+    body, unknown ids, no pipeline): the caller passes the request on to the FastAPI app,
+    so every error, the schema and the docs stay FastAPI's. Under overload an invalid body
+    may so get the 503 rather than its 422 (refusing first is what keeps refusals cheap).
+    """
+
+    def __init__(self, server: Server, observe: Callable[[str, float], None]) -> None:
+        self.server = server
+        self.observe = observe
+
+    def recommend(self, body: bytes, arrived: float) -> Reply | Awaitable[Reply] | None:
+        """The answer now (a refusal), an awaitable of it (admitted), or ``None`` (pass on).
+
+        ``arrived``: ``time.monotonic()`` when the request reached the server."""
+        start = time.perf_counter()
+        pipeline = self.server.recommend
+        if pipeline is None:
+            return None
+        if b'"deadline_ms"' not in body:
+            refused = pipeline.refusal(arrived)
+            if refused is not None:
+                return refusal_reply(refused)
+        try:
+            req = recommend_request(RecommendBody.model_validate_json(body), pipeline)
+        except (ValueError, ApiError):  # pydantic's ValidationError, unknown ids: FastAPI's 422
+            return None
+        try:
+            run = pipeline.begin(req, arrived)
+        except Overloaded as err:
+            return refusal_reply(err)
+        return self._answer(pipeline, run, start)
+
+    async def _answer(
+        self, pipeline: RecommendPipeline, run: Awaitable[Recommendation], start: float
+    ) -> Reply:
+        try:
+            out = await run
+        except (Overloaded, DeadlineExceeded) as err:
+            return refusal_reply(err)
+        except ValueError as err:
+            return 422, orjson.dumps({"detail": str(err)}), []
+        self.observe("recommend", time.perf_counter() - start)
+        headers = (
+            [(DEGRADED_HEADER.encode(), ",".join(out.degraded).encode())] if out.degraded else []
+        )
+        return 200, self.server.recommend_json(pipeline, out), headers
+
+
+def refusal_reply(err: Overloaded | DeadlineExceeded) -> Reply:
+    """503 with ``Retry-After`` and the reason."""
+    api = _overloaded(err)
+    headers = [(k.lower().encode(), v.encode()) for k, v in api.headers.items()]
+    return 503, orjson.dumps({"detail": api.detail}), headers
+
+
+class FastPath:
+    """ASGI middleware that serves the hot routes (``HotRoutes``) without FastAPI's
+    per-request machinery; ``GET /healthz`` gets a fixed reply. Anything else, and whatever
+    ``HotRoutes`` passes on, goes on to the FastAPI app with the body replayed. (Under
+    ``warmstart serve`` the protocol front, ``serving.front``, answers these routes before any
+    ASGI work; this middleware serves them on other ASGI servers, e.g. behind Ray Serve.)
     """
 
     def __init__(self, app: Any, server: Server, observe: Callable[[str, float], None]) -> None:
         self.app = app
         self.server = server
-        self.observe = observe
+        self.routes = HotRoutes(server, observe)
 
     async def __call__(self, scope: MutableMapping[str, Any], receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and _PASSED not in scope:
@@ -472,38 +545,23 @@ class FastPath:
                 await self._recommend(scope, receive, send)
                 return
             if path == "/healthz" and method == "GET":
-                await _send_json(send, 200, _HEALTHZ)
+                await _send_json(send, *HEALTHZ_REPLY)
                 return
         await self.app(scope, receive, send)
 
     async def _recommend(
         self, scope: MutableMapping[str, Any], receive: Receive, send: Send
     ) -> None:
-        arrived, start = time.monotonic(), time.perf_counter()
+        arrived = time.monotonic()
         body = await _read_body(receive, MAX_BODY_BYTES)
-        pipeline = self.server.recommend
-        if body is None or pipeline is None:  # too large, disconnected, or reloaded away
-            scope[_PASSED] = True
+        reply = None if body is None else self.routes.recommend(body, arrived)
+        if reply is None:  # too large, disconnected, invalid, or no pipeline: the app answers
+            scope[_PASSED] = True  # an inner FastPath (see create_app) passes it on at once
             await self.app(scope, _replay(body or b""), send)
             return
-        try:
-            req = recommend_request(RecommendBody.model_validate_json(body), pipeline)
-        except (ValueError, ApiError):  # pydantic's ValidationError, unknown ids: FastAPI's 422
-            scope[_PASSED] = True  # an inner FastPath (see create_app) passes it on at once
-            await self.app(scope, _replay(body), send)
-            return
-        try:
-            out = await pipeline.recommend(req, arrived)
-        except (Overloaded, DeadlineExceeded) as err:
-            await _send_refusal(send, err)
-            return
-        except ValueError as err:
-            await _send_json(send, 422, orjson.dumps({"detail": str(err)}))
-            return
-        self.observe("recommend", time.perf_counter() - start)
-        body = self.server.recommend_json(pipeline, out)
-        headers = degraded_headers(out.degraded)
-        await _send_json(send, 200, body, [(k.encode(), v.encode()) for k, v in headers.items()])
+        if not isinstance(reply, tuple):
+            reply = await reply
+        await _send_json(send, *reply)
 
 
 async def _read_body(receive: Receive, limit: int) -> bytes | None:
@@ -547,12 +605,6 @@ async def _send_json(
         }
     )
     await send({"type": "http.response.body", "body": body})
-
-
-async def _send_refusal(send: Send, err: Overloaded | DeadlineExceeded) -> None:
-    api = _overloaded(err)
-    headers = [(k.lower().encode(), v.encode()) for k, v in api.headers.items()]
-    await _send_json(send, 503, orjson.dumps({"detail": api.detail}), headers)
 
 
 async def _too_large(send: Callable[[MutableMapping[str, Any]], Awaitable[None]], n: int) -> None:
@@ -697,11 +749,13 @@ def create_app(server: Server) -> FastAPI:
 
     app.add_middleware(BodyLimit)
     app.add_middleware(FastPath, server=server, observe=exporter.observe)
-    # the same fast path in front of the whole app, for a server that runs it alone
-    # (``runner.serve_forever``): hot requests then skip FastAPI's own per-request layers
-    # (its telemetry check, body limit and error middleware, Starlette's dispatch); whatever
-    # it passes on reaches the app, whose FastPath passes it on at once
+    # the same fast path in front of the whole app, for an ASGI server that runs it alone:
+    # hot requests then skip FastAPI's own per-request layers (its telemetry check, body limit
+    # and error middleware, Starlette's dispatch); whatever it passes on reaches the app, whose
+    # FastPath passes it on at once
     app.state.hot_path = FastPath(app, server, exporter.observe)
+    # the hot routes for the protocol front (``serving.front``: uvicorn under ``runner``)
+    app.state.hot_routes = HotRoutes(server, exporter.observe)
     return app
 
 

@@ -122,6 +122,61 @@ def _lower_priority(nice: int) -> None:
             os.setpriority(os.PRIO_PROCESS, tid, os.getpriority(os.PRIO_PROCESS, tid) + nice)
 
 
+class LoopLag:
+    """How late the event loop runs: a timer every ``interval_s``; :attr:`value` is the most
+    it fired late over the last ``window`` ticks (seconds).
+
+    A request waiting in its socket while the loop is busy is invisible to the stage queues;
+    the loop's lateness is that wait, so admission counts it as time already spent (on one core
+    the loop shares the CPU and the GIL with the model threads and with any other process).
+
+    Args:
+        interval_s: seconds between ticks.
+        window: ticks the maximum runs over (``interval_s * window`` seconds of memory).
+        clock: monotonic clock (injectable for tests, which may call :meth:`tick` themselves).
+    """
+
+    def __init__(
+        self,
+        interval_s: float = 0.005,
+        window: int = 20,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if interval_s <= 0 or window < 1:
+            raise ValueError(
+                f"LoopLag: need interval_s > 0 and window >= 1, got {interval_s}, {window}"
+            )
+        self.interval_s = interval_s
+        self.clock = clock
+        self.value = 0.0
+        self._recent: deque[float] = deque(maxlen=window)
+        self._due = 0.0
+        self._handle: asyncio.TimerHandle | None = None
+
+    def start(self) -> None:
+        """Start ticking on the running loop (idempotent)."""
+        if self._handle is None:
+            self._arm(asyncio.get_running_loop())
+
+    def stop(self) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+
+    def tick(self, due: float) -> None:
+        """One tick, due at ``due``: record how late it ran."""
+        self._recent.append(max(0.0, self.clock() - due))
+        self.value = max(self._recent)
+
+    def _arm(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._due = self.clock() + self.interval_s
+        self._handle = loop.call_later(self.interval_s, self._fire, loop)
+
+    def _fire(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.tick(self._due)
+        self._arm(loop)
+
+
 @dataclass(frozen=True)
 class StageConfig:
     """How one stage queues, batches and runs.

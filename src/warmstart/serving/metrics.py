@@ -42,6 +42,10 @@ class _ServerCollector(Collector):
         shed = CounterMetricFamily(
             "warmstart_admission", "admission decisions", labels=["pipeline", "decision"]
         )
+        lag = GaugeMetricFamily(
+            "warmstart_loop_lag_seconds", "the event loop's recent lateness (admission counts it)"
+        )
+        lag.add_metric([], stats["loop_lag_ms"] / 1e3)
         for pipeline in ("recommend", "search"):
             snap = stats.get(pipeline)
             if snap is None:
@@ -61,7 +65,7 @@ class _ServerCollector(Collector):
             for tier, t in snap.get("store", {}).items():
                 tiers.add_metric([tier, "hit"], t["hits"])
                 tiers.add_metric([tier, "miss"], t["misses"])
-        yield from (depth, items, service, wait, batch, tiers, shed)
+        yield from (depth, items, service, wait, batch, tiers, shed, lag)
 
 
 class MetricsExporter:

@@ -18,13 +18,14 @@ reload swaps in a new pipeline while the old one finishes its in-flight requests
 from __future__ import annotations
 
 import time
+from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from warmstart.serving.admission import Admission, AdmissionConfig, Ticket
-from warmstart.serving.engine import ComputePool, Stage, StageConfig
+from warmstart.serving.engine import ComputePool, Overloaded, Stage, StageConfig
 from warmstart.serving.models import RecommendModels, UserRecord
 from warmstart.serving.store import TieredStore
 
@@ -303,16 +304,37 @@ class RecommendPipeline(Staged):
         ticket = self.admission.admit(path, path, budget - (now - start))
         return ticket, start + budget
 
-    async def recommend(
+    def refusal(self, arrived: float) -> Overloaded | None:
+        """``Overloaded`` when admission would refuse any request with the default deadline
+        that reached the server at ``arrived`` (before its body is parsed), else ``None``."""
+        common: list[Stage[Any, Any]] = (
+            [self.model] if self.config.fused else [self.candidates, self.rank]
+        )
+        budget = 1e-3 * self.config.admission.deadline_ms
+        return self.admission.refusal(common, budget - (time.monotonic() - arrived))
+
+    def begin(
         self, req: RecommendRequest, arrived: float | None = None
-    ) -> Recommendation:
-        """Run one request through the stages (raises ``Overloaded`` / ``DeadlineExceeded``)."""
+    ) -> Coroutine[Any, Any, Recommendation]:
+        """Admit ``req`` now (raises ``Overloaded`` here, with nothing queued) and return the
+        coroutine that runs it; the caller must run it (it releases the admission slot)."""
         ticket, deadline = self.admit(req, arrived)
         self.admission.enter()
+        return self._admitted(req, ticket, deadline)
+
+    async def _admitted(
+        self, req: RecommendRequest, ticket: Ticket, deadline: float
+    ) -> Recommendation:
         try:
             return await self._recommend(req, ticket, deadline)
         finally:
             self.admission.leave()
+
+    async def recommend(
+        self, req: RecommendRequest, arrived: float | None = None
+    ) -> Recommendation:
+        """Run one request through the stages (raises ``Overloaded`` / ``DeadlineExceeded``)."""
+        return await self.begin(req, arrived)
 
     async def _recommend(
         self, req: RecommendRequest, ticket: Ticket, deadline: float

@@ -13,18 +13,24 @@ from typing import Any
 
 import uvicorn
 
+from warmstart.serving import front
 from warmstart.serving.app import Server, create_app
 from warmstart.serving.config import ServeConfig
 
 
 def uvicorn_config(app: Any, host: str, port: int, drain_s: float = 10.0) -> uvicorn.Config:
-    """uvicorn settings: uvloop/httptools when installed, no access log (it costs ~10%)."""
+    """uvicorn settings: uvloop/httptools when installed, no access log (it costs ~10%); for
+    our app (``create_app``) the protocol front (``serving.front``) answers the hot routes."""
+    routes = getattr(getattr(app, "state", None), "hot_routes", None)
+    http: Any = "auto"
+    if routes is not None and front.available():
+        http = front.front_protocol(routes)
     return uvicorn.Config(
         app,
         host=host,
         port=port,
         loop="auto",
-        http="auto",
+        http=http,
         access_log=False,
         log_level="warning",
         timeout_graceful_shutdown=int(max(1, drain_s)),
@@ -35,8 +41,7 @@ def uvicorn_config(app: Any, host: str, port: int, drain_s: float = 10.0) -> uvi
 def serve_forever(config: ServeConfig, admin_token: str | None) -> None:
     """Run until SIGINT/SIGTERM; shutdown stops accepting, then drains in-flight requests."""
     app = create_app(Server(config, admin_token))
-    entry = app.state.hot_path  # the fast path in front of the app (see ``create_app``)
-    uvicorn.Server(uvicorn_config(entry, config.host, config.port, config.drain_s)).run()
+    uvicorn.Server(uvicorn_config(app, config.host, config.port, config.drain_s)).run()
 
 
 @contextmanager
