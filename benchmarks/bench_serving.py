@@ -447,6 +447,23 @@ class ServerProcess:
         p = psutil.Process(self.proc.pid)
         return sum(q.memory_info().rss for q in [p, *p.children(recursive=True)]) / 2**20
 
+    def cpu_seconds(self) -> dict[str, float]:
+        """CPU seconds (user + system) of the server's main thread (``loop``: uvicorn's event
+        loop) and of its other threads (``threads``), from /proc (Linux; empty elsewhere)."""
+        out = {"loop": 0.0, "threads": 0.0}
+        tasks = Path(f"/proc/{self.proc.pid}/task")
+        if not tasks.is_dir():
+            return {}
+        for task in tasks.iterdir():
+            try:
+                stat = (task / "stat").read_text()
+            except OSError:  # a thread that just ended
+                continue
+            fields = stat[stat.rindex(")") + 2 :].split()
+            seconds = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+            out["loop" if int(task.name) == self.proc.pid else "threads"] += seconds
+        return out
+
     def stop(self) -> None:
         if self.proc.poll() is None:
             os.killpg(self.proc.pid, signal.SIGTERM)
@@ -594,10 +611,12 @@ def overload(server: ServerProcess, payloads: list[bytes], capacity: float, seco
     sampler = threading.Thread(target=sample_rss, daemon=True)
     before, stats0 = server.rss_mb(), recommend_stats()
     sampler.start()
+    cpu0, t0 = server.cpu_seconds(), time.perf_counter()
     flood = measure(
         "127.0.0.1", server.port, payloads, 2 * capacity, seconds, seed=101,
         max_connections=OVERLOAD_CONNECTIONS,
     )  # fmt: skip
+    cpu1, wall = server.cpu_seconds(), time.perf_counter() - t0
     stats1 = recommend_stats()
     after = [
         measure("127.0.0.1", server.port, payloads, 0.5 * capacity, 1.0, seed=200 + i)
@@ -620,6 +639,9 @@ def overload(server: ServerProcess, payloads: list[bytes], capacity: float, seco
         "flood": flood,
         "goodput_fraction_of_capacity": flood["goodput"] / capacity,
         "full_goodput_fraction_of_capacity": (flood["ok"] - flood["degraded"]) / seconds / capacity,
+        # the server core's time during the flood: its event loop (main thread) and the rest
+        # (model and store threads), as shares of the flood's wall time
+        "cpu_share": {k: (cpu1[k] - cpu0.get(k, 0.0)) / wall for k in cpu1},
         "rss_mb_before": before,
         "rss_mb_max": max(rss) if rss else before,
         "recovered_within_s": recovered,
@@ -949,6 +971,13 @@ def main() -> None:
     )
     parser.add_argument("--duration", type=float, default=5.0, help="seconds per arrival rate")
     parser.add_argument("--overload-s", type=float, default=60.0)
+    parser.add_argument(
+        "--overload-full",
+        type=int,
+        choices=(0, 1),
+        default=1,
+        help="also flood a server that never degrades (full answers or 503)",
+    )
     parser.add_argument("--refine", type=int, default=2, help="bisection steps per capacity")
     parser.add_argument(
         "--precision",
@@ -1103,15 +1132,22 @@ def run(args: argparse.Namespace) -> None:
         finally:
             server.stop()
         if system == "ours" and caps[system] and "overload" not in skip:
-            print(f"overload: {2 * caps[system]:.0f}/s for {args.overload_s:.0f} s (a fresh "
-                  "server, degrading before refusing)", flush=True)  # fmt: skip
-            port = free_port()
-            server = ServerProcess(ours_command(system, port, degrade=True), port)
-            try:
-                measure("127.0.0.1", port, payloads, 50, 2.0, seed=999)  # warm-up
-                result["overload"] = overload(server, payloads, caps[system], args.overload_s)
-            finally:
-                server.stop()
+            floods = [("overload", True)] + [("overload_full", False)] * args.overload_full
+            for key, degrade in floods:
+                how = (
+                    "degrading before refusing"
+                    if degrade
+                    else "full answers or 503, never degraded"
+                )
+                print(f"{key}: {2 * caps[system]:.0f}/s for {args.overload_s:.0f} s (a fresh "
+                      f"server, {how})", flush=True)  # fmt: skip
+                port = free_port()
+                server = ServerProcess(ours_command(system, port, degrade=degrade), port)
+                try:
+                    measure("127.0.0.1", port, payloads, 50, 2.0, seed=999)  # warm-up
+                    result[key] = overload(server, payloads, caps[system], args.overload_s)
+                finally:
+                    server.stop()
     result["capacity"] = caps
     result["curves"] = curves
     if "ours" in caps:
@@ -1184,26 +1220,9 @@ def report(result: dict[str, Any]) -> None:
     for key in ("ours_over_naive", "ours_over_ray", "ours_fraction_of_limit"):
         if key in result:
             print(f"{key}: {result[key]:.2f}")
-    if "overload" in result:
-        o = result["overload"]
-        f, g = o["flood"], o["generator_at_flood"]
-        print(
-            f"overload {o['rate']:.0f}/s x {o['seconds']:.0f} s: goodput {f['goodput']:.0f}/s "
-            f"({o['goodput_fraction_of_capacity']:.0%} of capacity; without the degraded "
-            f"answers {o['full_goodput_fraction_of_capacity']:.0%}), accepted p99 "
-            f"{f.get('ok_p99_ms', 0):.1f} ms, 503s {f['rejected_503']} with p99 "
-            f"{f.get('rejected_p99_ms', 0):.1f} ms, other errors {f['errors'] - f['rejected_503']}, "
-            f"RSS {o['rss_mb_before']:.0f} -> max {o['rss_mb_max']:.0f} MB, "
-            f"recovered within {o['recovered_within_s']} s; refused at admission "
-            f"{o['admission']['rejected']}, expired in a queue {o['expired_in_queue']}, "
-            f"degraded {o['admission']['degraded']} of {o['admission']['admitted']} admitted; "
-            f"generator send lag p99 {f['send_lag_p99_ms']:.1f} ms (timer lag "
-            f"{f['timer_lag_p99_ms']:.1f} ms, {f['peak_connections']} connections)\n"
-            f"generator alone at {o['rate']:.0f}/s, trivial server answering after "
-            f"{g['delay_ms']:.1f} ms ({g['peak_connections']} connections): send lag p99 "
-            f"{g['send_lag_p99_ms']:.1f} ms, timer lag p99 {g['timer_lag_p99_ms']:.1f} ms, "
-            f"errors {g['errors']}"
-        )
+    for key in ("overload", "overload_full"):
+        if key in result:
+            report_overload(key, result[key])
     if "tiers" in result:
         t = result["tiers"]
         rates = {k: round(v["hit_rate"], 3) for k, v in t["store"].items()}
@@ -1214,6 +1233,30 @@ def report(result: dict[str, Any]) -> None:
         rates = {k: round(v["hit_rate"], 3) for k, v in s["store"].items()}
         print(f"scale ({s['items']} x {s['dim']} in LMDB, {s['keys_per_request']} keys/request): "
               f"p50 {s['p50_ms']:.2f} ms, p99 {s['p99_ms']:.2f} ms, hit rates {rates}")  # fmt: skip
+
+
+def report_overload(key: str, o: dict[str, Any]) -> None:
+    """The flood's line (``overload``: default shedding; ``overload_full``: never degrading)."""
+    f, g = o["flood"], o["generator_at_flood"]
+    print(
+        f"{key} {o['rate']:.0f}/s x {o['seconds']:.0f} s: goodput {f['goodput']:.0f}/s "
+        f"({o['goodput_fraction_of_capacity']:.0%} of capacity; without the degraded "
+        f"answers {o['full_goodput_fraction_of_capacity']:.0%}), accepted p99 "
+        f"{f.get('ok_p99_ms', 0):.1f} ms, 503s {f['rejected_503']} with p99 "
+        f"{f.get('rejected_p99_ms', 0):.1f} ms, other errors {f['errors'] - f['rejected_503']}, "
+        f"RSS {o['rss_mb_before']:.0f} -> max {o['rss_mb_max']:.0f} MB, "
+        f"recovered within {o['recovered_within_s']} s; refused at admission "
+        f"{o['admission']['rejected']}, expired in a queue {o['expired_in_queue']}, "
+        f"degraded {o['admission']['degraded']} of {o['admission']['admitted']} admitted; "
+        f"generator send lag p99 {f['send_lag_p99_ms']:.1f} ms (timer lag "
+        f"{f['timer_lag_p99_ms']:.1f} ms, {f['peak_connections']} connections); server core "
+        f"during the flood: event loop {o.get('cpu_share', {}).get('loop', 0):.0%}, model "
+        f"and store threads {o.get('cpu_share', {}).get('threads', 0):.0%}\n"
+        f"generator alone at {o['rate']:.0f}/s, trivial server answering after "
+        f"{g['delay_ms']:.1f} ms ({g['peak_connections']} connections): send lag p99 "
+        f"{g['send_lag_p99_ms']:.1f} ms, timer lag p99 {g['timer_lag_p99_ms']:.1f} ms, "
+        f"errors {g['errors']}"
+    )
 
 
 def plot(ax: Any, curves: dict[str, list]) -> None:

@@ -297,9 +297,11 @@ def test_stopped_stage_refuses_and_config_is_validated(pool):
 def test_predicted_wait_grows_with_queue_depth(pool, seen_size):
     gate = Gate()
 
+    now = [100.0]
+
     async def main():
         config = StageConfig(max_batch=2, queue_size=64)
-        stage = Stage("p", gate, config, pool, clock=lambda: 100.0)  # no time passes
+        stage = Stage("p", gate, config, pool, clock=lambda: now[0])  # time moves by hand
         await stage.start()
         for _ in range(MIN_SAMPLES):  # as if the batches so far had taken 10 ms each
             stage.metrics.observe_service(0.010, seen_size, at=100.0)
@@ -310,12 +312,15 @@ def test_predicted_wait_grows_with_queue_depth(pool, seen_size):
         while stage.depth < 8:
             await asyncio.sleep(0)
         loaded = stage.predicted_wait_s()
+        now[0] += 0.004  # the batch in flight has run 4 ms: that much less of it is left
+        later = stage.predicted_wait_s()
         gate.release.set()
         await asyncio.gather(first, *rest)
         await stage.stop()
-        return empty, loaded
+        return empty, loaded, later
 
-    empty, loaded = run(main)
+    empty, loaded, later = run(main)
+    assert later == pytest.approx(loaded - 0.004)
     assert empty == pytest.approx(0.010)
     if seen_size == 2:  # 9 items in 2-item batches = 5 batches + the one in flight
         assert loaded == pytest.approx(6 * 0.010)
