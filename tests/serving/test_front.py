@@ -168,6 +168,11 @@ def test_connection_close_is_honoured(front, tiny_artifacts):
         ((status, headers, _),) = read_responses(sock, 1)
         assert status == 200 and headers["connection"] == "close"
         assert sock.recv(1) == b""  # the server closed it
+    with contextlib.closing(connect(url)) as sock:  # HTTP/1.0: one request per connection
+        sock.sendall(b"GET /healthz HTTP/1.0\r\n\r\n")
+        ((status, headers, _),) = read_responses(sock, 1)
+        assert status == 200 and headers["connection"] == "close"
+        assert sock.recv(1) == b""
 
 
 def test_shutdown_answers_the_hot_request_in_flight(tiny_artifacts, tmp_path):

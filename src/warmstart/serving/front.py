@@ -102,7 +102,7 @@ class FrontProtocol(HttpToolsProtocol):
         if not self._hot:
             super().on_message_complete()
             return
-        keep_alive = self.parser.should_keep_alive()
+        keep_alive = self.parser.get_http_version() != "1.0" and self.parser.should_keep_alive()
         if self._hot == HEALTHZ:
             self._write(HEALTHZ_REPLY, keep_alive)
             return
