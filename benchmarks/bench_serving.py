@@ -626,7 +626,8 @@ def overload(server: ServerProcess, payloads: list[bytes], capacity: float, seco
     sampler.join()
     recovered = next((i + 1 for i, r in enumerate(after) if passes(r)), None)
     admission = {k: v - stats0["admission"].get(k, 0) for k, v in stats1["admission"].items()}
-    admission["in_flight"] = stats1["admission"]["in_flight"]
+    for level in ("in_flight", "margin"):  # levels at the flood's end, not counts
+        admission[level] = stats1["admission"].get(level, 0)
 
     def expired(stats: dict[str, Any]) -> int:
         return sum(s["expired"] for s in stats["stages"])
@@ -1247,7 +1248,8 @@ def report_overload(key: str, o: dict[str, Any]) -> None:
         f"RSS {o['rss_mb_before']:.0f} -> max {o['rss_mb_max']:.0f} MB, "
         f"recovered within {o['recovered_within_s']} s; refused at admission "
         f"{o['admission']['rejected']}, expired in a queue {o['expired_in_queue']}, "
-        f"degraded {o['admission']['degraded']} of {o['admission']['admitted']} admitted; "
+        f"degraded {o['admission']['degraded']} of {o['admission']['admitted']} admitted "
+        f"(prediction margin at the end {o['admission'].get('margin', 1):.2f}); "
         f"generator send lag p99 {f['send_lag_p99_ms']:.1f} ms (timer lag "
         f"{f['timer_lag_p99_ms']:.1f} ms, {f['peak_connections']} connections); server core "
         f"during the flood: event loop {o.get('cpu_share', {}).get('loop', 0):.0%}, model "

@@ -245,3 +245,34 @@ def test_refusal_needs_no_request_and_counts_the_loop_lag():
     full = Admission(AdmissionConfig(max_in_flight=1))
     full.enter()
     assert "in flight" in str(full.refusal([Slow(0.0)], 0.1))
+
+
+def test_the_margin_learns_how_far_admitted_requests_overran_their_prediction():
+    """Requests admitted under load that took longer than predicted raise the margin (the
+    99th percentile of measured / predicted, never below 1), and so refuse earlier."""
+    from warmstart.serving.admission import CALIBRATION_EVERY, Ticket
+
+    admission = Admission(AdmissionConfig(deadline_ms=100, reject_at=0.8))
+    idle = Ticket(False, 0.001, 0.1)  # predicted at 1% of its budget: says nothing of load
+    for _ in range(4 * CALIBRATION_EVERY):
+        admission.observe(idle, 0.050)
+    assert admission.margin == 1.0
+    loaded = Ticket(False, 0.060, 0.1)
+    for _ in range(2 * CALIBRATION_EVERY):
+        admission.observe(loaded, 0.045)  # faster than predicted: the margin stays 1
+    assert admission.margin == 1.0
+    for _ in range(2 * CALIBRATION_EVERY):
+        admission.observe(loaded, 0.075)  # 25% over
+    assert admission.margin == pytest.approx(1.25)
+
+    class Fixed:
+        load = 0
+
+        def predicted_wait_s(self, extra: int = 1) -> float:
+            return 0.070  # x 1.25 = 87.5 ms > 80 ms: refused now, admitted before
+
+    assert admission.refusal([Fixed()], 0.1) is not None
+    assert Admission(AdmissionConfig(deadline_ms=100)).refusal([Fixed()], 0.1) is None
+    # a margin-scaled prediction is recorded on the ticket; observing it keeps the ratio
+    ticket = Admission(AdmissionConfig(deadline_ms=1000)).admit([Fixed()], [Fixed()], 1.0)
+    assert ticket.predicted_s == pytest.approx(0.070) and ticket.budget_s == 1.0

@@ -294,6 +294,9 @@ def attach_demo(app: FastAPI, server: DemoServer) -> None:
         return result.summary()
 
     app.add_middleware(Timing, window=window)
+    # the dashboard's timings must see every request: no protocol front answering the hot
+    # routes before the app (``serving.front``; the app's own fast path still serves them)
+    app.state.hot_routes = None
     app.mount("/", StaticFiles(directory=WEB_DIR, html=True), name="web")
 
 

@@ -17,7 +17,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from warmstart.serving.engine import LoopLag, Overloaded, Stage
+from warmstart.serving.engine import LoopLag, Overloaded, Stage, Window
 
 
 @dataclass(frozen=True)
@@ -54,10 +54,19 @@ class AdmissionConfig:
 
 @dataclass(frozen=True)
 class Ticket:
-    """An admitted request: whether to degrade, and the predicted time at admission."""
+    """An admitted request: whether to degrade, the predicted time at admission (with the
+    margin), the budget it was admitted against, and the margin then."""
 
     degrade: bool
     predicted_s: float
+    budget_s: float = math.inf
+    margin: float = 1.0
+
+
+CALIBRATION_WINDOW = 512  # completed requests the margin is learnt from
+CALIBRATION_FROM = 0.25  # ... those predicted at >= this fraction of their budget (under load)
+CALIBRATION_QUANTILE = 0.99
+CALIBRATION_EVERY = 32  # completions between two updates of the margin
 
 
 class Admission:
@@ -73,6 +82,11 @@ class Admission:
         # the event loop's recent lateness, counted as time already spent (``LoopLag``); the
         # server sets it when it runs the loop
         self.loop_lag: LoopLag | None = None
+        # predictions are multiplied by ``margin`` >= 1: the recent high quantile of (measured
+        # time / predicted time) of admitted requests (``observe``)
+        self.margin = 1.0
+        self._ratios = Window(CALIBRATION_WINDOW)
+        self._observed = 0
 
     def enter(self) -> None:
         self.in_flight += 1
@@ -111,16 +125,33 @@ class Admission:
             self.rejected += 1
             raise self._full()
         budget_s -= self.front_delay_s()
-        predicted = self.predict_s(full)
+        predicted = self.margin * self.predict_s(full)
         degrade = self.config.shed and predicted > self.config.degrade_at * budget_s
         if degrade:
-            predicted = self.predict_s(degraded)
+            predicted = self.margin * self.predict_s(degraded)
             if predicted > self.config.reject_at * budget_s:
                 self.rejected += 1
                 raise _late(predicted, budget_s)
             self.degraded += 1
         self.admitted += 1
-        return Ticket(degrade, predicted)
+        return Ticket(degrade, predicted, budget_s, self.margin)
+
+    def observe(self, ticket: Ticket, seconds: float) -> None:
+        """An admitted request took ``seconds`` from admission to its answer (or failure).
+
+        Requests admitted under load (predicted at >= ``CALIBRATION_FROM`` of their budget)
+        calibrate the ``margin``: the 99th percentile of measured / predicted (unmargined)
+        over the last ``CALIBRATION_WINDOW`` of them, at least 1. The prediction sums median
+        batch times; the batches a request really waits for vary (the loop takes the core
+        from the model thread as requests arrive), and during a flood every admitted request
+        sits near the refusal threshold, so their tail is what decides whether the accepted
+        p99 stays within the deadline."""
+        if ticket.predicted_s <= 0 or ticket.predicted_s < CALIBRATION_FROM * ticket.budget_s:
+            return
+        self._ratios.add(seconds * ticket.margin / ticket.predicted_s)
+        self._observed += 1
+        if self._observed % CALIBRATION_EVERY == 0:
+            self.margin = max(1.0, self._ratios.quantile(CALIBRATION_QUANTILE))
 
     def refusal(self, common: Sequence[Stage], budget_s: float) -> Overloaded | None:
         """The refusal :meth:`admit` would give *every* request whose paths (full and
@@ -135,7 +166,7 @@ class Admission:
         if not self.config.shed:
             return None
         budget_s -= self.front_delay_s()
-        predicted = self.predict_s(common)
+        predicted = self.margin * self.predict_s(common)
         if predicted <= self.config.reject_at * budget_s:
             return None
         self.rejected += 1
@@ -155,6 +186,7 @@ class Admission:
             "admitted": self.admitted,
             "degraded": self.degraded,
             "rejected": self.rejected,
+            "margin": self.margin,
         }
 
 

@@ -320,15 +320,16 @@ class RecommendPipeline(Staged):
         coroutine that runs it; the caller must run it (it releases the admission slot)."""
         ticket, deadline = self.admit(req, arrived)
         self.admission.enter()
-        return self._admitted(req, ticket, deadline)
+        return self._admitted(req, ticket, deadline, time.monotonic())
 
     async def _admitted(
-        self, req: RecommendRequest, ticket: Ticket, deadline: float
+        self, req: RecommendRequest, ticket: Ticket, deadline: float, admitted: float
     ) -> Recommendation:
         try:
             return await self._recommend(req, ticket, deadline)
         finally:
             self.admission.leave()
+            self.admission.observe(ticket, time.monotonic() - admitted)
 
     async def recommend(
         self, req: RecommendRequest, arrived: float | None = None
