@@ -626,7 +626,7 @@ def overload(server: ServerProcess, payloads: list[bytes], capacity: float, seco
     sampler.join()
     recovered = next((i + 1 for i, r in enumerate(after) if passes(r)), None)
     admission = {k: v - stats0["admission"].get(k, 0) for k, v in stats1["admission"].items()}
-    for level in ("in_flight", "margin"):  # levels at the flood's end, not counts
+    for level in ("in_flight", "margin", "refusing"):  # levels at the flood's end, not counts
         admission[level] = stats1["admission"].get(level, 0)
 
     def expired(stats: dict[str, Any]) -> int:

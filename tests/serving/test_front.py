@@ -248,31 +248,53 @@ def test_refusal_needs_no_request_and_counts_the_loop_lag():
 
 
 def test_the_margin_learns_how_far_admitted_requests_overran_their_prediction():
-    """Requests admitted under load that took longer than predicted raise the margin (the
-    99th percentile of measured / predicted, never below 1), and so refuse earlier."""
-    from warmstart.serving.admission import CALIBRATION_EVERY, Ticket
+    """Requests admitted during a sustained overload that took longer than predicted raise
+    the margin (the 99th percentile of measured / predicted, within [1, MAX_MARGIN]); it
+    applies only while admission is overloaded, so a server near capacity is not made to
+    refuse more."""
+    from warmstart.serving.admission import (
+        CALIBRATION_EVERY,
+        CALIBRATION_WINDOW,
+        MAX_MARGIN,
+        Ticket,
+    )
 
     admission = Admission(AdmissionConfig(deadline_ms=100, reject_at=0.8))
-    idle = Ticket(False, 0.001, 0.1)  # predicted at 1% of its budget: says nothing of load
+    far = Ticket(False, 0.040, 0.1, overloaded=True)  # 40% of its budget: far from the threshold
+    calm = Ticket(False, 0.060, 0.1, overloaded=False)  # admitted while hardly any were refused
     for _ in range(4 * CALIBRATION_EVERY):
-        admission.observe(idle, 0.050)
+        admission.observe(far, 0.050)
+        admission.observe(calm, 0.090)
     assert admission.margin == 1.0
-    loaded = Ticket(False, 0.060, 0.1)
+    loaded = Ticket(False, 0.060, 0.1, overloaded=True)
     for _ in range(2 * CALIBRATION_EVERY):
         admission.observe(loaded, 0.045)  # faster than predicted: the margin stays 1
     assert admission.margin == 1.0
     for _ in range(2 * CALIBRATION_EVERY):
         admission.observe(loaded, 0.075)  # 25% over
     assert admission.margin == pytest.approx(1.25)
+    for _ in range(CALIBRATION_WINDOW):
+        admission.observe(loaded, 6.0)  # 100x over: capped
+    assert admission.margin == MAX_MARGIN
 
     class Fixed:
         load = 0
 
-        def predicted_wait_s(self, extra: int = 1) -> float:
-            return 0.070  # x 1.25 = 87.5 ms > 80 ms: refused now, admitted before
+        def __init__(self, seconds: float) -> None:
+            self.seconds = seconds
 
-    assert admission.refusal([Fixed()], 0.1) is not None
-    assert Admission(AdmissionConfig(deadline_ms=100)).refusal([Fixed()], 0.1) is None
-    # a margin-scaled prediction is recorded on the ticket; observing it keeps the ratio
-    ticket = Admission(AdmissionConfig(deadline_ms=1000)).admit([Fixed()], [Fixed()], 1.0)
-    assert ticket.predicted_s == pytest.approx(0.070) and ticket.budget_s == 1.0
+        def predicted_wait_s(self, extra: int = 1) -> float:
+            return self.seconds
+
+    slow = Fixed(0.070)  # x 2 = 140 ms > 80 ms, but 70 ms alone is admitted
+    assert not admission.overloaded and admission.refusal([slow], 0.1) is None
+    ticket = admission.admit([slow], [slow], 0.1)
+    assert (ticket.margin, ticket.overloaded, ticket.predicted_s) == (1.0, False, 0.070)
+    while not admission.overloaded:  # a sustained share of refusals: now it applies
+        admission.refusal([Fixed(1.0)], 0.1)
+    assert admission.refusal([slow], 0.1) is not None
+    with pytest.raises(type(admission.refusal([slow], 0.1))):
+        admission.admit([slow], [slow], 0.1)
+    fast = admission.admit([Fixed(0.030)], [Fixed(0.030)], 0.1)
+    assert fast.margin == MAX_MARGIN and fast.overloaded
+    assert fast.predicted_s == pytest.approx(0.060) and fast.budget_s == 0.1

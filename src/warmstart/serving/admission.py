@@ -55,18 +55,24 @@ class AdmissionConfig:
 @dataclass(frozen=True)
 class Ticket:
     """An admitted request: whether to degrade, the predicted time at admission (with the
-    margin), the budget it was admitted against, and the margin then."""
+    margin), the budget it was admitted against, the margin applied, and whether admission
+    was refusing a sustained share of requests then (``Admission.overloaded``)."""
 
     degrade: bool
     predicted_s: float
     budget_s: float = math.inf
     margin: float = 1.0
+    overloaded: bool = False
 
 
 CALIBRATION_WINDOW = 512  # completed requests the margin is learnt from
-CALIBRATION_FROM = 0.25  # ... those predicted at >= this fraction of their budget (under load)
+CALIBRATION_FROM = 0.5  # ... those predicted at >= this fraction of their budget (near the
+# refusal threshold: below it a request's own batch, still filling, makes the ratio say little)
 CALIBRATION_QUANTILE = 0.99
 CALIBRATION_EVERY = 32  # completions between two updates of the margin
+MAX_MARGIN = 2.0
+OVERLOAD_SMOOTHING = 1 / 256  # the refusal share is an average over ~256 recent decisions
+OVERLOADED_AT = 0.05  # ... above which admission is overloaded and applies the margin
 
 
 class Admission:
@@ -82,9 +88,11 @@ class Admission:
         # the event loop's recent lateness, counted as time already spent (``LoopLag``); the
         # server sets it when it runs the loop
         self.loop_lag: LoopLag | None = None
-        # predictions are multiplied by ``margin`` >= 1: the recent high quantile of (measured
-        # time / predicted time) of admitted requests (``observe``)
+        # under sustained overload predictions are multiplied by ``margin`` >= 1: the recent
+        # high quantile of (measured time / predicted time) of requests admitted during overloads
+        # (``observe``); ``refusing``: the share of refusals among recent decisions
         self.margin = 1.0
+        self.refusing = 0.0
         self._ratios = Window(CALIBRATION_WINDOW)
         self._observed = 0
 
@@ -122,36 +130,51 @@ class Admission:
             Overloaded: too many in flight, or even the degraded path cannot meet ``budget_s``.
         """
         if self.in_flight >= self.config.max_in_flight:
-            self.rejected += 1
+            self._decided(refused=True)
             raise self._full()
         budget_s -= self.front_delay_s()
-        predicted = self.margin * self.predict_s(full)
+        overloaded = self.overloaded
+        margin = self.margin if overloaded else 1.0
+        predicted = margin * self.predict_s(full)
         degrade = self.config.shed and predicted > self.config.degrade_at * budget_s
         if degrade:
-            predicted = self.margin * self.predict_s(degraded)
+            predicted = margin * self.predict_s(degraded)
             if predicted > self.config.reject_at * budget_s:
-                self.rejected += 1
+                self._decided(refused=True)
                 raise _late(predicted, budget_s)
             self.degraded += 1
-        self.admitted += 1
-        return Ticket(degrade, predicted, budget_s, self.margin)
+        self._decided(refused=False)
+        return Ticket(degrade, predicted, budget_s, margin, overloaded)
+
+    @property
+    def overloaded(self) -> bool:
+        """Whether more than ``OVERLOADED_AT`` of the recent decisions were refusals: a
+        sustained overload, where every admitted request sits near the refusal threshold."""
+        return self.refusing > OVERLOADED_AT
+
+    def _decided(self, refused: bool) -> None:
+        if refused:
+            self.rejected += 1
+        else:
+            self.admitted += 1
+        self.refusing += OVERLOAD_SMOOTHING * (refused - self.refusing)
 
     def observe(self, ticket: Ticket, seconds: float) -> None:
         """An admitted request took ``seconds`` from admission to its answer (or failure).
 
-        Requests admitted under load (predicted at >= ``CALIBRATION_FROM`` of their budget)
-        calibrate the ``margin``: the 99th percentile of measured / predicted (unmargined)
-        over the last ``CALIBRATION_WINDOW`` of them, at least 1. The prediction sums median
+        Requests admitted during an overload (``overloaded``) and predicted at >=
+        ``CALIBRATION_FROM`` of their budget calibrate the ``margin``: the 99th percentile of measured / predicted (unmargined)
+        over the last ``CALIBRATION_WINDOW`` of them, within [1, ``MAX_MARGIN``]. The prediction sums median
         batch times; the batches a request really waits for vary (the loop takes the core
         from the model thread as requests arrive), and during a flood every admitted request
         sits near the refusal threshold, so their tail is what decides whether the accepted
         p99 stays within the deadline."""
-        if ticket.predicted_s <= 0 or ticket.predicted_s < CALIBRATION_FROM * ticket.budget_s:
+        if not ticket.overloaded or ticket.predicted_s < CALIBRATION_FROM * ticket.budget_s:
             return
         self._ratios.add(seconds * ticket.margin / ticket.predicted_s)
         self._observed += 1
         if self._observed % CALIBRATION_EVERY == 0:
-            self.margin = max(1.0, self._ratios.quantile(CALIBRATION_QUANTILE))
+            self.margin = min(MAX_MARGIN, max(1.0, self._ratios.quantile(CALIBRATION_QUANTILE)))
 
     def refusal(self, common: Sequence[Stage], budget_s: float) -> Overloaded | None:
         """The refusal :meth:`admit` would give *every* request whose paths (full and
@@ -161,15 +184,15 @@ class Admission:
         This needs no request: the HTTP front asks it before parsing a body, so a flood is
         refused for the cost of reading its bytes (``serving.front``)."""
         if self.in_flight >= self.config.max_in_flight:
-            self.rejected += 1
+            self._decided(refused=True)
             return self._full()
         if not self.config.shed:
             return None
         budget_s -= self.front_delay_s()
-        predicted = self.margin * self.predict_s(common)
+        predicted = (self.margin if self.overloaded else 1.0) * self.predict_s(common)
         if predicted <= self.config.reject_at * budget_s:
-            return None
-        self.rejected += 1
+            return None  # admit decides (and counts)
+        self._decided(refused=True)
         return _late(predicted, budget_s)
 
     def front_delay_s(self) -> float:
@@ -187,6 +210,7 @@ class Admission:
             "degraded": self.degraded,
             "rejected": self.rejected,
             "margin": self.margin,
+            "refusing": self.refusing,
         }
 
 
