@@ -49,6 +49,21 @@ def test_cut_last_line_is_skipped_and_version_checked(tmp_path: Path) -> None:
         list(read_events(tmp_path))
 
 
+def test_a_server_started_again_on_the_directory_starts_a_new_run(tmp_path: Path) -> None:
+    first = TrafficLog(TrafficLogConfig(path=str(tmp_path)), {"recommend": {"precision": "a"}})
+    first.request("recommend", "admit", 0.001)
+    first.close()
+    with open(tmp_path / FILE_NAME, "ab") as f:
+        f.write(b'{"e": "req", "t": 0.1, "p"')  # the first process died mid-line
+    second = TrafficLog(TrafficLogConfig(path=str(tmp_path)), {"recommend": {"precision": "b"}})
+    second.request("recommend", "reject", 0.002)
+    second.close()
+    events = list(read_events(tmp_path))
+    metas = [e for e in events if e["e"] == "meta"]
+    assert [m["server"]["recommend"]["precision"] for m in metas] == ["a", "b"]
+    assert [(e["run"], e["d"]) for e in events if e["e"] == "req"] == [(0, "admit"), (1, "reject")]
+
+
 def test_rotation_bounds_the_files(tmp_path: Path) -> None:
     config = TrafficLogConfig(path=str(tmp_path), max_mb=2 / 1024, files=3, tick_s=1e-9)
     log = TrafficLog(config)

@@ -92,9 +92,15 @@ class RotatingLines:
         self._file = self._open()
 
     def _open(self) -> Any:
-        f = open(self.path, "ab")  # noqa: SIM115 (held open for the server's lifetime)
-        if f.tell() == 0:
-            f.write(self.header())
+        """Open for appending and write a ``meta`` line: a server started again on the same
+        directory starts a new run (its own clock origin and config), after the previous
+        process's last line even when that one was cut."""
+        f = open(self.path, "a+b")  # noqa: SIM115 (held open for the server's lifetime)
+        if f.tell() > 0:
+            f.seek(f.tell() - 1)
+            if f.read(1) != b"\n":
+                f.write(b"\n")
+        f.write(self.header())
         return f
 
     def write(self, data: bytes) -> None:
