@@ -27,20 +27,23 @@ from warmstart.serving.trafficlog import TrafficLog, TrafficLogConfig, read_even
 A, B, C = 0.0012, 0.0002, 0.9e-6  # s per call, per item, per candidate (like ML-1M ColdNAS)
 
 
-def synthetic_log(path: Path, n_batches: int = 600, seed: int = 0) -> None:
-    """A log of a recommend server: known service times (+5% noise), some degraded items."""
+def synthetic_log(
+    path: Path, n_batches: int = 600, seed: int = 0, precision: str = "float32", scale: float = 1.0
+) -> None:
+    """A log of a recommend server: known service times (+5% noise; ``scale`` times them),
+    some degraded items; ``precision``: the logged ``recommend.precision``."""
     rng = np.random.default_rng(seed)
     now = [0.0]
-    log = TrafficLog(
-        TrafficLogConfig(path=str(path)), ServeConfig().to_dict(), clock=lambda: now[0]
-    )
+    server = ServeConfig().to_dict()
+    server["recommend"]["precision"] = precision
+    log = TrafficLog(TrafficLogConfig(path=str(path)), server, clock=lambda: now[0])
     for _ in range(n_batches):
         n = int(rng.integers(1, 17))
         units = [500 if rng.random() < 0.8 else 100 for _ in range(n)]
         for _ in range(n):
             now[0] += rng.exponential(1 / 300)
             log.request("recommend", "admit", 0.003)
-        cpu = (A + B * n + C * sum(units)) * rng.lognormal(0, 0.05)
+        cpu = scale * (A + B * n + C * sum(units)) * rng.lognormal(0, 0.05)
         log.batch("recommend", "model", now[0], cpu, [0.001] * n, sum(units), 0, cpu)
     log.close()
 
@@ -157,6 +160,28 @@ def test_written_config_loads_in_the_server(tmp_path: Path) -> None:
         plan.planned, max_in_flight=loaded.admission.max_in_flight
     )
     assert report.is_file() and plan.summary()["planned"]["capacity"] > 0
+
+
+def test_plan_switches_to_a_precision_only_the_logs_measured(tmp_path: Path) -> None:
+    logs = tmp_path / "logs"
+    synthetic_log(logs, n_batches=300, precision="float32")
+    target = Target(n=800, steps=4)
+    alone = make_plan(logs, 100, 1, target)
+    assert alone.model.precisions == ("float32",) and alone.planned.precision == "float32"
+    # a probe in bfloat16 at half the cost, then the float32 server again (the planned-from run)
+    synthetic_log(logs, n_batches=300, seed=1, precision="bfloat16", scale=0.5)
+    synthetic_log(logs, n_batches=300, seed=2, precision="float32")
+    plan = make_plan(logs, 100, 1, target)
+    assert plan.model.precision == "float32" and plan.model.precisions == ("float32", "bfloat16")
+    assert plan.model.stages["model"].c == pytest.approx(C, rel=0.15)
+    assert plan.model.service("model", "bfloat16").c == pytest.approx(C / 2, rel=0.15)
+    assert plan.planned.precision == "bfloat16"
+    assert plan.summary()["changes"]["precision"] == ["float32", "bfloat16"]
+    assert plan.summary()["planned"]["capacity"] > 1.5 * plan.summary()["logged"]["capacity"]
+    write_plan(plan, tmp_path / "planned.json")
+    assert ServeConfig.from_file(tmp_path / "planned.json").recommend.precision == "bfloat16"
+    kept = make_plan(logs, 100, 1, target, keep_precision=True)
+    assert kept.planned.precision == "float32" and "precision" not in kept.summary()["changes"]
 
 
 def test_cli_plan(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

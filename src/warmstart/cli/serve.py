@@ -100,6 +100,11 @@ def register(commands: argparse._SubParsersAction) -> None:
         action="store_true",
         help="ignore the other processes' load seen in the logs (plan for an idle machine)",
     )
+    plan.add_argument(
+        "--keep-precision",
+        action="store_true",
+        help="never switch recommend.precision, even to one the logs measured",
+    )
     plan.set_defaults(func=run_plan)
 
 
@@ -245,6 +250,7 @@ def run_plan(args: argparse.Namespace) -> int:
         print,
         cores_from_logs=args.cores_from_logs,
         background=not args.no_background,
+        keep_precision=args.keep_precision,
     )
     report = write_plan(plan, args.out)
     s = plan.summary()
@@ -256,6 +262,9 @@ def run_plan(args: argparse.Namespace) -> int:
         )
     for knob, (old, new) in s["changes"].items():
         print(f"  {knob}: {old} -> {new}")
+    if "precision" in s["changes"]:
+        print("  (recommend scores change in the 2nd-3rd digit with the precision; --keep-precision "
+              "plans without it)")  # fmt: skip
     print(f"planned for {plan.logged.cores:.2f} cores, {plan.logged.background:.2f} other runnable "
           f"threads (CPU share while refusing, in the logs: {plan.model.cpu_share:.2f})")  # fmt: skip
     print(f"config: {args.out}\nreport: {report}")

@@ -26,6 +26,9 @@ QUANTILES = np.linspace(0.0, 1.0, 101)
 # stages every request of the pipeline passes (a logged shortfall is requests that expired
 # before reaching them); the others (lookup of a known user, rerank on request) are optional
 MANDATORY = frozenset({"model", "candidates", "rank", "encode", "index"})
+# stages whose cost ``recommend.precision`` changes (the ColdNAS ranking's matrix products)
+PRECISION_STAGES = frozenset({"model", "rank"})
+MIN_FIT_CALLS = 20  # logged calls of a stage at another precision needed to fit it
 
 
 @dataclass(frozen=True)
@@ -91,6 +94,9 @@ class TrafficModel:
         background: other runnable threads competing for the same cores, from the calls'
             wall/CPU time ratio in the calmer half of the seconds (``ratio - 1``; 0 on an
             otherwise idle machine).
+        precision: ``recommend.precision`` of the logged config (``stages`` are its costs);
+            ``by_precision``: the ``PRECISION_STAGES`` fitted on the logged runs of each other
+            precision (a plan can switch precision only to one the logs measured).
     """
 
     stages: dict[str, ServiceModel]
@@ -104,6 +110,19 @@ class TrafficModel:
     cpu_share: float = 0.0
     saturated: bool = False
     background: float = 0.0
+    precision: str = "float32"
+    by_precision: dict[str, dict[str, ServiceModel]] = field(default_factory=dict)
+
+    def service(self, stage: str, precision: str | None = None) -> ServiceModel:
+        """The service model of ``stage`` when the server scores in ``precision``."""
+        if precision is None or precision == self.precision:
+            return self.stages[stage]
+        return self.by_precision.get(precision, {}).get(stage, self.stages[stage])
+
+    @property
+    def precisions(self) -> tuple[str, ...]:
+        """The precisions a plan may choose: the logged one and those measured in the logs."""
+        return (self.precision, *sorted(self.by_precision))
 
 
 def fit_service(n: np.ndarray, u: np.ndarray, cpu: np.ndarray) -> tuple[float, float, float]:
@@ -188,8 +207,25 @@ def fit_traffic(events: Iterable[dict[str, Any]]) -> TrafficModel:
         i: int(m.get("server", {}).get("compute", {}).get("intra_op_threads", 1))
         for i, m in enumerate(metas)
     }
-    stages = {name: fit_stage(bs, threads) for name, bs in batches.items()}
+    precisions = {i: _precision(m.get("server", {})) for i, m in enumerate(metas)}
     server = metas[-1].get("server", {}) if metas else {}
+    base = _precision(server)
+    stages: dict[str, ServiceModel] = {}
+    fitted_at: dict[str, dict[str, ServiceModel]] = defaultdict(dict)
+    for name, bs in batches.items():
+        logged_at = {precisions.get(b["run"], base) for b in bs}
+        if name not in PRECISION_STAGES or base not in logged_at:
+            stages[name] = fit_stage(bs, threads)
+            continue
+        for precision in sorted(logged_at):
+            mine = [b for b in bs if precisions.get(b["run"], base) == precision]
+            if len(mine) >= MIN_FIT_CALLS or precision == base:
+                fitted = fit_stage(mine, threads)
+                if precision == base:
+                    stages[name] = fitted
+                else:
+                    fitted_at[precision][name] = fitted
+    by_precision = dict(fitted_at)
     overhead, idle = fit_overhead(ticks, batches, sample)
     # the logged process's own loop slows its calls only where it had one core
     one_core = bool(metas) and all(int(m.get("cpus", 0)) == 1 for m in metas)
@@ -207,7 +243,13 @@ def fit_traffic(events: Iterable[dict[str, Any]]) -> TrafficModel:
         cpu_share(ticks, reqs),
         any(r["d"] == "reject" for r in reqs),
         background_load(batches, ticks, own),
+        base,
+        by_precision,
     )
+
+
+def _precision(server: dict[str, Any]) -> str:
+    return str(server.get("recommend", {}).get("precision", "float32"))
 
 
 def background_load(

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from warmstart.serving.engine import StageConfig
-from warmstart.serving.planner.fit import TrafficModel, fit_traffic
+from warmstart.serving.planner.fit import ServiceModel, TrafficModel, fit_traffic
 from warmstart.serving.planner.search import Capacity, SearchResult, Target, search
 from warmstart.serving.planner.simulate import DEFAULT_STAGE, SimConfig, simulate
 from warmstart.serving.trafficlog import read_events
@@ -59,6 +59,7 @@ def sim_config(server: dict[str, Any], model: TrafficModel, cores: float) -> Sim
         adm["max_in_flight"],
         adm["shed"],
         reject_at=adm["reject_at"],
+        precision=resolved["recommend"]["precision"],
     )
 
 
@@ -74,6 +75,8 @@ def server_config(planned: SimConfig, server: dict[str, Any]) -> dict[str, Any]:
     """``server`` with ``planned``'s knobs written in (and the traffic log off)."""
     out = copy.deepcopy(_known(server))
     out.setdefault("compute", {}).update(workers=planned.workers, intra_op_threads=planned.threads)
+    if planned.precision != _known(server).get("recommend", {}).get("precision", "float32"):
+        out.setdefault("recommend", {})["precision"] = planned.precision
     for name, k in planned.stages.items():
         pipeline, stage = SECTIONS[name]
         out.setdefault(pipeline, {}).setdefault(stage, {}).update(
@@ -88,6 +91,17 @@ def server_config(planned: SimConfig, server: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def capacity_summary(c: Capacity) -> dict[str, float]:
+    """A predicted capacity and the simulation at it (p99, degraded share, CPU busy)."""
+    r = c.result
+    return {
+        "capacity": c.rate,
+        "p99_ms": 1e3 * r.p99_s() if r else float("nan"),
+        "degraded": r.degraded_fraction if r else float("nan"),
+        "cpu_busy": r.cpu_busy if r else float("nan"),
+    }
+
+
 @dataclass
 class Plan:
     model: TrafficModel
@@ -98,18 +112,9 @@ class Plan:
     curves: dict[str, list[dict[str, float]]]
 
     def summary(self) -> dict[str, Any]:
-        def cap(c: Capacity) -> dict[str, float]:
-            r = c.result
-            return {
-                "capacity": c.rate,
-                "p99_ms": 1e3 * r.p99_s() if r else float("nan"),
-                "degraded": r.degraded_fraction if r else float("nan"),
-                "cpu_busy": r.cpu_busy if r else float("nan"),
-            }
-
         return {
-            "logged": cap(self.search.start_capacity),
-            "planned": cap(self.search.best_capacity),
+            "logged": capacity_summary(self.search.start_capacity),
+            "planned": capacity_summary(self.search.best_capacity),
             "changes": changes(self.logged, self.planned),
         }
 
@@ -128,18 +133,11 @@ class Plan:
                 "cores_planned_for": self.logged.cores,
                 "background": m.background,
                 "background_simulated": self.logged.background,
-                "stages": {
-                    k: {
-                        "a_ms": 1e3 * s.a,
-                        "b_ms": 1e3 * s.b,
-                        "c_us": 1e6 * s.c,
-                        "parallel": s.parallel,
-                        "batches": s.samples,
-                        "noise_p50": s.noise[50],
-                        "noise_p99": s.noise[99],
-                    }
-                    for k, s in m.stages.items()
+                "precision": m.precision,
+                "by_precision": {
+                    p: {k: _service(s) for k, s in st.items()} for p, st in m.by_precision.items()
                 },
+                "stages": {k: _service(s) for k, s in m.stages.items()},
                 "classes": [dataclasses.asdict(c) for c in m.classes],
             },
             "curves": self.curves,
@@ -150,8 +148,21 @@ class Plan:
         }
 
 
+def _service(s: ServiceModel) -> dict[str, float]:
+    return {
+        "a_ms": 1e3 * s.a,
+        "b_ms": 1e3 * s.b,
+        "c_us": 1e6 * s.c,
+        "parallel": s.parallel,
+        "batches": s.samples,
+        "noise_p50": s.noise[50],
+        "noise_p99": s.noise[99],
+    }
+
+
 def _knobs(c: SimConfig) -> dict[str, Any]:
     return {
+        "precision": c.precision,
         "stages": {k: dataclasses.asdict(v) for k, v in c.stages.items()},
         "workers": c.workers,
         "threads": c.threads,
@@ -164,7 +175,7 @@ def _knobs(c: SimConfig) -> dict[str, Any]:
 def changes(old: SimConfig, new: SimConfig) -> dict[str, list[Any]]:
     """``{knob: [old, new]}`` for every knob that differs."""
     out: dict[str, list[Any]] = {}
-    for name in ("workers", "threads", "degrade_at", "reject_at", "max_in_flight"):
+    for name in ("precision", "workers", "threads", "degrade_at", "reject_at", "max_in_flight"):
         if getattr(old, name) != getattr(new, name):
             out[name] = [getattr(old, name), getattr(new, name)]
     for stage, knobs in new.stages.items():
@@ -205,14 +216,18 @@ def make_plan(
     progress: Callable[[str], None] | None = None,
     cores_from_logs: bool = False,
     background: bool = True,
+    keep_precision: bool = False,
 ) -> Plan:
     """Fit the logs under ``logs``, search, and build the config to write.
 
     ``cores_from_logs``: plan for ``available_cores`` instead of ``cores``; ``background``:
-    simulate the other processes' load the logs show (``TrafficModel.background``).
+    simulate the other processes' load the logs show (``TrafficModel.background``);
+    ``keep_precision``: never switch ``recommend.precision`` (answers stay the logged server's).
     """
     target = dataclasses.replace(target or Target(), p99_s=p99_ms / 1e3)
     model = fit_traffic(read_events(logs))
+    if keep_precision:
+        model = dataclasses.replace(model, by_precision={})
     if cores_from_logs:
         cores = available_cores(model, cores)
     logged = dataclasses.replace(

@@ -23,7 +23,7 @@ from warmstart.serving.planner.fit import TrafficModel
 from warmstart.serving.planner.simulate import DEFAULT_STAGE, SimConfig, SimResult, simulate
 
 BATCHES = (1, 2, 4, 8, 16, 32, 64, 128)
-WAITS = (0.0, 0.0005, 0.001, 0.002, 0.005, 0.01)
+WAITS = (0.0, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02)
 CONCURRENCY = (1, 2, 4)
 DEGRADE_AT = (0.25, 0.5, 0.75, 1.0)
 REJECT_AT = (0.6, 0.8, 1.0)
@@ -53,7 +53,7 @@ def cpu_bound(model: TrafficModel, config: SimConfig) -> float:
     per_request = model.overhead_s
     for c in model.classes:
         for v in c.visits:
-            stage = model.stages[v.stage]
+            stage = model.service(v.stage, config.precision)
             b = config.stages.get(v.stage, DEFAULT_STAGE).max_batch
             units = v.units if v.degraded is None or not config.shed else min(v.units, v.degraded)
             per_item = stage.mean(b, b * units, config.threads) / b
@@ -103,9 +103,11 @@ def _global_knob(field: str, values: tuple[object, ...]) -> Knob:
 
 
 def knobs(model: TrafficModel, config: SimConfig) -> Iterator[Knob]:
-    """Every knob with its grid: pool threads and torch threads (within ``cores``, plus one
-    worker more than cores for I/O overlap), then per visited stage batch, wait, concurrency,
-    then the degrade and reject thresholds."""
+    """Every knob with its grid: the scoring precision (those the logs measured), pool threads
+    and torch threads (within ``cores``, plus one worker more than cores for I/O overlap), then
+    per visited stage batch, wait, concurrency, then the degrade and reject thresholds."""
+    if len(model.precisions) > 1:
+        yield _global_knob("precision", model.precisions)
     cores = max(1, int(config.cores))
     yield _global_knob("workers", tuple(range(1, cores + 2)))
     yield _global_knob("threads", tuple(range(1, cores + 1)))

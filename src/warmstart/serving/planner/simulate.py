@@ -57,6 +57,7 @@ class SimConfig:
         cores: cores the server process may use.
         deadline_s / degrade_at / max_in_flight / shed: admission (``AdmissionConfig``).
         background: runnable threads of other processes sharing the cores (not a knob).
+        precision: ``recommend.precision`` (the model stage's costs at it: ``TrafficModel.service``).
     """
 
     stages: dict[str, StageConfig]
@@ -69,6 +70,7 @@ class SimConfig:
     shed: bool = True
     background: float = 0.0
     reject_at: float = 0.8
+    precision: str = "float32"
 
     def key(self) -> tuple[Any, ...]:
         return (
@@ -82,6 +84,7 @@ class SimConfig:
             self.shed,
             self.background,
             self.reject_at,
+            self.precision,
         )
 
 
@@ -426,7 +429,7 @@ class Simulator:
         while self._pool_free and self._pool:
             stage, items = self._pool.popleft()
             self._pool_free -= 1
-            model = self.model.stages[stage.name]
+            model = self.model.service(stage.name, self.config.precision)
             units = sum(u for _, u in items)
             work = model.sample(len(items), units, self.config.threads, self.rng)
             self.stage_cpu += work * self.config.threads
