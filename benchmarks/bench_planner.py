@@ -23,6 +23,7 @@ Usage (final figures under the exclusive lock, one workload per run, < 10 min ea
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import shutil
@@ -202,6 +203,9 @@ def paired_capacity(
             name: stack.enter_context(Served(config, workdir / f"{w}-{name}.json"))
             for name, config in configs.items()
         }
+        users = held_out_bodies(args.data_dir, args.check_requests)
+        answers = answer_quality({n: s.port for n, s in servers.items()}, users)
+        print(f"  answers (quality check, one request at a time): {answers}", flush=True)
         for s in servers.values():
             measure("127.0.0.1", s.port, payloads, 0.25 * start, 2.0, seed=999)  # warm-up
         searches = {name: RateSearch(start, args.refine) for name in configs}
@@ -219,6 +223,91 @@ def paired_capacity(
                 "discarded_steps": searches[name].discarded,
                 "degraded_share_all_rates": degraded / max(admitted, 1),
             }
+        out["answers"] = answers
+    return out
+
+
+# configs the log phase also serves briefly (logged into the same directory) so the planner
+# can fit what it would otherwise never see: the ColdNAS scoring in bfloat16
+PROBES: dict[str, dict[str, Any]] = {"bfloat16": {"recommend": {"precision": "bfloat16"}}}
+
+
+def probed(config: dict[str, Any], patch: dict[str, Any]) -> dict[str, Any]:
+    """``config`` with ``patch``'s sections updated (one level deep)."""
+    out = json.loads(json.dumps(config))
+    for section, values in patch.items():
+        out.setdefault(section, {}).update(values)
+    return out
+
+
+def held_out_bodies(data_dir: Path, n: int) -> list[tuple[dict[str, Any], set[str]]]:
+    """Requests of ``n`` test users (``bs.SUPPORT`` of their ratings, drawn once) and the raw
+    ids of their other items rated >= 4 (what a good answer recommends)."""
+    from warmstart.coldstart.inference import load_recommender
+    from warmstart.data import coldstart_split
+
+    ids = load_recommender(bs.COLDNAS).item_ids
+    rng = np.random.default_rng(1)
+    out = []
+    for user in coldstart_split("movielens-1m", data_dir, 0, "melu").test[:n]:
+        rows = np.concatenate([user.support_items, user.query_items])
+        rated = np.concatenate([user.support_labels, user.query_labels])
+        order = rng.permutation(rows.size)
+        support, rest = order[: bs.SUPPORT], order[bs.SUPPORT :]
+        body = {
+            "interactions": [
+                {"item": i, "rating": float(y)}
+                for i, y in zip(ids.to_raw(rows[support]), rated[support], strict=True)
+            ],
+            "k": bs.K,
+            "n_candidates": bs.CANDIDATES,
+        }
+        liked = {str(i) for i in ids.to_raw(rows[rest][rated[rest] >= 4])}
+        if rest.size and liked:
+            out.append((body, liked))
+    return out
+
+
+def answer_quality(
+    ports: dict[str, int], users: list[tuple[dict[str, Any], set[str]]]
+) -> dict[str, float]:
+    """The plan's quality check: each user's request sent to every server one at a time (no
+    load: full candidates); per server precision@k of the held-out liked items; against the
+    first server: the share answered with the same items in the same order, the mean top-k
+    overlap, and the paired precision@k difference with its 95% interval (normal)."""
+    import httpx
+
+    def top(client: httpx.Client, body: dict[str, Any]) -> list[str]:
+        for _ in range(3):  # a 503 of a server still warming up: again
+            r = client.post("/v1/recommend", json=body)
+            if r.status_code != 503:
+                break
+            time.sleep(0.2)
+        if r.status_code != 200:
+            raise RuntimeError(f"quality check: {r.status_code} {r.text[:300]}")
+        return [str(i["id"]) for i in r.json()["items"]]
+
+    tops: dict[str, list[list[str]]] = {}
+    for name, port in ports.items():
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10) as client:
+            tops[name] = [top(client, b) for b, _ in users]
+    first = next(iter(ports))
+    precision = {
+        name: np.array([len(set(t) & liked) / bs.K for t, (_, liked) in zip(top, users, strict=True)])
+        for name, top in tops.items()
+    }  # fmt: skip
+    out: dict[str, float] = {"users": len(users)}
+    for name in ports:
+        out[f"{name}_precision_at_k"] = float(precision[name].mean())
+        if name == first:
+            continue
+        pairs = list(zip(tops[first], tops[name], strict=True))
+        diff = precision[name] - precision[first]
+        half = 1.96 * float(diff.std(ddof=1) / np.sqrt(diff.size)) if diff.size > 1 else 0.0
+        out[f"{name}_same_order"] = float(np.mean([a == b for a, b in pairs]))
+        out[f"{name}_overlap"] = float(np.mean([len(set(a) & set(b)) / bs.K for a, b in pairs]))
+        out[f"{name}_precision_diff"] = float(diff.mean())
+        out[f"{name}_precision_diff_ci95"] = half
     return out
 
 
@@ -283,18 +372,18 @@ def predicted_p99(model: Any, config: Any, curve: list[dict[str, float]], n: int
     return rows
 
 
-def refit(logdir: Path, plan: Any, target: Any) -> dict[str, float]:
-    """Predicted capacity of the default and the planned knobs from the logs the default server
-    wrote while its capacity was measured (the machine's load as it was then)."""
-    import dataclasses
-
+def refit(logdir: Path, sims: dict[str, Any], target: Any, ramp: Any) -> dict[str, float]:
+    """Predicted capacity of each config's knobs (``sims``) from the logs the default server
+    wrote while its capacity was measured (the machine's load as it was then; its costs at
+    another precision are the ramp's: the default server measured only its own)."""
     from warmstart.serving.planner.fit import fit_traffic
     from warmstart.serving.planner.search import capacity
     from warmstart.serving.trafficlog import read_events
 
     model = fit_traffic(read_events(logdir))
+    model = dataclasses.replace(model, by_precision={**ramp.by_precision, **model.by_precision})
     out = {"background": model.background, "overhead_ms": 1e3 * model.overhead_s}
-    for name, config in (("default", plan.logged), ("planned", plan.planned)):
+    for name, config in sims.items():
         config = dataclasses.replace(config, background=model.background)
         out[name] = capacity(model, config, target).rate
     return out
@@ -306,6 +395,7 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=5.0, help="seconds per arrival rate")
     parser.add_argument("--refine", type=int, default=4, help="bisection steps")
     parser.add_argument("--log-duration", type=float, default=3.0, help="seconds per ramp rate")
+    parser.add_argument("--probe-duration", type=float, default=2.0, help="per probe rate")
     parser.add_argument("--requests", type=int, default=3000, help="simulated per rate")
     parser.add_argument("--max-degraded", type=float, default=0.05, help="planner's limit")
     parser.add_argument(
@@ -314,17 +404,30 @@ def main() -> None:
         default="one",
         help="plan for the one server core, or for the CPU share it got while overloaded",
     )
+    parser.add_argument(
+        "--probe",
+        choices=("bfloat16", "none"),
+        default="bfloat16",
+        help="also log a short ramp of the default with this change (PROBES), before its own",
+    )
+    parser.add_argument("--check-requests", type=int, default=600, help="test users compared")
     parser.add_argument("--name", default=None)
     parser.add_argument("--results-dir", type=Path, default=RESULTS_DIR)
     args = parser.parse_args()
     if args.quick:  # a smoke run
         args.duration, args.refine, args.requests, args.log_duration = 1.0, 0, 500, 1.0
+        args.probe_duration, args.check_requests = 1.0, 20
     run(args)
 
 
 def run(args: argparse.Namespace) -> None:
-    from warmstart.serving.planner.plan import make_plan, write_plan
-    from warmstart.serving.planner.search import Target
+    from warmstart.serving.planner.plan import (
+        capacity_summary,
+        make_plan,
+        server_config,
+        write_plan,
+    )
+    from warmstart.serving.planner.search import Target, capacity
 
     os.sched_setaffinity(0, {bs.CLIENT_CPU})
     bs.ensure_artifacts(args.data_dir, 5)
@@ -343,6 +446,17 @@ def run(args: argparse.Namespace) -> None:
     logged = default_config(w, 0, workdir)
     logged["traffic_log"] = {"path": str(logdir)}
     t0 = time.perf_counter()
+    if args.probe != "none":  # first, so that the default is the logs' last (planned-from) run
+        print(f"  probe: the default with {PROBES[args.probe]}", flush=True)
+        with Served(probed(logged, PROBES[args.probe]), workdir / f"{w}-probe.json") as s:
+            measure("127.0.0.1", s.port, payloads, 0.25 * start, 1.0, seed=998)
+            probe = RateSearch(start, 0)
+            while not probe.done:
+                r = measured_step(
+                    "probe", s, payloads, probe.rate, args.probe_duration, probe.curve
+                )
+                probe.update(step_passes(r, args.max_degraded))
+        result["probe"] = {"change": PROBES[args.probe], "curve": probe.curve}
     with Served(logged, workdir / f"{w}-logged.json") as s:
         measure("127.0.0.1", s.port, payloads, 0.25 * start, 2.0, seed=999)
         ramp = RateSearch(start, 1)
@@ -385,15 +499,29 @@ def run(args: argparse.Namespace) -> None:
         "default": {**default_config(w, 0, workdir), "traffic_log": {"path": str(measure_logs)}},
         "planned": json.loads(planned_path.read_text()),
     }
+    target = Target(n=args.requests, max_degraded=args.max_degraded)
+    sims = {"default": plan.logged, "planned": plan.planned}
+    predicted = {"default": summary["logged"], "planned": summary["planned"]}
+    if plan.planned.precision != plan.logged.precision:
+        # the plan's other changes alone (answers identical to the default's): what the planner
+        # finds without the change of precision
+        name = f"planned_{plan.logged.precision}"
+        sims[name] = dataclasses.replace(plan.planned, precision=plan.logged.precision)
+        predicted[name] = capacity_summary(capacity(plan.model, sims[name], target))
+        configs[name] = server_config(sims[name], plan.model.server)
+        print(f"  also measured: {name} (the plan in {plan.logged.precision}), predicted "
+              f"{predicted[name]['capacity']:.1f} req/s", flush=True)  # fmt: skip
     measured = paired_capacity(configs, workdir, w, payloads, start, args)
     result["measured"] = measured
-    target = Target(n=args.requests, max_degraded=args.max_degraded)
-    result["refit"] = refit(measure_logs, plan, target)
+    result["predicted"] = predicted
+    result["refit"] = refit(measure_logs, sims, target, plan.model)
     result["predicted_vs_measured_p99"] = {
-        "default": predicted_p99(plan.model, plan.logged, measured["default"]["curve"], args.requests),
-        "planned": predicted_p99(plan.model, plan.planned, measured["planned"]["curve"], args.requests),
-        "logged ramp": predicted_p99(plan.model, plan.logged, result["ramp"], args.requests),
-    }  # fmt: skip
+        name: predicted_p99(plan.model, sim, measured[name]["curve"], args.requests)
+        for name, sim in sims.items()
+    }
+    result["predicted_vs_measured_p99"]["logged ramp"] = predicted_p99(
+        plan.model, plan.logged, result["ramp"], args.requests
+    )
     result["log_cost"] = log_cost()
     result["log_cost"].update(log_share(logdir, result["log_cost"]))
     result["uptime_after"] = os.getloadavg()
@@ -403,8 +531,8 @@ def run(args: argparse.Namespace) -> None:
 
 def report(result: dict[str, Any], summary: dict[str, Any]) -> None:
     rows = []
-    for name, key in (("default", "logged"), ("planned", "planned")):
-        pred, meas = summary[key], result["measured"][name]
+    for name, pred in result["predicted"].items():
+        meas = result["measured"][name]
         cap = meas["capacity"]
         at = [r for r in meas["curve"] if r["rate"] == cap]
         rows.append(
@@ -421,14 +549,36 @@ def report(result: dict[str, Any], summary: dict[str, Any]) -> None:
         )  # fmt: skip
     print_table(rows, list(rows[0]))
     f = result["refit"]
+    refits = ", ".join(f"{n} {f[n]:.1f}" for n in result["predicted"])
     print(
         f"refit on the logs of the default's capacity phase: background {f['background']:.2f} "
-        f"(ramp: {result['plan']['model']['background']:.2f}), predicted capacity default "
-        f"{f['default']:.1f}, planned {f['planned']:.1f} req/s"
+        f"(ramp: {result['plan']['model']['background']:.2f}), predicted capacity {refits} req/s"
     )
-    d, p = result["measured"]["default"]["capacity"], result["measured"]["planned"]["capacity"]
+    d = result["measured"]["default"]["capacity"]
     print(f"changes: {summary['changes']}")
-    print(f"planned / default measured capacity: {p / d if d else float('nan'):.3f}")
+    m = result["plan"]["model"]
+    fits = [(k, "", v) for k, v in m["stages"].items()] + [
+        (k, f" ({p})", v) for p, st in m["by_precision"].items() for k, v in st.items()
+    ]
+    for stage, at, v in fits:
+        print(f"fit {stage}{at}: a {v['a_ms']:.3f} ms per call, b {v['b_ms']:.3f} ms per item, "
+              f"c {v['c_us']:.3f} µs per unit, noise p50 {v['noise_p50']:.2f} p99 "
+              f"{v['noise_p99']:.2f} ({v['batches']} calls)")  # fmt: skip
+    print(f"fit loop: {m['overhead_ms']:.3f} ms per request + {m['idle_cpu']:.3f} CPU-s per s")
+    q = result["measured"]["answers"]
+    print(
+        f"quality ({q['users']} test users, {bs.SUPPORT} ratings each, one request at a time): "
+        f"precision@{bs.K} of their other liked items: default {q['default_precision_at_k']:.4f}"
+    )
+    for n in list(result["predicted"])[1:]:
+        print(
+            f"  {n} {q[f'{n}_precision_at_k']:.4f} (difference {q[f'{n}_precision_diff']:+.4f} "
+            f"± {q[f'{n}_precision_diff_ci95']:.4f}); same top-{bs.K} in the same order "
+            f"{q[f'{n}_same_order']:.1%}, top-{bs.K} overlap {q[f'{n}_overlap']:.1%}"
+        )
+    for n in list(result["predicted"])[1:]:
+        p = result["measured"][n]["capacity"]
+        print(f"{n} / default measured capacity: {p / d if d else float('nan'):.3f}")
     for name, points in result["predicted_vs_measured_p99"].items():
         print(
             f"{name}: rate | p50 ms meas/pred | p99 ms meas/pred | degraded meas/pred | "
