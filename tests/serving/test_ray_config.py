@@ -99,6 +99,23 @@ def test_an_answer_from_the_app_is_never_resent():
     assert r.status_code == 500 and len(proxy.bodies) == 1
 
 
+class HangingProxy(FlakyProxy):
+    """The first request waits forever inside the proxy (a replica killed as it was routed)."""
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if not self.bodies:
+            self.bodies.append((await receive()).get("body", b""))
+            await asyncio.sleep(3600)
+        await super().__call__(scope, receive, send)
+
+
+def test_an_attempt_not_answered_in_time_is_resent():
+    proxy = HangingProxy(lose=0)
+    r = post(ReplicaLossRetry(proxy, answer_timeout_s=0.05), b'{"k": 3}')
+    assert r.status_code == 200 and r.content == b'{"k": 3}'
+    assert proxy.bodies == [b'{"k": 3}', b'{"k": 3}']
+
+
 def test_replica_header_only_adds_a_header():
     r = post(ReplicaHeader(FlakyProxy(lose=0), "abc123"), b'{"x": 1}')
     assert r.headers["x-warmstart-replica"] == "abc123" and r.content == b'{"x": 1}'

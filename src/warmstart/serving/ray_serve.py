@@ -39,6 +39,7 @@ Usage::
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import hashlib
 import logging
@@ -118,6 +119,10 @@ class RayServeConfig:
 # --------------------------------------------------------------------------- proxy side
 
 
+RESENDABLE = frozenset({"/v1/recommend", "/v1/search"})
+ANSWER_TIMEOUT_S = 3.0
+
+
 class ReplicaLossRetry:
     """ASGI middleware for Ray Serve's HTTP proxy: a lost replica becomes a retry, then a 503.
 
@@ -127,16 +132,32 @@ class ReplicaLossRetry:
     the buffered request is sent again (the router picks a live replica), at most ``retries``
     times, then 503 + ``Retry-After``.
 
+    A request of the read-only API (``RESENDABLE``: recommend, search) whose attempt has not
+    started a response within ``answer_timeout_s`` counts as lost too: the attempt is cancelled
+    and the request resent. (A request routed to a replica as it was killed sometimes waited
+    about 10 s inside the proxy before it was given up; the server's own deadlines answer in
+    well under a second, with a 503 at worst.) Other paths (admin reloads) are never resent on
+    a timeout.
+
     Args:
         app: the proxy's ASGI app.
         retries: resends after the first attempt.
         max_body: bodies larger than this are not buffered for replay (sent once).
+        answer_timeout_s: seconds without a response start after which an attempt of a
+            ``RESENDABLE`` request is lost (``None``: wait for the proxy).
     """
 
-    def __init__(self, app: Any, retries: int = 1, max_body: int = MAX_BODY_BYTES) -> None:
+    def __init__(
+        self,
+        app: Any,
+        retries: int = 1,
+        max_body: int = MAX_BODY_BYTES,
+        answer_timeout_s: float | None = ANSWER_TIMEOUT_S,
+    ) -> None:
         self.app = app
         self.retries = retries
         self.max_body = max_body
+        self.answer_timeout_s = answer_timeout_s
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -189,12 +210,30 @@ class ReplicaLossRetry:
             started = started or message["type"] == "http.response.start"
             await send(message)
 
+        timeout = self.answer_timeout_s if scope.get("path") in RESENDABLE else None
+        attempt = asyncio.ensure_future(self.app(scope, replayed, tracked))
         try:
-            await self.app(scope, replayed, tracked)
+            await asyncio.wait({attempt}, timeout=timeout)
+            if not attempt.done() and not started:
+                log.warning(
+                    "ray serve: %s %s not answered within %.1f s: treated as lost",
+                    scope["method"],
+                    scope["path"],
+                    timeout,
+                )
+                attempt.cancel()
+                await asyncio.wait({attempt})
+                return "gone" if gone else "lost"
+            await attempt  # finished, or a response is under way: its outcome
+        except asyncio.CancelledError:
+            raise
         except Exception:
             if started:
                 raise
             log.warning("ray serve: proxy failed before responding", exc_info=True)
+        finally:
+            if not attempt.done():
+                attempt.cancel()
         return "answered" if started else "gone" if gone else "lost"
 
 
