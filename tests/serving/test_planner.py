@@ -292,19 +292,27 @@ def test_a_batchs_results_reach_the_next_stage_together() -> None:
 
 def test_simulated_prediction_is_the_engines() -> None:
     """The simulator's admission predicts a stage's wait as ``engine.Stage.predicted_wait_s``:
-    the median recent call scaled past the median recent batch size, plus the batch in flight."""
-    from warmstart.serving.engine import StageMetrics
+    the engine's batch time from the recent calls, what is left of the call in flight, and a
+    probe (0) on an idle stage whose timings are stale."""
+    from warmstart.serving.engine import STALE_AFTER_S, StageMetrics, predicted_wait
     from warmstart.serving.planner.simulate import _Stage
 
     knobs = StageConfig(8, 0.002, queue_size=2048, concurrency=1)
     stage, metrics = _Stage("s", knobs), StageMetrics()
-    for seconds, items in ((0.004, 2), (0.006, 4), (0.005, 3), (0.009, 6), (0.003, 1)):
-        stage.observe(seconds, items)
-        metrics.observe_service(seconds, items)
+    for i, (seconds, items) in enumerate(((0.004, 2), (0.006, 4), (0.005, 3), (0.009, 6))):
+        stage.observe(seconds, items, at=0.01 * i)
+        metrics.observe_service(seconds, items, at=0.01 * i)
     for n in (1, 3, 8, 20):
         assert stage.batch_seconds(n) == pytest.approx(metrics.batch_seconds(n))
     stage.queue.extend([(None, 1.0)] * 10)  # type: ignore[list-item]
     stage.busy, stage.busy_items = 1, 6
-    rounds = 2  # ceil((10 + 3) / 8) batches, one worker
-    expected = rounds * metrics.batch_seconds(8) + metrics.batch_seconds(6)  # no wait: >= 8
-    assert stage.predicted_wait(3) == pytest.approx(expected)
+    stage.started(0.04)
+    # ceil((10 + 3) / 8) batches, no wait (>= 8), what is left of the call in flight
+    expected = predicted_wait(13, knobs, metrics.batch_seconds, 1, 6, 0.001)
+    assert stage.predicted_wait(3, 0.041) == pytest.approx(expected)
+    assert expected < 2 * metrics.batch_seconds(8) + metrics.batch_seconds(6)
+    # an idle stage whose timings are stale predicts 0 (a probe), as the engine's
+    stage.queue.clear()
+    stage.busy = stage.busy_items = 0
+    assert stage.predicted_wait(1, 0.03 + STALE_AFTER_S + 0.1) == 0.0
+    assert stage.predicted_wait(1, 0.05) > 0.0

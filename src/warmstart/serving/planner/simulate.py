@@ -34,7 +34,13 @@ from typing import Any
 
 import numpy as np
 
-from warmstart.serving.engine import StageConfig, StageMetrics, predicted_wait
+from warmstart.serving.engine import (
+    MIN_SAMPLES,
+    STALE_AFTER_S,
+    StageConfig,
+    StageMetrics,
+    predicted_wait,
+)
 from warmstart.serving.planner.fit import RequestClass, TrafficModel
 
 INGRESS = 0.6  # share of the per-request overhead before admission (parse, validate, map ids)
@@ -140,10 +146,17 @@ class _Stage:
         self.collect_token = 0
         self.busy = 0
         self.busy_items = 0
+        self.last_start = -math.inf  # the latest call's start (hand-off to the pool)
         self.metrics = StageMetrics()  # the engine's service window and its medians
 
-    def observe(self, seconds: float, items: int = 1) -> None:
-        self.metrics.observe_service(seconds, items)
+    def observe(self, seconds: float, items: int, at: float) -> None:
+        self.metrics.observe_service(seconds, items, at)
+
+    def started(self, now: float) -> None:
+        """A call starts (``engine.Stage``: after an idle spell the window starts afresh)."""
+        if now - self.metrics.last_at > STALE_AFTER_S and self.busy == 1:
+            self.metrics.restart_window()
+        self.last_start = now
 
     def batch_seconds(self, items: float) -> float:
         """``engine.StageMetrics.batch_seconds``: the median recent call, scaled up past the
@@ -154,10 +167,23 @@ class _Stage:
     def load(self) -> int:
         return len(self.queue) + self.busy_items + len(self.collecting or ())
 
-    def predicted_wait(self, extra: int) -> float:
-        """``engine.Stage.predicted_wait_s``."""
+    def predicted_wait(self, extra: int, now: float) -> float:
+        """``engine.Stage.predicted_wait_s`` at ``now`` (an idle stage with stale or too few
+        timings predicts 0: a probe)."""
+        m = self.metrics
+        if (
+            extra <= 1
+            and self.load == 0
+            and (now - m.last_at > STALE_AFTER_S or len(m.recent) < MIN_SAMPLES)
+        ):
+            return 0.0
         return predicted_wait(
-            len(self.queue) + extra, self.k, self.batch_seconds, self.busy, self.busy_items
+            len(self.queue) + extra,
+            self.k,
+            self.batch_seconds,
+            self.busy,
+            self.busy_items,
+            now - self.last_start,
         )
 
 
@@ -183,7 +209,9 @@ class Simulator:
         self._last = 0.0
         self._loop: deque[tuple[float, Callable[[], None]]] = deque()
         self._loop_busy = False
-        self._pool: deque[tuple[_Stage, list[tuple[_Req, float]]]] = deque()
+        # calls waiting for a pool thread, with their hand-off time (the engine's call timing
+        # starts there: a call that queued for the thread took that much longer)
+        self._pool: deque[tuple[_Stage, list[tuple[_Req, float]], float]] = deque()
         self._pool_free = config.workers
         self.in_flight = 0
         self.cpu_busy = 0.0
@@ -341,7 +369,7 @@ class Simulator:
     def _predict(self, path: list[_Stage]) -> float:
         total, upstream = 0.0, 0
         for stage in path:
-            total += stage.predicted_wait(upstream + 1)
+            total += stage.predicted_wait(upstream + 1, self.now)
             upstream += stage.load
         return total
 
@@ -421,13 +449,14 @@ class Simulator:
             return self._take(stage)
         stage.busy += 1
         stage.busy_items += len(live)
-        self._pool.append((stage, live))
+        stage.started(self.now)
+        self._pool.append((stage, live, self.now))
         self._pool_run()
         self._take(stage)  # another idle worker may start on what is queued
 
     def _pool_run(self) -> None:
         while self._pool_free and self._pool:
-            stage, items = self._pool.popleft()
+            stage, items, handed = self._pool.popleft()
             self._pool_free -= 1
             model = self.model.service(stage.name, self.config.precision)
             units = sum(u for _, u in items)
@@ -436,12 +465,12 @@ class Simulator:
             self._run_cpu(
                 work,
                 float(self.config.threads),
-                functools.partial(self._batch_done, stage, items, self.now),
+                functools.partial(self._batch_done, stage, items, handed),
             )
 
     def _batch_done(self, stage: _Stage, items: list[tuple[_Req, float]], start: float) -> None:
         self._pool_free += 1
-        stage.observe(self.now - start, len(items))
+        stage.observe(self.now - start, len(items), self.now)
         stage.busy -= 1
         stage.busy_items -= len(items)
         stage.idle += 1
