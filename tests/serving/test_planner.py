@@ -21,7 +21,7 @@ from warmstart.serving.planner.fit import (
 )
 from warmstart.serving.planner.plan import make_plan, sim_config, write_plan
 from warmstart.serving.planner.search import Target, capacity, passes, search
-from warmstart.serving.planner.simulate import SimConfig, simulate
+from warmstart.serving.planner.simulate import SimConfig, Simulator, simulate
 from warmstart.serving.trafficlog import TrafficLog, TrafficLogConfig, read_events
 
 A, B, C = 0.0012, 0.0002, 0.9e-6  # s per call, per item, per candidate (like ML-1M ColdNAS)
@@ -60,6 +60,32 @@ def test_fit_service_recovers_known_coefficients() -> None:
     # units proportional to items: the unit term is not identifiable, the item term carries it
     a, b, c = fit_service(n, 500 * n, A + (B + 500 * C) * n)
     assert c == 0 and b == pytest.approx(B + 500 * C) and a == pytest.approx(A)
+
+
+def test_a_padded_stage_is_fitted_and_simulated_on_its_widest_item() -> None:
+    """The ColdNAS ranking scores every item of a pass on the widest candidate list: a call's
+    work is ``n × m``; a degraded item batched with full ones saves nothing."""
+    from warmstart.serving.planner.fit import fit_stage
+
+    rng = np.random.default_rng(3)
+    calls = []
+    for _ in range(300):
+        n = int(rng.integers(1, 17))
+        units = [500 if rng.random() < 0.7 else 100 for _ in range(n)]
+        cpu = A + B * n + C * n * max(units)
+        calls.append({"n": n, "u": sum(units), "m": max(units), "cpu": cpu, "svc": cpu, "run": 0})
+    stage = fit_stage(calls, {}, padded=True)
+    assert (stage.a, stage.b, stage.c) == pytest.approx((A, B, C), rel=0.01)
+    model = TrafficModel(
+        {"model": ServiceModel(0.0, 0.0, 1e-5)},
+        (RequestClass("recommend", 1.0, (Visit("model", 1.0, 500.0, 100.0),)),),
+        0.0,
+    )
+    batch = [(None, 500.0), (None, 100.0)]
+    sim = Simulator(model, SimConfig({"model": StageConfig(8, 0.0, queue_size=64)}))
+    sim._pool.append((sim.stages["model"], batch, 0.0))  # type: ignore[arg-type]
+    sim._pool_run()
+    assert sim.stage_cpu == pytest.approx(2 * 500 * 1e-5)  # both items on the widest list
 
 
 def test_fit_traffic_on_synthetic_logs(tmp_path: Path) -> None:

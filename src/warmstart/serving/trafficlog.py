@@ -203,13 +203,16 @@ class TrafficLog:
         units: int,
         depth: int,
         cpu_s: float | None = None,
+        widest: int | None = None,
     ) -> None:
         """One stage call: ``start`` on the log's clock, its items' queue waits, the calling
-        thread's CPU seconds (``None`` for a coroutine stage)."""
+        thread's CPU seconds (``None`` for a coroutine stage), the total work units and the
+        widest item's (``widest``; a stage that pads its batch costs ``n × widest``)."""
         if self._sampled():
             self._emit(
                 {"e": "batch", "t": start - self.t0, "p": pipeline, "s": stage, "n": len(waits),
-                 "u": units, "svc": service_s, "cpu": cpu_s, "wait": list(waits), "q": depth}
+                 "u": units, "m": widest, "svc": service_s, "cpu": cpu_s, "wait": list(waits),
+                 "q": depth}
             )  # fmt: skip
 
     def tick(self, now: float | None = None) -> None:
@@ -271,15 +274,17 @@ class StageRecorder:
 
     def __call__(self, items: Sequence[Any], start: float, end: float) -> None:
         cpu = self._cpu.pop(id(items[0].value), None) if items else None
+        units = [work_units(it.value) for it in items]
         self.log.batch(
             self.pipeline,
             self.stage.name,
             start,
             end - start,
             [start - it.enqueued for it in items],
-            sum(work_units(it.value) for it in items),
+            sum(units),
             self.stage.depth,
             cpu,
+            max(units, default=0),
         )
 
 
