@@ -434,7 +434,7 @@ def run(args: argparse.Namespace) -> None:
     if args.workload == "mixed":
         bs.ensure_retriever(args.data_dir, None)
     payloads = payloads_for(args.workload, args.data_dir)
-    workdir = bs.RUNS / "planner"
+    workdir = bs.RUNS / "planner" / (args.name or f"planner_{args.workload}")  # logs kept per run
     workdir.mkdir(parents=True, exist_ok=True)
     w = args.workload
     start = 100.0 if w == "recommend" else 10.0
