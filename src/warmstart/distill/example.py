@@ -14,11 +14,13 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
 from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerBase
 
@@ -52,6 +54,9 @@ from warmstart.retrieval.training import (
     train_cross_encoder,
 )
 
+PICKS = ("first", "spread")
+INITS = ("backbone", "teacher")
+
 
 @dataclass(frozen=True)
 class ExampleConfig:
@@ -78,6 +83,10 @@ class ExampleConfig:
         dev_fraction: train queries held out to check the teacher against BM25 before any
             student compute is spent on it (the ``ce`` step's 10 %).
         student_layers: MiniLM layers the student keeps.
+        student_pick: which of the backbone's layers: ``first`` (layers 0..n-1) or ``spread``
+            (every k-th, ending at the last: layers 2 and 5 of 6 for 2), DistilBERT-style.
+        student_init: ``backbone`` (all-MiniLM-L6-v2's layers and a fresh head) or ``teacher``
+            (the trained teacher's picked layers and its head; the same init for every KD mode).
         student_pooling: ``mean`` (all-MiniLM-L6-v2's [CLS] state is constant for every pair
             after its first layers, see docs/retrieval.md).
         group_negatives: negatives per student sample (a sample = 1 positive + these).
@@ -91,6 +100,8 @@ class ExampleConfig:
     teacher_bf16: bool = False
     dev_fraction: float = 0.1
     student_layers: int = 2
+    student_pick: str = "first"
+    student_init: str = "backbone"
     student_pooling: str = "mean"
     group_negatives: int = 3
 
@@ -98,6 +109,11 @@ class ExampleConfig:
         for name in ("depth", "max_length", "teacher_epochs", "student_layers"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}={getattr(self, name)}: must be >= 1")
+        for name, allowed in (("student_pick", PICKS), ("student_init", INITS)):
+            if getattr(self, name) not in allowed:
+                raise ValueError(
+                    f"{name}={getattr(self, name)!r}: allowed values are {', '.join(allowed)}"
+                )
         if self.group_negatives < 1:
             raise ValueError(f"group_negatives={self.group_negatives}: must be >= 1")
         if not 0 < self.dev_fraction < 1:
@@ -152,11 +168,14 @@ def groups_from_examples(
 
 
 def student_dataset(
-    collection: RetrievalCollection, config: ExampleConfig, seed: int = 0
+    collection: RetrievalCollection,
+    config: ExampleConfig,
+    seed: int = 0,
+    query_ids: Sequence[str] | None = None,
 ) -> GroupDataset:
     """The distillation samples: each train example's positive plus ``group_negatives`` BM25
-    negatives (drawn once from ``seed``)."""
-    examples = train_examples(collection, config.depth)
+    negatives (drawn once from ``seed``), of the train queries ``query_ids`` (default all)."""
+    examples = train_examples(collection, config.depth, query_ids)
     return groups_from_examples(examples, collection.passages(), config.group_negatives, seed)
 
 
@@ -168,11 +187,50 @@ def fresh_cross(
     return CrossEncoder(truncate_layers(backbone, layers), config), tokenizer
 
 
+def picked_layers(total: int, n: int, pick: str) -> list[int]:
+    """Indices of the ``n`` of ``total`` layers a student keeps: the ``first`` n, or ``spread``
+    (one every total/n layers, ending at the last; 2 of 6 -> [2, 5])."""
+    if not 1 <= n <= total:
+        raise ValueError(f"student_layers={n}: the backbone has {total} layers")
+    if pick == "first":
+        return list(range(n))
+    if pick == "spread":
+        return [round((i + 1) * total / n) - 1 for i in range(n)]
+    raise ValueError(f"student_pick={pick!r}: allowed values are {', '.join(PICKS)}")
+
+
+def keep_layers(backbone: nn.Module, n: int, pick: str) -> nn.Module:
+    """Keep ``picked_layers`` of a BERT-style backbone's layer stack (in place)."""
+    encoder: Any = getattr(backbone, "encoder", None)
+    if encoder is None:
+        raise ValueError("keep_layers: the backbone has no layer stack")
+    layers = list(encoder.layer)
+    encoder.layer = nn.ModuleList([layers[i] for i in picked_layers(len(layers), n, pick)])
+    backbone.config.num_hidden_layers = n  # type: ignore[union-attr]
+    return backbone
+
+
 def fresh_student(
-    backbone_path: Path, config: ExampleConfig
+    backbone_path: Path, config: ExampleConfig, teacher_dir: Path | None = None
 ) -> tuple[CrossEncoder, PreTrainedTokenizerBase]:
+    """The untrained student: ``config.student_layers`` layers (``student_pick``) of the
+    pre-trained backbone with a fresh head (the caller seeds it), or, with ``student_init =
+    "teacher"``, of the trained teacher in ``teacher_dir`` with the teacher's head (its pooling)."""
     cross = CrossEncoderConfig(max_length=config.max_length, pooling=config.student_pooling)
-    return fresh_cross(backbone_path, config.student_layers, cross)
+    if config.student_init == "backbone":
+        backbone, tokenizer = load_backbone(backbone_path)
+        model = CrossEncoder(
+            keep_layers(backbone, config.student_layers, config.student_pick), cross
+        )
+        return model, tokenizer
+    if teacher_dir is None:
+        raise ValueError("student_init='teacher' needs the teacher's folder")
+    teacher, tokenizer = load_encoder(teacher_dir)
+    if not isinstance(teacher, CrossEncoder):
+        raise ValueError(f"{teacher_dir}: not a cross-encoder folder")
+    keep_layers(teacher.backbone, config.student_layers, config.student_pick)
+    teacher.config = replace(teacher.config, max_length=config.max_length)
+    return teacher.train(), tokenizer
 
 
 def teacher_train_config(config: ExampleConfig, seed: int = 0) -> TrainConfig:
