@@ -43,3 +43,20 @@ def test_share_cores_and_idle_priority_options() -> None:
     assert not _teacher_spec(build_parser().parse_args(teacher)).idle_priority
     spec = _teacher_spec(build_parser().parse_args([*teacher, "--teacher-idle-priority"]))
     assert spec.idle_priority
+
+
+def test_student_init_and_pick_options() -> None:
+    from warmstart.cli.distill import student_example_config
+    from warmstart.distill.example import INITS, PICKS
+
+    run = ["distill", "run", "--workdir", "w", "--preset", "scifact"]
+    plain = student_example_config(build_parser().parse_args(run))
+    assert (plain.student_init, plain.student_pick) == ("backbone", "first")
+    args = build_parser().parse_args(
+        [*run, "--student-init", "teacher", "--student-pick", "spread"]
+    )
+    picked = student_example_config(args)
+    assert (picked.student_init, picked.student_pick) == ("teacher", "spread")
+    for option, allowed in (("--student-init", INITS), ("--student-pick", PICKS)):
+        for value in allowed:  # the CLI's choices are the example's
+            build_parser().parse_args([*run, option, value])

