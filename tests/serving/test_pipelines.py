@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from warmstart.serving.admission import AdmissionConfig
-from warmstart.serving.engine import MIN_SAMPLES, ComputePool, Overloaded, Window
+from warmstart.serving.engine import MIN_SAMPLES, ComputePool, Overloaded, StageConfig, Window
 from warmstart.serving.models import UserRecord, load_recommend_models
 from warmstart.serving.pipelines import (
     RecommendConfig,
@@ -121,6 +121,70 @@ def test_without_marks_and_clears_the_scratch_row():
     got = without(cands, 2, scratch, np.array([9]), scores=scores)
     assert sorted(got.tolist()) == [1, 3] and not scratch.any()
     assert without(cands, 9, scratch, np.array([7]), scores=scores).tolist() == [3, 9, 1, 4]
+
+
+def _mixed_rank_requests(models, sizes):
+    rec, rng = models.ranker.rec, np.random.default_rng(0)
+    states = [rec.adapt(np.array([1, 2, 3]), np.array([4.0, 2.0, 5.0])) for _ in sizes]
+    return [
+        (s, rng.choice(rec.n_items, n, replace=False)) for s, n in zip(states, sizes, strict=True)
+    ]
+
+
+def test_rank_batch_groups_by_width_with_the_ungrouped_scores(models):
+    """Mixed candidate counts (degraded and full requests) are scored per count: the same
+    scores as one padded ``score_many`` over the batch, in the batch's order."""
+    reqs = _mixed_rank_requests(models, [20, 5, 20, 8, 5, 20])
+    pipeline, _ = make_pipeline(models)
+    got = pipeline._rank_batch(reqs)
+    ungrouped = models.ranker.score_many([s for s, _ in reqs], [c for _, c in reqs])
+    assert len(got) == len(reqs)
+    for g, u, (_, c) in zip(got, ungrouped, reqs, strict=True):
+        assert g.shape == c.shape
+        np.testing.assert_allclose(g, u, rtol=1e-6, atol=1e-6)
+
+
+class _RecordingRanker:
+    """Scores a candidate as its row number plus the user's tag; fails on one width."""
+
+    def __init__(self, fail_width=None):
+        self.calls, self.fail_width = [], fail_width
+
+    def score_many(self, states, candidates):
+        self.calls.append([len(c) for c in candidates])
+        if self.fail_width in self.calls[-1]:
+            raise ValueError("bad group")
+        return [c + s for s, c in zip(states, candidates, strict=True)]
+
+
+def test_rank_batch_calls_once_per_width_and_keeps_the_order(models):
+    ranker = _RecordingRanker()
+    pipeline, _ = make_pipeline(replace(models, ranker=ranker))
+    sizes = [3, 1, 3, 2, 1]
+    reqs = [(10.0 * i, np.arange(n, dtype=np.float64)) for i, n in enumerate(sizes)]
+    got = pipeline._rank_batch(reqs)
+    assert ranker.calls == [[3, 3], [1, 1], [2]]
+    for i, (g, n) in enumerate(zip(got, sizes, strict=True)):
+        np.testing.assert_array_equal(g, np.arange(n) + 10.0 * i)
+
+
+def test_rank_batch_error_of_one_group_reaches_every_waiter(models):
+    ranker = _RecordingRanker(fail_width=1)
+    config = replace(RELAXED, rank=StageConfig(max_batch=8, max_wait_s=0.2))
+    pipeline, _ = make_pipeline(replace(models, ranker=ranker), config)
+
+    async def main():
+        await pipeline.rank.start()
+        try:
+            return await asyncio.gather(
+                *(pipeline.rank.submit((0.0, np.arange(n, dtype=np.float64))) for n in (3, 1, 2)),
+                return_exceptions=True,
+            )
+        finally:
+            await pipeline.rank.stop()
+
+    out = asyncio.run(asyncio.wait_for(main(), 30))
+    assert ranker.calls[0] == [3] and all(isinstance(e, ValueError) for e in out)
 
 
 def test_unknown_user_without_interactions_gets_the_cold_state(models):

@@ -255,7 +255,24 @@ class RecommendPipeline(Staged):
         return [r[:n] for r, (_, n) in zip(rows, reqs, strict=True)]
 
     def _rank_batch(self, reqs: list[tuple[Any, np.ndarray]]) -> list[np.ndarray]:
-        return self.models.ranker.score_many([s for s, _ in reqs], [c for _, c in reqs])
+        """Scores of each request's candidates, one ``score_many`` call per candidate count.
+
+        ``score_many`` pads a pass to its widest list, so a degraded request (fewer candidates)
+        batched with full ones would cost a full one: the batch's requests are grouped by their
+        number of candidates (first-seen order within a group) and the results put back in
+        the batch's order. An error of any group fails the whole batch (every waiter gets it).
+        """
+        groups: dict[int, list[int]] = {}
+        for i, (_, c) in enumerate(reqs):
+            groups.setdefault(len(c), []).append(i)
+        out: dict[int, np.ndarray] = {}
+        for members in groups.values():
+            scores = self.models.ranker.score_many(
+                [reqs[i][0] for i in members], [reqs[i][1] for i in members]
+            )
+            for i, s in zip(members, scores, strict=True):
+                out[i] = s
+        return [out[i] for i in range(len(reqs))]
 
     def _model_batch(self, reqs: list[_Model]) -> list[tuple[np.ndarray, np.ndarray]]:
         """The three model steps on one micro-batch, with the same functions as the stages."""
