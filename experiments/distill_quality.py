@@ -176,6 +176,12 @@ def main() -> None:
         action="store_false",
         help="train the student in fp32 (default: bf16 autocast; the same dev figure, 1.5x slower)",
     )
+    parser.add_argument(
+        "--negative-draws",
+        type=int,
+        default=1,
+        help="samples per training example, each with its own 3 BM25 negatives (more pairs)",
+    )
     parser.add_argument("--soft-weight", type=float, default=1.0)
     parser.add_argument("--mse-weight", type=float, default=0.0)
     parser.add_argument("--hard-weight", type=float, default=1.0)
@@ -203,11 +209,11 @@ def main() -> None:
         teacher = train_teacher(collection, _backbone(), teacher, config)
     if args.split == "dev":
         train_ids, dev_ids = teacher_split(collection, config.dev_fraction)
-        data = student_dataset(collection, config, seed=0, query_ids=train_ids)
+        data = student_dataset(collection, config, 0, train_ids, args.negative_draws)
         queries = {q: collection.queries[q] for q in dev_ids}
         qrels = {q: collection.qrels["train"][q] for q in dev_ids}
     else:
-        data = student_dataset(collection, config, seed=0)
+        data = student_dataset(collection, config, 0, None, args.negative_draws)
         queries, qrels = collection.split_queries("test"), collection.qrels["test"]
     candidates = bm25_candidates(collection, queries, args.depth)
     first = run_from_rows(candidates.query_ids, candidates.rows, collection.doc_ids)
@@ -263,7 +269,9 @@ RECIPE = (
     "mse_weight",
     "hard_weight",
     "temperature",
+    "negative_draws",
 )
+LATER = {"negative_draws": 1}  # keys added after some workdirs were made: their defaults
 
 
 def check_recipe(args: argparse.Namespace) -> None:
@@ -272,7 +280,7 @@ def check_recipe(args: argparse.Namespace) -> None:
     recipe = {k: getattr(args, k) for k in RECIPE}
     path = args.workdir / "recipe.json"
     if path.is_file():
-        old = json.loads(path.read_text())
+        old = LATER | json.loads(path.read_text())
         if old != recipe:
             diff = {k: (old.get(k), v) for k, v in recipe.items() if old.get(k) != v}
             raise SystemExit(f"{path}: another recipe (cached, asked): {diff}")

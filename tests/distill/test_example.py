@@ -113,3 +113,20 @@ def test_student_from_the_backbone_or_the_teacher(tmp_path: Path) -> None:
         PairGroups(("cell gene",), (("gene protein", "virus"),))
     )
     assert scores.shape == (1, 2) and scores.requires_grad
+
+
+def test_negative_draws_add_samples_and_keep_the_first_draw() -> None:
+    from warmstart.distill.example import groups_from_examples
+    from warmstart.retrieval.training import TrainExample
+
+    passages = [f"p{i}" for i in range(20)]
+    examples = [TrainExample(f"q{i}", f"query {i}", i, tuple(range(10, 20))) for i in range(3)]
+    once = groups_from_examples(examples, passages, 3, seed=0)
+    four = groups_from_examples(examples, passages, 3, seed=0, draws=4)
+    assert len(once) == 3 and len(four) == 12
+    assert four.passages[:3] == once.passages and four.queries[:3] == once.queries
+    assert four.queries == once.queries * 4 and once.queries[0] == "query 0"
+    assert all(g[0] == f"p{i % 3}" for i, g in enumerate(four.passages))  # column 0: the positive
+    assert len(set(four.passages)) > 3  # later draws differ
+    with pytest.raises(ValueError, match="draws=0"):
+        groups_from_examples(examples, passages, 3, seed=0, draws=0)

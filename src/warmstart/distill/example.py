@@ -155,15 +155,24 @@ def teacher_split(
 
 
 def groups_from_examples(
-    examples: Sequence[TrainExample], passages: Sequence[str], n_negatives: int, seed: int
+    examples: Sequence[TrainExample],
+    passages: Sequence[str],
+    n_negatives: int,
+    seed: int,
+    draws: int = 1,
 ) -> GroupDataset:
-    """Each example's positive plus ``n_negatives`` negatives of its pool, drawn once."""
+    """Each example's positive plus ``n_negatives`` negatives of its pool, drawn once; with
+    ``draws`` > 1, that many samples per example, each with its own draw (more distinct pairs for
+    the same examples; ``draws=1`` gives the same samples as before)."""
+    if draws < 1:
+        raise ValueError(f"draws={draws}: must be >= 1")
     rng = np.random.default_rng([seed, 5])
     queries, groups = [], []
-    for ex in examples:
-        rows = [ex.positive, *sample_negatives(ex, n_negatives, len(passages), rng)]
-        queries.append(ex.query)
-        groups.append(tuple(passages[r] for r in rows))
+    for _ in range(draws):
+        for ex in examples:
+            rows = [ex.positive, *sample_negatives(ex, n_negatives, len(passages), rng)]
+            queries.append(ex.query)
+            groups.append(tuple(passages[r] for r in rows))
     return GroupDataset(tuple(queries), tuple(groups))
 
 
@@ -172,11 +181,14 @@ def student_dataset(
     config: ExampleConfig,
     seed: int = 0,
     query_ids: Sequence[str] | None = None,
+    draws: int = 1,
 ) -> GroupDataset:
     """The distillation samples: each train example's positive plus ``group_negatives`` BM25
-    negatives (drawn once from ``seed``), of the train queries ``query_ids`` (default all)."""
+    negatives (drawn once from ``seed``; ``draws`` samples per example, each its own draw), of
+    the train queries ``query_ids`` (default all)."""
     examples = train_examples(collection, config.depth, query_ids)
-    return groups_from_examples(examples, collection.passages(), config.group_negatives, seed)
+    passages = collection.passages()
+    return groups_from_examples(examples, passages, config.group_negatives, seed, draws)
 
 
 def fresh_cross(
