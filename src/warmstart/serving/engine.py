@@ -210,6 +210,9 @@ class Window:
     def add(self, value: float) -> None:
         self._values.append(value)
 
+    def clear(self) -> None:
+        self._values.clear()
+
     def __len__(self) -> int:
         return len(self._values)
 
@@ -292,8 +295,24 @@ class StageMetrics:
                 self._per_item = min(self._cap, max(self._cap / 4, slope))
 
     def restart_window(self) -> None:
-        self.recent = Window(self.recent._values.maxlen or 32)
-        self.recent_sizes = Window(self.recent_sizes._values.maxlen or 32)
+        self.recent.clear()
+        self.recent_sizes.clear()
+
+    def call_started(self, now: float, busy: int) -> None:
+        """A call starts at ``now`` with ``busy`` calls in flight (itself included): after an
+        idle spell of over ``STALE_AFTER_S`` the window starts afresh (``restart_window``)."""
+        if busy == 1 and now - self.last_at > STALE_AFTER_S:
+            self.restart_window()
+
+    def probing(self, now: float, extra: int, load: int) -> bool:
+        """Whether one more request (``extra`` <= 1) at a stage with no ``load`` is a probe that
+        predicts 0: its last call ended over ``STALE_AFTER_S`` ago, or fewer than
+        ``MIN_SAMPLES`` calls were measured since the window (re)started."""
+        return (
+            extra <= 1
+            and load == 0
+            and (now - self.last_at > STALE_AFTER_S or len(self.recent) < MIN_SAMPLES)
+        )
 
     def batch_seconds(self, items: float) -> float:
         """Predicted seconds of one call on ``items``: the median recent call, plus a cost per
@@ -447,12 +466,8 @@ class Stage(Generic[T, R]):
         or skips gets no new timings, so a median from a slow moment would otherwise refuse
         for ever. Such a request is a probe, one at a time.
         """
-        now, m = self.clock(), self.metrics
-        if (
-            extra <= 1
-            and self.load == 0
-            and (now - m.last_at > STALE_AFTER_S or len(m.recent) < MIN_SAMPLES)
-        ):
+        now = self.clock()
+        if self.metrics.probing(now, extra, self.load):
             return 0.0
         return predicted_wait(
             self.depth + extra,
@@ -543,8 +558,7 @@ class Stage(Generic[T, R]):
         self._busy += 1
         self._busy_items += len(batch)
         start = self.clock()
-        if start - self.metrics.last_at > STALE_AFTER_S and self._busy == 1:
-            self.metrics.restart_window()  # idle for a while: measure afresh
+        self.metrics.call_started(start, self._busy)  # idle for a while: measure afresh
         self._last_start = start
         try:
             results = await self._call(values)

@@ -34,13 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from warmstart.serving.engine import (
-    MIN_SAMPLES,
-    STALE_AFTER_S,
-    StageConfig,
-    StageMetrics,
-    predicted_wait,
-)
+from warmstart.serving.engine import StageConfig, StageMetrics, predicted_wait
 from warmstart.serving.planner.fit import PADDED_STAGES, RequestClass, TrafficModel
 
 INGRESS = 0.6  # share of the per-request overhead before admission (parse, validate, map ids)
@@ -154,8 +148,7 @@ class _Stage:
 
     def started(self, now: float) -> None:
         """A call starts (``engine.Stage``: after an idle spell the window starts afresh)."""
-        if now - self.metrics.last_at > STALE_AFTER_S and self.busy == 1:
-            self.metrics.restart_window()
+        self.metrics.call_started(now, self.busy)
         self.last_start = now
 
     def batch_seconds(self, items: float) -> float:
@@ -170,12 +163,7 @@ class _Stage:
     def predicted_wait(self, extra: int, now: float) -> float:
         """``engine.Stage.predicted_wait_s`` at ``now`` (an idle stage with stale or too few
         timings predicts 0: a probe)."""
-        m = self.metrics
-        if (
-            extra <= 1
-            and self.load == 0
-            and (now - m.last_at > STALE_AFTER_S or len(m.recent) < MIN_SAMPLES)
-        ):
+        if self.metrics.probing(now, extra, self.load):
             return 0.0
         return predicted_wait(
             len(self.queue) + extra,
