@@ -62,20 +62,10 @@ def test_fit_service_recovers_known_coefficients() -> None:
     assert c == 0 and b == pytest.approx(B + 500 * C) and a == pytest.approx(A)
 
 
-def test_a_padded_stage_is_fitted_and_simulated_on_its_widest_item() -> None:
-    """The ColdNAS ranking scores every item of a pass on the widest candidate list: a call's
-    work is ``n × m``; a degraded item batched with full ones saves nothing."""
-    from warmstart.serving.planner.fit import fit_stage
-
-    rng = np.random.default_rng(3)
-    calls = []
-    for _ in range(300):
-        n = int(rng.integers(1, 17))
-        units = [500 if rng.random() < 0.7 else 100 for _ in range(n)]
-        cpu = A + B * n + C * n * max(units)
-        calls.append({"n": n, "u": sum(units), "m": max(units), "cpu": cpu, "svc": cpu, "run": 0})
-    stage = fit_stage(calls, {}, padded=True)
-    assert (stage.a, stage.b, stage.c) == pytest.approx((A, B, C), rel=0.01)
+def test_a_mixed_ranking_batch_is_simulated_on_each_items_own_list() -> None:
+    """The ranking scores a batch in one pass per candidate count (``_rank_batch``): a call's
+    work is the sum of its items' units, so a degraded item batched with a full one costs its
+    own 100 candidates, not the full one's 500."""
     model = TrafficModel(
         {"model": ServiceModel(0.0, 0.0, 1e-5)},
         (RequestClass("recommend", 1.0, (Visit("model", 1.0, 500.0, 100.0),)),),
@@ -85,7 +75,7 @@ def test_a_padded_stage_is_fitted_and_simulated_on_its_widest_item() -> None:
     sim = Simulator(model, SimConfig({"model": StageConfig(8, 0.0, queue_size=64)}))
     sim._pool.append((sim.stages["model"], batch, 0.0))  # type: ignore[arg-type]
     sim._pool_run()
-    assert sim.stage_cpu == pytest.approx(2 * 500 * 1e-5)  # both items on the widest list
+    assert sim.stage_cpu == pytest.approx((500 + 100) * 1e-5)
 
 
 def test_fit_traffic_on_synthetic_logs(tmp_path: Path) -> None:

@@ -203,16 +203,13 @@ class TrafficLog:
         units: int,
         depth: int,
         cpu_s: float | None = None,
-        widest: int | None = None,
     ) -> None:
         """One stage call: ``start`` on the log's clock, its items' queue waits, the calling
-        thread's CPU seconds (``None`` for a coroutine stage), the total work units and the
-        widest item's (``widest``; a stage that pads its batch costs ``n × widest``)."""
+        thread's CPU seconds (``None`` for a coroutine stage) and the total work units."""
         if self._sampled():
             self._emit(
                 {"e": "batch", "t": start - self.t0, "p": pipeline, "s": stage, "n": len(waits),
-                 "u": units, "m": widest, "svc": service_s, "cpu": cpu_s, "wait": list(waits),
-                 "q": depth}
+                 "u": units, "svc": service_s, "cpu": cpu_s, "wait": list(waits), "q": depth}
             )  # fmt: skip
 
     def tick(self, now: float | None = None) -> None:
@@ -274,17 +271,15 @@ class StageRecorder:
 
     def __call__(self, items: Sequence[Any], start: float, end: float) -> None:
         cpu = self._cpu.pop(id(items[0].value), None) if items else None
-        units = [work_units(it.value) for it in items]
         self.log.batch(
             self.pipeline,
             self.stage.name,
             start,
             end - start,
             [start - it.enqueued for it in items],
-            sum(units),
+            sum(work_units(it.value) for it in items),
             self.stage.depth,
             cpu,
-            max(units, default=0),
         )
 
 

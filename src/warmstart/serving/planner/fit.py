@@ -28,9 +28,6 @@ QUANTILES = np.linspace(0.0, 1.0, 101)
 MANDATORY = frozenset({"model", "candidates", "rank", "encode", "index"})
 # stages whose cost ``recommend.precision`` changes (the ColdNAS ranking's matrix products)
 PRECISION_STAGES = frozenset({"model", "rank"})
-# stages that score a batch in padded passes (``coldstart.inference.score_many``: every item on
-# the widest candidate list of its pass): their work is ``n × widest``, not the sum
-PADDED_STAGES = frozenset({"model", "rank"})
 MIN_FIT_CALLS = 20  # logged calls of a stage at another precision needed to fit it
 
 
@@ -152,13 +149,14 @@ def fit_service(n: np.ndarray, u: np.ndarray, cpu: np.ndarray) -> tuple[float, f
     return 0.0, 0.0, 0.0
 
 
-def fit_stage(
-    batches: list[dict[str, Any]], threads: dict[int, int], padded: bool = False
-) -> ServiceModel:
-    """The service model of one stage from its ``batch`` events (``threads``: per run;
-    ``padded``: the work of a call is ``n × widest`` where the logs say ``m``, the widest)."""
+def fit_stage(batches: list[dict[str, Any]], threads: dict[int, int]) -> ServiceModel:
+    """The service model of one stage from its ``batch`` events (``threads``: per run).
+
+    A call's work is the sum of its items' units: the ColdNAS ranking pads a pass to its widest
+    candidate list, but scores a batch in one pass per candidate count
+    (``RecommendPipeline._rank_batch``), so no item is padded."""
     n = np.array([b["n"] for b in batches], float)
-    u = np.array([padded_units(b) if padded else b["u"] for b in batches], float)
+    u = np.array([b["u"] for b in batches], float)
     cpu = np.array([_demand(b) for b in batches], float)
     t = np.array([threads.get(b["run"], 1) for b in batches])
     one = t == t.min()
@@ -170,12 +168,6 @@ def fit_stage(
     ratio = np.clip(cpu / np.maximum(fitted, 1e-9), 0.1, 10.0)
     noise = tuple(float(q) for q in np.quantile(ratio, QUANTILES))
     return ServiceModel(a, b, c, noise, parallel, len(batches))
-
-
-def padded_units(batch: dict[str, Any]) -> float:
-    """Work of a padded call: ``n × m`` (logs before ``m`` was written: ``u``)."""
-    widest = batch.get("m")
-    return float(batch["u"] if widest is None else batch["n"] * widest)
 
 
 def _demand(batch: dict[str, Any]) -> float:
@@ -226,14 +218,13 @@ def fit_traffic(events: Iterable[dict[str, Any]]) -> TrafficModel:
     fitted_at: dict[str, dict[str, ServiceModel]] = defaultdict(dict)
     for name, bs in batches.items():
         logged_at = {precisions.get(b["run"], base) for b in bs}
-        padded = name in PADDED_STAGES
         if name not in PRECISION_STAGES or base not in logged_at:
-            stages[name] = fit_stage(bs, threads, padded)
+            stages[name] = fit_stage(bs, threads)
             continue
         for precision in sorted(logged_at):
             mine = [b for b in bs if precisions.get(b["run"], base) == precision]
             if len(mine) >= MIN_FIT_CALLS or precision == base:
-                fitted = fit_stage(mine, threads, padded)
+                fitted = fit_stage(mine, threads)
                 if precision == base:
                     stages[name] = fitted
                 else:

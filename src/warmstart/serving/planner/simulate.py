@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 
 from warmstart.serving.engine import StageConfig, StageMetrics, predicted_wait
-from warmstart.serving.planner.fit import PADDED_STAGES, RequestClass, TrafficModel
+from warmstart.serving.planner.fit import RequestClass, TrafficModel
 
 INGRESS = 0.6  # share of the per-request overhead before admission (parse, validate, map ids)
 IDLE_PERIOD_S = 0.005  # the loop's per-second CPU (``idle_cpu``) comes in slices this far apart
@@ -448,8 +448,6 @@ class Simulator:
             self._pool_free -= 1
             model = self.model.service(stage.name, self.config.precision)
             units = sum(u for _, u in items)
-            if stage.name in PADDED_STAGES:  # every item scored on the widest list
-                units = len(items) * max(u for _, u in items)
             work = model.sample(len(items), units, self.config.threads, self.rng)
             self.stage_cpu += work * self.config.threads
             self._run_cpu(
