@@ -512,17 +512,19 @@ class HotRoutes:
         except ValueError as err:
             return 422, orjson.dumps({"detail": str(err)}), []
         self.observe("recommend", time.perf_counter() - start)
-        headers = (
-            [(DEGRADED_HEADER.encode(), ",".join(out.degraded).encode())] if out.degraded else []
-        )
+        headers = _raw(degraded_headers(out.degraded))
         return 200, self.server.recommend_json(pipeline, out), headers
 
 
 def refusal_reply(err: Overloaded | DeadlineExceeded) -> Reply:
     """503 with ``Retry-After`` and the reason."""
     api = _overloaded(err)
-    headers = [(k.lower().encode(), v.encode()) for k, v in api.headers.items()]
-    return 503, orjson.dumps({"detail": api.detail}), headers
+    return 503, orjson.dumps({"detail": api.detail}), _raw(api.headers)
+
+
+def _raw(headers: dict[str, str]) -> list[tuple[bytes, bytes]]:
+    """Headers as the raw (lower-case name, value) byte pairs of a ``Reply``."""
+    return [(k.lower().encode(), v.encode()) for k, v in headers.items()]
 
 
 class FastPath:
