@@ -34,7 +34,7 @@ from typing import Any
 
 import torch
 
-from warmstart.cli.distill import default_teacher_dir
+from warmstart.cli.distill import add_loss_arguments, default_teacher_dir, loss_config
 from warmstart.data.retrieval import load_scifact
 from warmstart.distill import trainer
 from warmstart.distill.example import (
@@ -51,7 +51,6 @@ from warmstart.distill.example import (
     teacher_split,
     train_teacher,
 )
-from warmstart.distill.losses import KDLossConfig
 from warmstart.distill.student import CrossEncoderStudent
 from warmstart.distill.teacher import TeacherSpec, build_teacher
 from warmstart.metrics import paired_bootstrap, retrieval_per_query
@@ -96,13 +95,7 @@ def train(
     torch.manual_seed(seed)  # the head's init: the same for every mode of a seed
     model, tok = fresh_student(_backbone(), example, teacher)
     student = CrossEncoderStudent(model, tok)
-    kd = KDLossConfig(
-        soft_weight=args.soft_weight,
-        mse_weight=args.mse_weight,
-        hard_weight=args.hard_weight,
-        temperature=args.temperature,
-    )
-    loss = KDLossConfig.no_kd() if mode == "none" else kd
+    loss = loss_config(args, mode)
     epochs = -(-steps * BATCH // len(data))  # enough epochs for ``steps``
     config = trainer.StudentConfig(
         epochs=epochs,
@@ -182,10 +175,7 @@ def main() -> None:
         default=1,
         help="samples per training example, each with its own 3 BM25 negatives (more pairs)",
     )
-    parser.add_argument("--soft-weight", type=float, default=1.0)
-    parser.add_argument("--mse-weight", type=float, default=0.0)
-    parser.add_argument("--hard-weight", type=float, default=1.0)
-    parser.add_argument("--temperature", type=float, default=2.0)
+    add_loss_arguments(parser)
     parser.add_argument("--teacher", type=Path, default=None, help="default: the cached teacher")
     parser.add_argument(
         "--no-teacher",

@@ -64,18 +64,32 @@ def _add_teacher_options(p: argparse.ArgumentParser) -> None:
     )
 
 
-def _student_config(args: argparse.Namespace) -> Any:
-    from warmstart.distill.losses import KDLossConfig
-    from warmstart.distill.trainer import StudentConfig
+def add_loss_arguments(parser: argparse.ArgumentParser) -> None:
+    """The KD loss's weights and temperature (``distill.losses.KDLossConfig``)."""
+    parser.add_argument("--soft-weight", type=float, default=1.0)
+    parser.add_argument("--mse-weight", type=float, default=0.0)
+    parser.add_argument("--hard-weight", type=float, default=1.0)
+    parser.add_argument("--temperature", type=float, default=2.0)
 
-    loss = KDLossConfig(
+
+def loss_config(args: argparse.Namespace, mode: str) -> Any:
+    """The ``KDLossConfig`` of :func:`add_loss_arguments`' options; mode ``none``: no KD."""
+    from warmstart.distill.losses import KDLossConfig
+
+    if mode == "none":
+        return KDLossConfig.no_kd()
+    return KDLossConfig(
         soft_weight=args.soft_weight,
         mse_weight=args.mse_weight,
         hard_weight=args.hard_weight,
         temperature=args.temperature,
     )
-    if args.mode == "none":
-        loss = KDLossConfig.no_kd()
+
+
+def _student_config(args: argparse.Namespace) -> Any:
+    from warmstart.distill.trainer import StudentConfig
+
+    loss = loss_config(args, args.mode)
     return StudentConfig(
         epochs=args.epochs,
         batch_size=args.batch_size,
@@ -341,10 +355,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     run.add_argument("--lr", type=float, default=1e-4)
     run.add_argument("--seed", type=int, default=0)
     run.add_argument("--checkpoint-every", type=int, default=50)
-    run.add_argument("--soft-weight", type=float, default=1.0)
-    run.add_argument("--mse-weight", type=float, default=0.0)
-    run.add_argument("--hard-weight", type=float, default=1.0)
-    run.add_argument("--temperature", type=float, default=2.0)
+    add_loss_arguments(run)
     run.add_argument("--bf16", action="store_true", help="bf16 autocast for the student")
     run.add_argument(
         "--student-init",
