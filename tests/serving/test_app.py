@@ -268,6 +268,34 @@ def test_reload_under_load_fails_no_request(client, tiny_artifacts):
     assert codes == [200] * 60
 
 
+@pytest.mark.parametrize(
+    ("owns_process", "gc_freeze", "settles"), [(True, True, 2), (True, False, 0), (False, True, 0)]
+)
+def test_heap_is_settled_at_start_and_reload_only_by_a_server_owning_its_process(
+    tiny_artifacts, tmp_path, monkeypatch, owns_process, gc_freeze, settles
+):
+    calls = []
+    monkeypatch.setattr("warmstart.serving.app.settle_heap", lambda: calls.append(1))
+    config = serve_config(tiny_artifacts, tmp_path, compute={"gc_freeze": gc_freeze})
+    server = Server(config, admin_token=TOKEN, owns_process=owns_process)
+    with TestClient(create_app(server)) as c:
+        headers = {"Authorization": f"Bearer {TOKEN}"}
+        body = {"coldnas": str(tiny_artifacts.coldnas)}
+        assert c.post("/v1/admin/reload", json=body, headers=headers).status_code == 200
+        assert c.post("/v1/recommend", json={"interactions": support(tiny_artifacts)}).is_success
+    assert len(calls) == settles
+
+
+def test_settle_heap_unfreezes_collects_then_freezes(monkeypatch):
+    calls = []
+    for name in ("unfreeze", "collect", "freeze"):
+        monkeypatch.setattr(f"gc.{name}", lambda name=name: calls.append(name))
+    from warmstart.serving.app import settle_heap
+
+    settle_heap()
+    assert calls == ["unfreeze", "collect", "freeze"]
+
+
 def test_lmdb_tier_survives_a_server_restart(tiny_artifacts, tmp_path):
     config = serve_config(tiny_artifacts, tmp_path)
     inter = support(tiny_artifacts, 2)

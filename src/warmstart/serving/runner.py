@@ -40,7 +40,7 @@ def uvicorn_config(app: Any, host: str, port: int, drain_s: float = 10.0) -> uvi
 
 def serve_forever(config: ServeConfig, admin_token: str | None) -> None:
     """Run until SIGINT/SIGTERM; shutdown stops accepting, then drains in-flight requests."""
-    app = create_app(Server(config, admin_token))
+    app = create_app(Server(config, admin_token, owns_process=True))
     uvicorn.Server(uvicorn_config(app, config.host, config.port, config.drain_s)).run()
 
 
