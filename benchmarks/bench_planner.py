@@ -70,13 +70,21 @@ def default_config(workload: str, port: int, workdir: Path) -> dict[str, Any]:
     return config
 
 
-class Served:
-    """A ``bench_serving`` server process over ``config`` (its port replaced by a free one)."""
+SERVER_CPUS = {1: frozenset({bs.SERVER_CPU}), 2: frozenset({0, 1})}  # by --server-cpus
 
-    def __init__(self, config: dict[str, Any], path: Path) -> None:
+
+class Served:
+    """A ``bench_serving`` server process over ``config`` (its port replaced by a free one),
+    pinned to ``cpus``."""
+
+    def __init__(
+        self, config: dict[str, Any], path: Path, cpus: frozenset[int] = SERVER_CPUS[1]
+    ) -> None:
         self.port = bs.free_port()
         path.write_text(json.dumps({**config, "port": self.port}))
-        self.proc = bs.ServerProcess(["--serve", "ours", "--config", str(path)], self.port)
+        self.proc = bs.ServerProcess(
+            ["--serve", "ours", "--config", str(path)], self.port, cpus=cpus
+        )
 
     def __enter__(self) -> Served:
         return self
@@ -147,12 +155,16 @@ def measured_step(
 ) -> dict[str, float]:
     """``bench_serving.step`` at ``rate`` plus what the server says about it: the share of the
     step's requests it degraded (``/v1/stats``), and its threads' CPU per request (``/proc``:
-    ``loop_ms`` the main thread, the event loop; ``threads_ms`` all the others)."""
+    ``loop_ms`` the main thread, the event loop; ``threads_ms`` all the others), and the load
+    generator's own CPU share of its core during the step (``client_cpu``: this process)."""
     before, cpu0 = s.decisions(), s.thread_cpu()
     print(f"  {name}:", end="", flush=True)
+    client0 = time.process_time()
     bs.step(s.port, payloads, rate, seconds, log)
+    client = time.process_time() - client0
     after, cpu1 = s.decisions(), s.thread_cpu()
     r = log[-1]
+    r["client_cpu"] = client / max(r.get("wall_s", seconds), 1e-9)
     seen = max(1, sum(after[k] - before[k] for k in ("admitted", "rejected")))
     r["degraded"] = (after["degraded"] - before["degraded"]) / seen
     r["search_degraded_noop"] = (after["search_degraded"] - before["search_degraded"]) / seen
@@ -162,7 +174,8 @@ def measured_step(
     r["threads_ms"] = 1e3 * sum(c for t, c in used.items() if t != pid) / seen
     print(
         f"    degraded {r['degraded']:.3f}; CPU per request: loop {r['loop_ms']:.2f} ms, "
-        f"other threads {r['threads_ms']:.2f} ms",
+        f"other threads {r['threads_ms']:.2f} ms; load generator {r['client_cpu']:.2f} of "
+        "its core",
         flush=True,
     )
     return r
@@ -193,14 +206,16 @@ def paired_capacity(
     payloads: list[bytes],
     start: float,
     args: Any,
+    cpus: frozenset[int] = SERVER_CPUS[1],
 ) -> dict[str, dict[str, Any]]:
-    """Max rate at p99 <= 100 ms of each config, both servers up at once (same core) and
-    measured in turns, rate by rate, so that a change in the shared machine's load hits both."""
+    """Max rate at p99 <= 100 ms of each config, both servers up at once (same cores) and
+    measured in turns, rate by rate, so that a change in the shared machine's load hits both;
+    then ``args.rounds`` rounds of ``confirm``."""
     from contextlib import ExitStack
 
     with ExitStack() as stack:
         servers = {
-            name: stack.enter_context(Served(config, workdir / f"{w}-{name}.json"))
+            name: stack.enter_context(Served(config, workdir / f"{w}-{name}.json", cpus))
             for name, config in configs.items()
         }
         users = held_out_bodies(args.data_dir, args.check_requests)
@@ -213,6 +228,8 @@ def paired_capacity(
             for name, x in searches.items():
                 if not x.done:
                     x.update(valid_step(name, servers[name], payloads, x, args))
+        capacities = {name: x.good for name, x in searches.items()}
+        rounds = confirm(servers, payloads, capacities, args)
         out = {}
         for name, s in servers.items():
             counts = s.decisions()
@@ -224,12 +241,40 @@ def paired_capacity(
                 "degraded_share_all_rates": degraded / max(admitted, 1),
             }
         out["answers"] = answers
+        out["rounds"] = rounds
     return out
 
 
+def confirm(
+    servers: dict[str, Served], payloads: list[bytes], capacities: dict[str, float], args: Any
+) -> list[dict[str, Any]]:
+    """``args.rounds`` rounds, each measuring every server at every measured capacity (the
+    rates in increasing order, the servers alternated: default, planned, default, planned, ...),
+    so a gain can be told from the step-to-step noise of one capacity search: per round and
+    rate, which servers pass, and their p99."""
+    rates = sorted({c for c in capacities.values() if c > 0})
+    rounds: list[dict[str, Any]] = []
+    for i in range(args.rounds):
+        print(f"  round {i + 1} of {args.rounds} at {rates} req/s", flush=True)
+        for rate in rates:
+            for name, s in servers.items():
+                x = RateSearch(rate, 0)
+                ok = valid_step(name, s, payloads, x, args)
+                r = x.curve[-1]
+                rounds.append({"round": i + 1, "rate": rate, "config": name, "passes": ok,
+                               "p99_ms": r["p99_ms"], "error_rate": r["error_rate"],
+                               "degraded": r["degraded"],
+                               "send_lag_p99_ms": r["send_lag_p99_ms"]})  # fmt: skip
+    return rounds
+
+
 # configs the log phase also serves briefly (logged into the same directory) so the planner
-# can fit what it would otherwise never see: the ColdNAS scoring in bfloat16
-PROBES: dict[str, dict[str, Any]] = {"bfloat16": {"recommend": {"precision": "bfloat16"}}}
+# can fit what it would otherwise never see: the ColdNAS scoring in bfloat16; two torch
+# intra-op threads (the planner fits a stage's parallel fraction only from logs at more than one)
+PROBES: dict[str, dict[str, Any]] = {
+    "bfloat16": {"recommend": {"precision": "bfloat16"}},
+    "threads2": {"compute": {"intra_op_threads": 2}},
+}
 
 
 def probed(config: dict[str, Any], patch: dict[str, Any]) -> dict[str, Any]:
@@ -399,16 +444,32 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=3000, help="simulated per rate")
     parser.add_argument("--max-degraded", type=float, default=0.05, help="planner's limit")
     parser.add_argument(
+        "--server-cpus",
+        type=int,
+        choices=sorted(SERVER_CPUS),
+        default=1,
+        help="cores every server runs on: 1 (core 1; the load generator has core 0 to itself) "
+        "or 2 (cores 0 and 1: the servers share core 0 with the load generator)",
+    )
+    parser.add_argument(
         "--cores",
-        choices=("one", "logs"),
-        default="one",
-        help="plan for the one server core, or for the CPU share it got while overloaded",
+        choices=("server", "logs"),
+        default="server",
+        help="plan for the server's cores (--server-cpus), or for the CPU share it got while "
+        "overloaded",
     )
     parser.add_argument(
         "--probe",
-        choices=("bfloat16", "none"),
-        default="bfloat16",
-        help="also log a short ramp of the default with this change (PROBES), before its own",
+        nargs="+",
+        choices=(*PROBES, "none"),
+        default=["bfloat16"],
+        help="also log a short ramp of the default with each change (PROBES), before its own",
+    )
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=0,
+        help="after the capacity searches, this many alternated rounds at each measured capacity",
     )
     parser.add_argument("--check-requests", type=int, default=600, help="test users compared")
     parser.add_argument("--name", default=None)
@@ -440,15 +501,21 @@ def run(args: argparse.Namespace) -> None:
     start = 100.0 if w == "recommend" else 10.0
     result: dict[str, Any] = {"workload": w, "uptime_before": os.getloadavg()}
 
-    print(f"[{w}] logs: default config, traffic log on, open-loop ramp", flush=True)
+    cpus = SERVER_CPUS[args.server_cpus]
+    cores = args.server_cpus
+    result["server_cpus"] = sorted(cpus)
+    print(f"[{w}] logs: default config, traffic log on, open-loop ramp; servers on cores "
+          f"{sorted(cpus)}, load generator on core {bs.CLIENT_CPU}", flush=True)  # fmt: skip
     logdir = workdir / f"{w}-logs"
     shutil.rmtree(logdir, ignore_errors=True)
     logged = default_config(w, 0, workdir)
     logged["traffic_log"] = {"path": str(logdir)}
     t0 = time.perf_counter()
-    if args.probe != "none":  # first, so that the default is the logs' last (planned-from) run
-        print(f"  probe: the default with {PROBES[args.probe]}", flush=True)
-        with Served(probed(logged, PROBES[args.probe]), workdir / f"{w}-probe.json") as s:
+    result["probes"] = {}
+    # probes first, so that the default is the logs' last (planned-from) run
+    for name in [p for p in args.probe if p != "none"]:
+        print(f"  probe: the default with {PROBES[name]}", flush=True)
+        with Served(probed(logged, PROBES[name]), workdir / f"{w}-probe-{name}.json", cpus) as s:
             measure("127.0.0.1", s.port, payloads, 0.25 * start, 1.0, seed=998)
             probe = RateSearch(start, 0)
             while not probe.done:
@@ -456,8 +523,8 @@ def run(args: argparse.Namespace) -> None:
                     "probe", s, payloads, probe.rate, args.probe_duration, probe.curve
                 )
                 probe.update(step_passes(r, args.max_degraded))
-        result["probe"] = {"change": PROBES[args.probe], "curve": probe.curve}
-    with Served(logged, workdir / f"{w}-logged.json") as s:
+        result["probes"][name] = {"change": PROBES[name], "curve": probe.curve}
+    with Served(logged, workdir / f"{w}-logged.json", cpus) as s:
         measure("127.0.0.1", s.port, payloads, 0.25 * start, 2.0, seed=999)
         ramp = RateSearch(start, 1)
         while not ramp.done:
@@ -468,12 +535,12 @@ def run(args: argparse.Namespace) -> None:
     result["log_bytes"] = sum(f.stat().st_size for f in logdir.iterdir())
     print(f"  ramp {time.perf_counter() - t0:.0f} s, log {result['log_bytes'] / 1e6:.1f} MB")
 
-    print(f"[{w}] plan: --p99-ms {P99_MS:.0f} --cores 1 ({args.cores})", flush=True)
+    print(f"[{w}] plan: --p99-ms {P99_MS:.0f} --cores {cores} ({args.cores})", flush=True)
     t0 = time.perf_counter()
     plan = make_plan(
         logdir,
         P99_MS,
-        1,
+        cores,
         Target(n=args.requests, max_degraded=args.max_degraded),
         progress=lambda m: print("  " + m),
         cores_from_logs=args.cores == "logs",
@@ -511,7 +578,7 @@ def run(args: argparse.Namespace) -> None:
         configs[name] = server_config(sims[name], plan.model.server)
         print(f"  also measured: {name} (the plan in {plan.logged.precision}), predicted "
               f"{predicted[name]['capacity']:.1f} req/s", flush=True)  # fmt: skip
-    measured = paired_capacity(configs, workdir, w, payloads, start, args)
+    measured = paired_capacity(configs, workdir, w, payloads, start, args, cpus)
     result["measured"] = measured
     result["predicted"] = predicted
     result["refit"] = refit(measure_logs, sims, target, plan.model)
@@ -579,6 +646,7 @@ def report(result: dict[str, Any], summary: dict[str, Any]) -> None:
     for n in list(result["predicted"])[1:]:
         p = result["measured"][n]["capacity"]
         print(f"{n} / default measured capacity: {p / d if d else float('nan'):.3f}")
+    report_rounds(result["measured"].get("rounds", []))
     for name, points in result["predicted_vs_measured_p99"].items():
         print(
             f"{name}: rate | p50 ms meas/pred | p99 ms meas/pred | degraded meas/pred | "
@@ -598,6 +666,22 @@ def report(result: dict[str, Any], summary: dict[str, Any]) -> None:
           f"per request = {c['log_share_of_cpu']:.2%} of the process CPU per request "
           f"({c['process_cpu_us_per_request']:.0f} µs); log {result['log_bytes']} bytes")  # fmt: skip
     print(f"load average before {result['uptime_before']}, after {result['uptime_after']}")
+
+
+def report_rounds(rounds: list[dict[str, Any]]) -> None:
+    """Per rate and config of the alternated rounds: passes, median and per-round p99."""
+    if not rounds:
+        return
+    print("alternated rounds (config at rate: rounds passed, median p99 ms; p99 per round):")
+    for rate in sorted({r["rate"] for r in rounds}):
+        for name in dict.fromkeys(r["config"] for r in rounds):
+            mine = [r for r in rounds if r["rate"] == rate and r["config"] == name]
+            each = ", ".join(f"{r['p99_ms']:.1f}" + ("" if r["passes"] else "*") for r in mine)
+            print(
+                f"  {name} at {rate:g}: {sum(r['passes'] for r in mine)}/{len(mine)} passed, "
+                f"median p99 {np.median([r['p99_ms'] for r in mine]):.1f}; {each}"
+            )
+    print("  (* failed: p99 > 100 ms, errors >= 0.1% or degraded > the limit)")
 
 
 def plot(ax: Any, result: dict[str, Any]) -> None:

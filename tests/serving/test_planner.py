@@ -332,3 +332,61 @@ def test_simulated_prediction_is_the_engines() -> None:
     stage.busy = stage.busy_items = 0
     assert stage.predicted_wait(1, 0.03 + STALE_AFTER_S + 0.1) == 0.0
     assert stage.predicted_wait(1, 0.05) > 0.0
+
+
+def _threaded_events(threads: int, run: int, p: float, overhead: float, seed: int) -> list:
+    """One logged run at ``threads`` intra-op threads (Amdahl fraction ``p``): the calls'
+    ``cpu`` is the calling thread's (the wall time of a call on free cores), the ticks' is the
+    whole process's, every intra-op thread's included."""
+    rng = np.random.default_rng(seed)
+    server = ServeConfig().to_dict()
+    server["compute"]["intra_op_threads"] = threads
+    events: list[dict[str, object]] = [{"e": "meta", "run": run, "server": server, "cpus": 2}]
+    for second in range(1, 30):
+        reqs, stage_cpu = int(rng.integers(50, 150)), 0.0
+        for i in range(reqs):
+            events.append({"e": "req", "run": run, "t": second - 1 + i / reqs, "p": "recommend",
+                           "d": "admit", "pred": 0.003})  # fmt: skip
+        for i in range(reqs // 4):
+            n = int(rng.integers(1, 8))
+            cpu = (A + B * n + C * 500 * n) * ((1 - p) + p / threads)
+            stage_cpu += cpu * threads
+            events.append({"e": "batch", "run": run, "t": second - 1 + 4 * i / reqs,
+                           "p": "recommend", "s": "model", "n": n, "u": 500 * n, "svc": cpu,
+                           "cpu": cpu, "wait": [0.001] * n, "q": 0})  # fmt: skip
+        events.append({"e": "tick", "run": run, "t": float(second), "wall": 1.0, "req": reqs,
+                       "cpu": overhead * reqs + stage_cpu})  # fmt: skip
+    return events
+
+
+def test_fit_threads_from_two_runs_and_the_loop_from_the_one_thread_run() -> None:
+    """A run at 2 threads and one at 1: the parallel fraction is fitted from both; the loop's
+    CPU per request from the 1-thread run only (the 2-thread run's ticks also hold the second
+    intra-op thread's CPU, which the calls' calling-thread ``cpu`` does not)."""
+    overhead = 0.0002
+    events = _threaded_events(2, 0, 0.8, overhead, 0) + _threaded_events(1, 1, 0.8, overhead, 1)
+    model = fit_traffic(events)
+    assert model.stages["model"].parallel == pytest.approx(0.8, abs=0.02)
+    assert model.overhead_s == pytest.approx(overhead, rel=0.05)
+    assert model.background == pytest.approx(0.0, abs=0.01)
+
+
+def test_search_plans_threads_on_two_cores_not_on_one() -> None:
+    """A stage whose calls parallelise (fraction 0.9): on 2 cores the plan uses 2 threads and
+    predicts more capacity; on 1 core a second thread cannot help, and no plan oversubscribes
+    the cores (workers x threads <= cores + 1)."""
+    model = TrafficModel(
+        {"s": ServiceModel(0.004, 0.0005, 0.0, parallel=0.9)},
+        (RequestClass("recommend", 1.0, (Visit("s", 1.0, 1.0, 1.0),)),),
+        0.0001,
+    )
+    target = Target(p99_s=0.1, n=600, steps=4)
+    for cores in (1.0, 2.0):
+        start = SimConfig({"s": StageConfig(8, 0.001, queue_size=2048)}, cores=cores)
+        result = search(model, start, target, passes_=1)
+        assert result.best.workers * result.best.threads <= int(cores) + 1
+        if cores == 2.0:
+            assert result.best.threads == 2
+            assert result.best_capacity.rate > 1.4 * result.start_capacity.rate
+        else:
+            assert result.best.threads == 1

@@ -230,10 +230,19 @@ def fit_traffic(events: Iterable[dict[str, Any]]) -> TrafficModel:
                 else:
                     fitted_at[precision][name] = fitted
     by_precision = dict(fitted_at)
-    overhead, idle = fit_overhead(ticks, batches, sample)
+    # the loop's CPU and the other processes' load come from the runs at the fewest torch
+    # threads: a call's logged ``cpu`` is its calling thread's, so a tick of a run with more
+    # threads also holds the other intra-op threads' CPU, which would count as the loop's
+    fewest = min(threads.values(), default=1)
+    ticks_1, batches_1 = ticks, dict(batches)
+    if len(set(threads.values())) > 1:
+        runs = {run for run, t in threads.items() if t == fewest}
+        ticks_1 = [t for t in ticks if t["run"] in runs]
+        batches_1 = {k: [b for b in bs if b["run"] in runs] for k, bs in batches.items()}
+    overhead, idle = fit_overhead(ticks_1, batches_1, sample)
     # the logged process's own loop slows its calls only where it had one core
     one_core = bool(metas) and all(int(m.get("cpus", 0)) == 1 for m in metas)
-    own = loop_share(ticks, batches, sample) if one_core else None
+    own = loop_share(ticks_1, batches_1, sample) if one_core else None
     rate, cv2 = arrival_rate(reqs, sample)
     return TrafficModel(
         stages,
@@ -246,7 +255,7 @@ def fit_traffic(events: Iterable[dict[str, Any]]) -> TrafficModel:
         len(reqs),
         cpu_share(ticks, reqs),
         any(r["d"] == "reject" for r in reqs),
-        background_load(batches, ticks, own),
+        background_load(batches_1, ticks_1, own),
         base,
         by_precision,
     )

@@ -157,8 +157,10 @@ def search(
         for name, values, set_ in knobs(model, best):
             for value in values:
                 candidate = set_(best, value)
-                if candidate.workers * candidate.threads > 2 * max(1.0, candidate.cores):
-                    continue  # oversubscribed beyond reason
+                if candidate.workers * candidate.threads > max(1, int(candidate.cores)) + 1:
+                    # oversubscribed: more model threads than one beside each core (OpenMP's
+                    # spinning threads lose far more than processor sharing predicts)
+                    continue
                 if candidate.degrade_at > candidate.reject_at:
                     continue  # the server refuses it (AdmissionConfig)
                 cap = evaluate(candidate)
