@@ -2,7 +2,7 @@
 
 For a workload, in one run: (1) serve it with the default config and the traffic log on, under
 an open-loop ramp (doubling rates, as ``bench_serving.max_rate``); (2) ``make_plan`` on those
-logs (p99 100 ms, the one server core); (3) measure the capacity at p99 <= 100 ms (< 0.1%
+logs (p99 100 ms, the server's cores); (3) measure the capacity at p99 <= 100 ms (< 0.1%
 errors) of the default config and of the planned config, log off, same doubling + bisection as
 ``bench_serving.max_rate``, both servers up and measured in turns rate by rate (a shared
 machine's load changes within minutes); (4) print predicted against measured capacity, and predicted against measured
@@ -14,10 +14,22 @@ Workloads (``--workload``):
 - ``mixed``: search-heavy: 70% ``search`` (zero-shot MiniLM over SciFact, exact index, no
   rerank) and 30% of the recommend requests above, one server running both pipelines.
 
+Cores (``--server-cpus``): 1 pins every server to core 1 (the load generator has core 0 to
+itself) and plans for one core; 2 runs the servers on cores 0 and 1, beside the generator on
+core 0 (its CPU share of that core is printed per step, and a step where it lagged is measured
+again), and plans for 2 cores: the threads and workers the default leaves unused. The planner
+learns what threads do only from logs at more than one thread count: ``--probe threads2``.
+
+``--rounds R``: after the capacity searches, R rounds measure every server at every measured
+capacity, alternated (default, planned, default, planned, ...), so a gain can be told from the
+noise of one search (two identical configs measured 1000 and 1150 req/s in one earlier run).
+
 Usage (final figures under the exclusive lock, one workload per run, < 10 min each)::
 
     flock -x /tmp/ws-bench.lock python benchmarks/bench_planner.py --data-dir ../shared/data \\
         --workload recommend
+    flock -x /tmp/ws-bench.lock python benchmarks/bench_planner.py --data-dir ../shared/data \\
+        --workload mixed --server-cpus 2 --probe threads2 --rounds 3
 """
 
 from __future__ import annotations
