@@ -160,6 +160,51 @@ class RateSearch:
 
 
 MAX_SEND_LAG_MS = 10.0  # a step where the generator itself fell this far behind is measured again
+POLL_S = 0.25  # /v1/stats is read this often during a step (admission's inputs the model lacks)
+
+
+class StatsPoller:
+    """Reads the server's ``/v1/stats`` every ``POLL_S`` in a thread while a step runs: the
+    event loop's lateness (``loop_lag_ms``: admission counts it as time already spent) and
+    each pipeline's admission ``margin`` and ``refusing`` share (the margin applies only while
+    refusing > 5%), which the simulator does not model."""
+
+    def __init__(self, port: int) -> None:
+        import threading
+
+        self.port = port
+        self.samples: list[tuple[float, float, float]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        import httpx
+
+        with httpx.Client(base_url=f"http://127.0.0.1:{self.port}", timeout=5) as client:
+            while not self._stop.wait(POLL_S):
+                try:
+                    stats = client.get("/v1/stats").json()
+                except (httpx.HTTPError, ValueError):
+                    continue
+                adm = [stats[p]["admission"] for p in ("recommend", "search") if p in stats]
+                self.samples.append(
+                    (stats.get("loop_lag_ms", 0.0), max((a.get("margin", 1.0) for a in adm),
+                     default=1.0), max((a.get("refusing", 0.0) for a in adm), default=0.0))
+                )  # fmt: skip
+
+    def __enter__(self) -> StatsPoller:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def summary(self) -> dict[str, float]:
+        lag = np.array([x[0] for x in self.samples] or [0.0])
+        return {"loop_lag_p50_ms": float(np.median(lag)), "loop_lag_max_ms": float(lag.max()),
+                "margin_max": max((x[1] for x in self.samples), default=1.0),
+                "refusing_max": max((x[2] for x in self.samples), default=0.0)}  # fmt: skip
 
 
 def measured_step(
@@ -172,11 +217,13 @@ def measured_step(
     before, cpu0 = s.decisions(), s.thread_cpu()
     print(f"  {name}:", end="", flush=True)
     client0 = time.process_time()
-    bs.step(s.port, payloads, rate, seconds, log)
+    with StatsPoller(s.port) as poller:
+        bs.step(s.port, payloads, rate, seconds, log)
     client = time.process_time() - client0
     after, cpu1 = s.decisions(), s.thread_cpu()
     r = log[-1]
     r["client_cpu"] = client / max(r.get("wall_s", seconds), 1e-9)
+    r.update(poller.summary())
     seen = max(1, sum(after[k] - before[k] for k in ("admitted", "rejected")))
     r["degraded"] = (after["degraded"] - before["degraded"]) / seen
     r["search_degraded_noop"] = (after["search_degraded"] - before["search_degraded"]) / seen
@@ -187,7 +234,8 @@ def measured_step(
     print(
         f"    degraded {r['degraded']:.3f}; CPU per request: loop {r['loop_ms']:.2f} ms, "
         f"other threads {r['threads_ms']:.2f} ms; load generator {r['client_cpu']:.2f} of "
-        "its core",
+        f"its core; loop lag p50 {r['loop_lag_p50_ms']:.1f} max {r['loop_lag_max_ms']:.1f} ms, "
+        f"admission margin max {r['margin_max']:.2f} (refusing max {r['refusing_max']:.3f})",
         flush=True,
     )
     return r
