@@ -274,12 +274,34 @@ def test_chaos_restarted_replica_serves_state_written_through_the_old_one(
     assert again.json()["state"] == "cached" and again.json()["items"] == first.json()["items"]
 
 
+def proxy_warnings() -> dict[str, int]:
+    """The proxy middleware's warnings so far in this cluster's worker logs
+    (``ReplicaLossRetry``): requests resent after their replica was lost, attempts not answered
+    within ``answer_timeout_s`` (then resent), 503s after the last resend; empty where Ray's
+    session folder cannot be found (diagnostics only)."""
+    from pathlib import Path
+
+    try:
+        from ray._private.worker import global_worker
+
+        logs = Path(global_worker.node.get_session_dir_path()) / "logs"
+    except (ImportError, AttributeError):
+        return {}
+    text = "".join(f.read_text(errors="replace") for f in logs.glob("worker-*.err"))
+    return {
+        "resent": text.count("lost its replica: resent"),
+        "not answered in time": text.count("not answered within"),
+        "503 after resends": text.count("times: 503"),
+    }
+
+
 def test_chaos_kill_one_of_two_replicas_every_10_s_for_60_s(deployed, tiny_artifacts):
     from warmstart.serving.ray_serve import replica_actors
 
     inter = support(tiny_artifacts, 7)
     rng = random.Random(0)
     killed = 0
+    before = proxy_warnings()
     with ConstantLoad(deployed["url"], lambda i: {"interactions": inter, "k": 5}, rate=20) as load:
         for _ in range(6):
             time.sleep(10.0)
@@ -290,5 +312,7 @@ def test_chaos_kill_one_of_two_replicas_every_10_s_for_60_s(deployed, tiny_artif
         time.sleep(2.0)
     counts = load.counts()
     print(f"killed {killed} replicas in 60 s under load: {load.summary()}")
+    after = proxy_warnings()
+    print(f"  proxy middleware: { {k: n - before.get(k, 0) for k, n in after.items()} }")
     assert killed == 6 and sum(counts.values()) > 600
     assert set(counts) <= {200, 503}, counts  # no hang (-1), no lost connection (0), no 500
