@@ -591,6 +591,63 @@ def compute_ceiling(bodies_path: Path, batches: list[int], seconds: float, preci
                       "cpu_ms_per_request": cpu_by_batch}))  # fmt: skip
 
 
+def capacity_rounds(
+    first: dict[str, float],
+    rounds: int,
+    payloads: list[bytes],
+    bodies: list[dict[str, Any]],
+    duration: float,
+    refine: int,
+    precision: str,
+    command: Any,
+    curves: dict[str, list],
+) -> dict[str, Any]:
+    """Alternated repeats of the capacity part: ``first`` is round 1 (the main part's compute
+    ceiling, HTTP ceiling, naive and ours); rounds 2..``rounds`` measure, in turn, the
+    in-process compute ceiling (the same batches, the best counts), naive's capacity on a fresh
+    server, then on a fresh server of ours its HTTP ceiling (``GET /healthz``) and its capacity,
+    each search starting at 3/4 of the previous round's figure. The box's speed drifts by ~30%
+    within minutes, so one bisection per system is noise-bound: the ratios are taken within
+    each round (minutes apart at most) and their medians reported. ``command(system, port)``:
+    the server's arguments."""
+    healthz = [request_bytes("GET", "/healthz")]
+    rows = [{"round": 1, **first}]
+    for r in range(2, rounds + 1):
+        prev = rows[-1]
+        row: dict[str, Any] = {"round": r, "load_average": list(os.getloadavg())}
+        print(f"round {r}: compute ceiling, naive, our HTTP stack, ours", flush=True)
+        row["compute_ceiling"] = ideal_compute_rate(bodies, precision=precision)["best"]
+        for system in ("naive", "ours"):
+            port = free_port()
+            server = ServerProcess(command(system, port), port)
+            try:
+                measure("127.0.0.1", port, payloads, 50, 2.0, seed=999)  # warm-up
+                if system == "ours":
+                    log = curves[f"http_stack_r{r}"] = []
+                    start = 0.75 * prev["http_ceiling"] or 1000
+                    row["http_ceiling"] = max_rate(port, healthz, start, duration, refine, log)
+                log = curves[f"{system}_r{r}"] = []
+                start = 0.75 * prev[system] or 100
+                row[system] = max_rate(port, payloads, start, duration, refine, log)
+            finally:
+                server.stop()
+        rows.append(row)
+    for row in rows:
+        limit = min(row["compute_ceiling"], row["http_ceiling"])
+        row["ours_over_naive"] = row["ours"] / row["naive"] if row["naive"] else None
+        row["ours_fraction_of_limit"] = row["ours"] / limit if limit else None
+
+    def median(key: str) -> float | None:
+        values = [row[key] for row in rows if row[key] is not None]
+        return float(np.median(values)) if values else None
+
+    return {
+        "rounds": rows,
+        "median_ours_over_naive": median("ours_over_naive"),
+        "median_ours_fraction_of_limit": median("ours_fraction_of_limit"),
+    }
+
+
 def overload(server: ServerProcess, payloads: list[bytes], capacity: float, seconds: float) -> dict:
     """2x capacity for ``seconds``, then normal load: goodput, latencies, RSS, recovery; the
     admission counters of the flood alone; then the generator's own lag at the flood's rate
@@ -984,6 +1041,13 @@ def main() -> None:
     )
     parser.add_argument("--refine", type=int, default=2, help="bisection steps per capacity")
     parser.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="capacity rounds (with naive and ours): rounds 2.. alternate compute ceiling, "
+        "naive, our HTTP ceiling and ours again; per-round ratios and their medians",
+    )
+    parser.add_argument(
         "--precision",
         choices=("float32", "bfloat16"),
         default="float32",
@@ -1116,15 +1180,16 @@ def run(args: argparse.Namespace) -> None:
         path.write_text(json.dumps(config))
         return ["--serve", "ours", "--config", str(path)]
 
+    def capacity_command(system: str, port: int) -> list[str]:
+        if system.startswith("ours"):
+            return ours_command(system, port, degrade=False)
+        return ["--serve", system, "--port", str(port), "--ray-batch", str(args.ray_batch),
+                "--ray-wait-ms", str(args.ray_wait_ms), "--precision", args.precision]  # fmt: skip
+
     for system in systems if "recommend" not in skip else []:
         port = free_port()
-        if system.startswith("ours"):
-            cmd = ours_command(system, port, degrade=False)
-        else:
-            cmd = ["--serve", system, "--port", str(port), "--ray-batch", str(args.ray_batch),
-                   "--ray-wait-ms", str(args.ray_wait_ms), "--precision", args.precision]  # fmt: skip
         print(f"system {system}", flush=True)
-        server = ServerProcess(cmd, port)
+        server = ServerProcess(capacity_command(system, port), port)
         try:
             measure("127.0.0.1", port, payloads, 50, 2.0, seed=999)  # warm-up
             if system == "ours":
@@ -1159,6 +1224,13 @@ def run(args: argparse.Namespace) -> None:
                     result[key] = overload(server, payloads, caps[system], args.overload_s)
                 finally:
                     server.stop()
+    if args.rounds > 1 and "recommend" not in skip and {"naive", "ours"} <= set(caps):
+        first = {"compute_ceiling": result["compute_ceiling"], "http_ceiling": result["http_ceiling"],
+                 "naive": caps["naive"], "ours": caps["ours"]}  # fmt: skip
+        result["rounds"] = capacity_rounds(
+            first, args.rounds, payloads, bodies, duration, refine, args.precision,
+            capacity_command, curves,
+        )  # fmt: skip
     result["capacity"] = caps
     result["curves"] = curves
     if "ours" in caps:
@@ -1198,6 +1270,23 @@ def run(args: argparse.Namespace) -> None:
     save()
 
 
+def report_rounds(rounds: dict[str, Any]) -> None:
+    """One line per capacity round, then the median ratios."""
+    for row in rounds["rounds"]:
+        load = row.get("load_average")
+        print(f"round {row['round']}: compute ceiling {row['compute_ceiling']:.0f}/s, HTTP "
+              f"ceiling {row['http_ceiling']:.0f}/s, naive {row['naive']:.0f}/s, ours "
+              f"{row['ours']:.0f}/s: ours/naive {_fmt(row['ours_over_naive'])}, fraction of "
+              f"the limit {_fmt(row['ours_fraction_of_limit'])}"
+              + ("" if load is None else f" (load average {load[0]:.2f} at its start)"))  # fmt: skip
+    print(f"rounds median: ours_over_naive {_fmt(rounds['median_ours_over_naive'])}, "
+          f"ours_fraction_of_limit {_fmt(rounds['median_ours_fraction_of_limit'])}")  # fmt: skip
+
+
+def _fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
+
+
 def report(result: dict[str, Any]) -> None:
     print(f"load average: start {result['load_average_start']}, end {list(os.getloadavg())}")
 
@@ -1231,6 +1320,8 @@ def report(result: dict[str, Any]) -> None:
     for key in ("ours_over_naive", "ours_over_ray", "ours_fraction_of_limit"):
         if key in result:
             print(f"{key}: {result[key]:.2f}")
+    if "rounds" in result:
+        report_rounds(result["rounds"])
     for key in ("overload", "overload_full"):
         if key in result:
             report_overload(key, result[key])

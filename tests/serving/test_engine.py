@@ -328,6 +328,38 @@ def test_predicted_wait_grows_with_queue_depth(pool, seen_size):
         assert loaded == pytest.approx(5 * 0.020 + 0.010)
 
 
+@pytest.mark.parametrize("light", [False, True])
+def test_weighted_stage_predicts_the_work_queued_not_the_item_count(pool, light):
+    gate = Gate()
+
+    async def main():
+        config = StageConfig(max_batch=2, queue_size=64)
+        stage = Stage("w", gate, config, pool, clock=lambda: 100.0, weight=lambda x: x)
+        await stage.start()
+        for _ in range(MIN_SAMPLES):  # calls on 1.0 of work took 10 ms each
+            stage.metrics.observe_service(0.010, 1.0, at=100.0)
+        first = asyncio.create_task(stage.submit(1.0))
+        await gate.wait_entered()
+        rest = [asyncio.create_task(stage.submit(0.25 if light else 1.0)) for _ in range(8)]
+        while stage.depth < 8:
+            await asyncio.sleep(0)
+        predicted = stage.predicted_wait_s()
+        gate.release.set()
+        await asyncio.gather(first, *rest)
+        work_seen = list(stage.metrics.recent_sizes._values)[MIN_SAMPLES:]
+        await stage.stop()
+        return predicted, work_seen
+
+    predicted, work_seen = run(main)
+    # 8 queued + the new one (counted at 1.0) in 2-item batches: 5 batches + the one in flight
+    if light:  # 3.0 of work in 9 items: batches of 2/3 cost no more than the 10-ms median
+        assert predicted == pytest.approx(5 * 0.010 + 0.010)
+        assert work_seen == [1.0, 0.5, 0.5, 0.5, 0.5]  # the calls are measured in work too
+    else:  # as an unweighted stage: 2.0 of work a batch, twice the seen 1.0
+        assert predicted == pytest.approx(5 * 0.020 + 0.010)
+        assert work_seen == [1.0, 2.0, 2.0, 2.0, 2.0]
+
+
 def test_loop_lag_is_the_worst_lateness_of_its_window():
     now = [0.0]
     lag = LoopLag(interval_s=0.005, window=3, clock=lambda: now[0])

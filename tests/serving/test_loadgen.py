@@ -91,3 +91,41 @@ def test_generator_measures_against_the_trivial_server_with_a_delay():
     assert stats["peak_connections"] >= 2  # requests overlapped, each on its own connection
     with pytest.raises(ValueError, match="loopback"):
         asyncio.run(loadgen.run_open_loop("10.0.0.1", port, [b""], 1, 0.1))
+
+
+def test_capacity_rounds_alternate_the_systems_and_take_per_round_ratios(bench, monkeypatch):
+    order, figures = [], iter([2000, 3000, 500, 1500, 1000, 4000, 400, 1000])
+
+    class Server:
+        def __init__(self, args, port):
+            self.system = args[0]
+
+        def stop(self):
+            pass
+
+    def max_rate(port, payloads, start, duration, refine, log):
+        order.append(("healthz" if payloads == ["GET"] else "rate", round(start)))
+        return next(figures)
+
+    monkeypatch.setattr(bench, "ServerProcess", Server)
+    monkeypatch.setattr(bench, "measure", lambda *a, **k: {})
+    monkeypatch.setattr(bench, "request_bytes", lambda method, path: method)
+    monkeypatch.setattr(bench, "max_rate", max_rate)
+    monkeypatch.setattr(bench, "ideal_compute_rate", lambda *a, **k: {"best": next(figures)})
+    first = {"compute_ceiling": 1600.0, "http_ceiling": 4000.0, "naive": 400.0, "ours": 1200.0}
+    curves: dict = {}
+    out = bench.capacity_rounds(first, 3, ["POST"], [], 1.0, 1, "float32", lambda s, p: [s], curves)
+    rounds = out["rounds"]
+    assert [r["round"] for r in rounds] == [1, 2, 3]
+    # each round: compute ceiling, naive, then on ours' server its HTTP ceiling and ours;
+    # every search starts at 3/4 of the previous round's figure
+    assert order == [("rate", 300), ("healthz", 3000), ("rate", 900),
+                     ("rate", 2250), ("healthz", 375), ("rate", 1125)]  # fmt: skip
+    assert [(r["naive"], r["ours"], r["compute_ceiling"], r["http_ceiling"]) for r in rounds] == [
+        (400.0, 1200.0, 1600.0, 4000.0), (3000, 1500, 2000, 500), (4000, 1000, 1000, 400)
+    ]  # fmt: skip
+    assert [r["ours_over_naive"] for r in rounds] == [3.0, 0.5, 0.25]
+    assert out["median_ours_over_naive"] == 0.5
+    assert out["median_ours_fraction_of_limit"] == 2.5  # 0.75, 3.0, 2.5
+    assert set(curves) == {"naive_r2", "http_stack_r2", "ours_r2", "naive_r3", "http_stack_r3",
+                           "ours_r3"}  # fmt: skip

@@ -12,9 +12,12 @@ from warmstart.serving.admission import AdmissionConfig
 from warmstart.serving.engine import MIN_SAMPLES, ComputePool, Overloaded, StageConfig, Window
 from warmstart.serving.models import UserRecord, load_recommend_models
 from warmstart.serving.pipelines import (
+    _NO_ROWS,
     RecommendConfig,
     RecommendPipeline,
     RecommendRequest,
+    _Adapt,
+    _Model,
     top_k,
     without,
 )
@@ -185,6 +188,17 @@ def test_rank_batch_error_of_one_group_reaches_every_waiter(models):
 
     out = asyncio.run(asyncio.wait_for(main(), 30))
     assert ranker.calls[0] == [3] and all(isinstance(e, ValueError) for e in out)
+
+
+def test_model_stage_weighs_a_request_by_its_candidates(models):
+    config = replace(RELAXED, n_candidates=50, degraded_candidates=10, request_cost=25.0)
+    pipeline, _ = make_pipeline(models, config)
+    assert pipeline.model.weight is not None
+    work = {n: pipeline.model.weight(_Model(_Adapt(None, _NO_ROWS, _NO_ROWS), None, _NO_ROWS, n))
+            for n in (50, 10)}  # fmt: skip
+    assert work == {50: 1.0, 10: pytest.approx(35 / 75)}
+    with pytest.raises(ValueError, match="request_cost"):
+        replace(RELAXED, request_cost=-1.0)
 
 
 def test_unknown_user_without_interactions_gets_the_cold_state(models):

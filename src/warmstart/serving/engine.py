@@ -231,19 +231,25 @@ def predicted_wait(
     config: StageConfig,
     batch_seconds: Callable[[float], float],
     busy: int,
-    busy_items: int,
+    busy_items: float,
     elapsed: float = 0.0,
+    work: float | None = None,
 ) -> float:
     """Seconds until the last of ``queued`` items is done at a stage (``Stage.predicted_wait_s``;
     the planner's simulator predicts with the same function): ``ceil(queued / max_batch)``
     batches shared by ``concurrency`` workers, each ``batch_seconds`` of its size, plus what is
     left of the ``busy`` calls in flight on ``busy_items`` (their predicted time less the
     ``elapsed`` seconds since the latest of them started), plus ``max_wait_s`` for a batch
-    that won't fill."""
+    that won't fill.
+
+    ``work``: for a stage whose items differ in cost (``Stage(weight=...)``), the ``queued``
+    items' total work in the units ``batch_seconds`` takes; a batch then weighs its share of it,
+    and ``busy_items`` is the work in flight. ``None``: one unit per item."""
     rounds = math.ceil(math.ceil(queued / config.max_batch) / config.concurrency)
     wait = config.max_wait_s if queued < config.max_batch else 0.0
     in_flight = max(0.0, batch_seconds(busy_items / busy) - elapsed) if busy else 0.0
-    return rounds * batch_seconds(min(queued, config.max_batch)) + in_flight + wait
+    per_item = 1.0 if work is None or queued <= 0 else work / queued
+    return rounds * batch_seconds(per_item * min(queued, config.max_batch)) + in_flight + wait
 
 
 @dataclass
@@ -278,9 +284,9 @@ class StageMetrics:
     _largest: float = field(default=1.0, repr=False)
     last_at: float = -math.inf
 
-    def observe_service(self, seconds: float, items: int = 1, at: float | None = None) -> None:
-        """One call of ``seconds`` on ``items``, ended at ``at`` (the stage's clock; default
-        ``time.monotonic()``)."""
+    def observe_service(self, seconds: float, items: float = 1, at: float | None = None) -> None:
+        """One call of ``seconds`` on ``items`` (or their work, for a weighted stage), ended at
+        ``at`` (the stage's clock; default ``time.monotonic()``)."""
         self.last_at = time.monotonic() if at is None else at
         self.service.add(seconds)
         self.recent.add(seconds)
@@ -376,6 +382,7 @@ class _Item:
     deadline: float | None
     enqueued: float
     timer: asyncio.TimerHandle | None = None
+    weight: float = 1.0
 
 
 class Stage(Generic[T, R]):
@@ -388,6 +395,11 @@ class Stage(Generic[T, R]):
         config: batching and queueing.
         pool: where plain functions run; required for them (never the event loop).
         clock: monotonic clock (injectable for tests).
+        weight: for items that differ in cost, ``weight(value)``: an item's work relative to a
+            typical one (1.0; e.g. a recommend request ranking fewer candidates weighs less).
+            The stage then measures its calls per unit of work and predicts a queue from the
+            work in it, not its length, so a queue whose mix of cheap and costly items changes
+            is not mispredicted. ``None``: every item weighs 1.
     """
 
     def __init__(
@@ -397,8 +409,10 @@ class Stage(Generic[T, R]):
         config: StageConfig | None = None,
         pool: ComputePool | None = None,
         clock: Callable[[], float] = time.monotonic,
+        weight: Callable[[Any], float] | None = None,
     ) -> None:
         self.name = name
+        self.weight = weight
         self.fn = fn
         self.config = config or StageConfig()
         self._is_async = inspect.iscoroutinefunction(fn)
@@ -411,6 +425,8 @@ class Stage(Generic[T, R]):
         self._workers: list[asyncio.Task[None]] = []
         self._busy = 0
         self._busy_items = 0
+        self._queued_work = 0.0  # the weights of the items queued (``weight``)
+        self._busy_work = 0.0  # ... and of the items being computed
         self._last_start = -math.inf  # the latest call's start (clock seconds)
         # traffic log hook (serving.trafficlog.StageRecorder): called with (items, start, end)
         self.recorder: Callable[[list[_Item], float, float], None] | None = None
@@ -458,7 +474,9 @@ class Stage(Generic[T, R]):
         Queued items form ``ceil((depth + extra) / max_batch)`` batches of up to ``max_batch``
         shared by the workers; each takes ``StageMetrics.batch_seconds`` of its size (0 until
         ``MIN_SAMPLES`` batches were measured: a cold stage's first calls are slow and say
-        little). A busy stage adds what is left of its batches in flight.
+        little). A busy stage adds what is left of its batches in flight. A weighted stage
+        (``weight``) counts the queued and in-flight items' work instead of their number, the
+        ``extra`` items at 1.0 each (a typical item: the new request may be a costly one).
 
         An idle stage (nothing queued, in flight or on its way: ``extra`` <= 1) predicts 0 when
         its last call ended over ``STALE_AFTER_S`` ago, and until ``MIN_SAMPLES`` calls since
@@ -469,13 +487,15 @@ class Stage(Generic[T, R]):
         now = self.clock()
         if self.metrics.probing(now, extra, self.load):
             return 0.0
+        weighted = self.weight is not None
         return predicted_wait(
             self.depth + extra,
             self.config,
             self.metrics.batch_seconds,
             self._busy,
-            self._busy_items,
+            self._busy_work if weighted else self._busy_items,
             now - self._last_start,
+            self._queued_work + extra if weighted else None,
         )
 
     async def submit(self, value: T, deadline: float | None = None) -> R:
@@ -492,7 +512,8 @@ class Stage(Generic[T, R]):
             raise DeadlineExceeded(f"deadline passed before stage {self.name!r}")
         loop = asyncio.get_running_loop()
         future: asyncio.Future[R] = loop.create_future()
-        item = _Item(value, future, deadline, self.clock())
+        weight = 1.0 if self.weight is None else self.weight(value)
+        item = _Item(value, future, deadline, self.clock(), weight=weight)
         try:
             self._queue.put_nowait(item)
         except asyncio.QueueFull:
@@ -502,6 +523,7 @@ class Stage(Generic[T, R]):
                 retry_after_s=max(1.0, self.predicted_wait_s(0)),
             ) from None
         self.metrics.submitted += 1
+        self._queued_work += weight
         if deadline is not None:  # answer a request that expires in the queue at its deadline
             item.timer = loop.call_later(deadline - item.enqueued, self._expire, item)
         return await future
@@ -522,20 +544,25 @@ class Stage(Generic[T, R]):
 
     async def _collect(self, queue: asyncio.Queue[_Item]) -> list[_Item]:
         """The next batch: the first item, then whatever arrives within ``max_wait_s``."""
-        items = [await queue.get()]
+        items = [self._taken(await queue.get())]
         end = self.clock() + self.config.max_wait_s
         while len(items) < self.config.max_batch:
             if not queue.empty():
-                items.append(queue.get_nowait())
+                items.append(self._taken(queue.get_nowait()))
                 continue
             remaining = end - self.clock()
             if remaining <= 0:
                 break
             try:
-                items.append(await asyncio.wait_for(queue.get(), remaining))
+                items.append(self._taken(await asyncio.wait_for(queue.get(), remaining)))
             except TimeoutError:
                 break
         return self._live(items)
+
+    def _taken(self, item: _Item) -> _Item:
+        """``item`` left the queue: its work no longer counts as queued."""
+        self._queued_work = max(0.0, self._queued_work - item.weight)
+        return item
 
     def _live(self, items: list[_Item]) -> list[_Item]:
         """Drop items whose caller went away or whose deadline passed (at the boundary)."""
@@ -555,8 +582,10 @@ class Stage(Generic[T, R]):
 
     async def _run(self, batch: list[_Item]) -> None:
         values = [item.value for item in batch]
+        work = sum(item.weight for item in batch)
         self._busy += 1
         self._busy_items += len(batch)
+        self._busy_work += work
         start = self.clock()
         self.metrics.call_started(start, self._busy)  # idle for a while: measure afresh
         self._last_start = start
@@ -574,8 +603,9 @@ class Stage(Generic[T, R]):
         finally:
             self._busy -= 1
             self._busy_items -= len(batch)
+            self._busy_work -= work
             end = self.clock()
-            self.metrics.observe_service(end - start, len(batch), end)
+            self.metrics.observe_service(end - start, work, end)
             size = len(batch)
             self.metrics.batch_sizes[size] = self.metrics.batch_sizes.get(size, 0) + 1
             if self.recorder is not None:
