@@ -657,8 +657,8 @@ def overload(server: ServerProcess, payloads: list[bytes], capacity: float, seco
 
     import httpx
 
-    def recommend_stats() -> dict[str, Any]:
-        return httpx.get(f"http://127.0.0.1:{server.port}/v1/stats").json()["recommend"]
+    def server_stats() -> dict[str, Any]:
+        return httpx.get(f"http://127.0.0.1:{server.port}/v1/stats").json()
 
     stop = threading.Event()
 
@@ -667,7 +667,7 @@ def overload(server: ServerProcess, payloads: list[bytes], capacity: float, seco
             rss.append(server.rss_mb())
 
     sampler = threading.Thread(target=sample_rss, daemon=True)
-    before, stats0 = server.rss_mb(), recommend_stats()
+    before, full0 = server.rss_mb(), server_stats()
     sampler.start()
     cpu0, t0 = server.cpu_seconds(), time.perf_counter()
     flood = measure(
@@ -675,7 +675,8 @@ def overload(server: ServerProcess, payloads: list[bytes], capacity: float, seco
         max_connections=OVERLOAD_CONNECTIONS,
     )  # fmt: skip
     cpu1, wall = server.cpu_seconds(), time.perf_counter() - t0
-    stats1 = recommend_stats()
+    full1 = server_stats()
+    stats0, stats1 = full0["recommend"], full1["recommend"]
     after = [
         measure("127.0.0.1", server.port, payloads, 0.5 * capacity, 1.0, seed=200 + i)
         for i in range(5)
@@ -691,6 +692,13 @@ def overload(server: ServerProcess, payloads: list[bytes], capacity: float, seco
         return sum(s["expired"] for s in stats["stages"])
 
     return {
+        # the flood's event-loop stalls and collector pauses (counts by length; the longest
+        # since the server started)
+        "loop_lateness": pause_delta(full0.get("loop_lateness"), full1.get("loop_lateness")),
+        "gc_pauses": {
+            gen: pause_delta(full0.get("gc_pauses", {}).get(gen), p)
+            for gen, p in full1.get("gc_pauses", {}).items()
+        },
         "admission": admission,  # the flood's: refused at admission (fast) vs ...
         "expired_in_queue": expired(stats1) - expired(stats0),  # ... late, at the deadline
         "rate": 2 * capacity,
@@ -707,6 +715,20 @@ def overload(server: ServerProcess, payloads: list[bytes], capacity: float, seco
         "after": after,
         "generator_at_flood": generator_check(2 * capacity, flood, min(seconds, 10.0)),
     }
+
+
+def pause_delta(before: dict[str, Any] | None, after: dict[str, Any] | None) -> dict[str, Any]:
+    """The counts of a server ``PauseHistogram`` snapshot between two snapshots."""
+    if after is None:
+        return {}
+    counts = {k: v - (before or {}).get("counts", {}).get(k, 0) for k, v in after["counts"].items()}
+    return {"counts": counts, "longest_ms_since_start": after["longest_ms"]}
+
+
+def pauses_over(delta: dict[str, Any], ms: int) -> int:
+    """How many of ``delta``'s pauses were longer than ``ms`` (a ``PAUSE_BUCKETS_MS`` bound)."""
+    bounds = [(int(k.strip("<=>ms")), k.startswith(">"), n) for k, n in delta["counts"].items()]
+    return sum(n for bound, longer, n in bounds if bound > ms or (longer and bound >= ms))
 
 
 def generator_check(rate: float, flood: dict[str, Any], seconds: float) -> dict[str, Any]:
@@ -1224,13 +1246,6 @@ def run(args: argparse.Namespace) -> None:
                     result[key] = overload(server, payloads, caps[system], args.overload_s)
                 finally:
                     server.stop()
-    if args.rounds > 1 and "recommend" not in skip and {"naive", "ours"} <= set(caps):
-        first = {"compute_ceiling": result["compute_ceiling"], "http_ceiling": result["http_ceiling"],
-                 "naive": caps["naive"], "ours": caps["ours"]}  # fmt: skip
-        result["rounds"] = capacity_rounds(
-            first, args.rounds, payloads, bodies, duration, refine, args.precision,
-            capacity_command, curves,
-        )  # fmt: skip
     result["capacity"] = caps
     result["curves"] = curves
     if "ours" in caps:
@@ -1246,6 +1261,14 @@ def run(args: argparse.Namespace) -> None:
         write_result(name, result, lambda ax: plot(ax, curves), **extra)
 
     save()
+    if args.rounds > 1 and "recommend" not in skip and {"naive", "ours"} <= set(caps):
+        first = {"compute_ceiling": result["compute_ceiling"], "http_ceiling": result["http_ceiling"],
+                 "naive": caps["naive"], "ours": caps["ours"]}  # fmt: skip
+        result["rounds"] = capacity_rounds(
+            first, args.rounds, payloads, bodies, duration, refine, args.precision,
+            capacity_command, curves,
+        )  # fmt: skip
+        save()  # the rounds come last: a run cut short keeps the floods
     if "search" not in skip:
         result["search"] = search_capacity(args, workdir, duration, refine, curves, systems)
         save()
@@ -1337,6 +1360,22 @@ def report(result: dict[str, Any]) -> None:
               f"p50 {s['p50_ms']:.2f} ms, p99 {s['p99_ms']:.2f} ms, hit rates {rates}")  # fmt: skip
 
 
+def stalls(o: dict[str, Any]) -> str:
+    """The flood's event-loop stalls and collector pauses, for its line (when measured)."""
+    lag, gcs = o.get("loop_lateness"), o.get("gc_pauses")
+    if not lag:
+        return ""
+    out = (f"; event loop late by > 20 ms {pauses_over(lag, 20)} times, > 50 ms "
+           f"{pauses_over(lag, 50)}, > 100 ms {pauses_over(lag, 100)} (5-ms ticks)")  # fmt: skip
+    if gcs:
+        counts = ", ".join(
+            f"{gen} {sum(p['counts'].values())} (> 20 ms: {pauses_over(p, 20)})"
+            for gen, p in gcs.items()
+        )
+        out += f"; collections during the flood {counts}"
+    return out
+
+
 def report_overload(key: str, o: dict[str, Any]) -> None:
     """The flood's line (``overload``: default shedding; ``overload_full``: never degrading)."""
     f, g = o["flood"], o["generator_at_flood"]
@@ -1354,7 +1393,7 @@ def report_overload(key: str, o: dict[str, Any]) -> None:
         f"generator send lag p99 {f['send_lag_p99_ms']:.1f} ms (timer lag "
         f"{f['timer_lag_p99_ms']:.1f} ms, {f['peak_connections']} connections); server core "
         f"during the flood: event loop {o.get('cpu_share', {}).get('loop', 0):.0%}, model "
-        f"and store threads {o.get('cpu_share', {}).get('threads', 0):.0%}\n"
+        f"and store threads {o.get('cpu_share', {}).get('threads', 0):.0%}{stalls(o)}\n"
         f"generator alone at {o['rate']:.0f}/s, trivial server answering after "
         f"{g['delay_ms']:.1f} ms ({g['peak_connections']} connections): send lag p99 "
         f"{g['send_lag_p99_ms']:.1f} ms, timer lag p99 {g['timer_lag_p99_ms']:.1f} ms, "
@@ -1364,7 +1403,7 @@ def report_overload(key: str, o: dict[str, Any]) -> None:
 
 def plot(ax: Any, curves: dict[str, list]) -> None:
     for system, points in curves.items():
-        if system in ("generator", "http_stack") or system.startswith("search") or not points:
+        if system.startswith(("generator", "http_stack", "search")) or not points:
             continue
         pts = sorted(points, key=lambda r: r["rate"])
         ax.plot([p["rate"] for p in pts], [p["p99_ms"] for p in pts], marker="o", label=system)

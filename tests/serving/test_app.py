@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 from concurrent.futures import ThreadPoolExecutor
 
@@ -284,6 +285,23 @@ def test_heap_is_settled_at_start_and_reload_only_by_a_server_owning_its_process
         assert c.post("/v1/admin/reload", json=body, headers=headers).status_code == 200
         assert c.post("/v1/recommend", json={"interactions": support(tiny_artifacts)}).is_success
     assert len(calls) == settles
+    stats = server.stats()
+    assert "loop_lateness" in stats and ("gc_pauses" in stats) == owns_process
+
+
+def test_collector_pauses_are_timed_per_generation_while_installed():
+    from warmstart.serving.app import CollectorPauses
+
+    pauses = CollectorPauses()
+    pauses.install()
+    try:
+        gc.collect(1)
+    finally:
+        pauses.remove()
+    gc.collect(1)  # removed: no longer counted
+    assert pauses not in gc.callbacks
+    snap = pauses.snapshot()
+    assert sum(snap["gen1"]["counts"].values()) == 1 and snap["gen1"]["longest_ms"] >= 0
 
 
 def test_settle_heap_unfreezes_collects_then_freezes(monkeypatch):

@@ -18,6 +18,7 @@ from warmstart.serving.engine import (
     DeadlineExceeded,
     LoopLag,
     Overloaded,
+    PauseHistogram,
     Stage,
     StageConfig,
 )
@@ -392,3 +393,23 @@ def test_loop_lag_ticks_on_the_running_loop_until_stopped():
 
     lag = asyncio.run(main())
     assert lag._handle is None and lag.value >= 0.0
+
+
+def test_pause_histogram_counts_by_length_and_keeps_the_longest():
+    h = PauseHistogram()
+    for seconds in (0.0005, 0.001, 0.015, 0.020, 0.021, 0.250):
+        h.add(seconds)
+    snap = h.snapshot()
+    assert snap["counts"] == {"<=1ms": 2, "<=2ms": 0, "<=5ms": 0, "<=10ms": 0, "<=20ms": 2,
+                              "<=50ms": 1, "<=100ms": 0, ">100ms": 1}  # fmt: skip
+    assert snap["longest_ms"] == pytest.approx(250.0)
+
+
+def test_loop_lag_histogram_counts_every_tick():
+    now = [0.0]
+    lag = LoopLag(interval_s=0.005, window=2, clock=lambda: now[0])
+    for late in (0.0, 0.030, 0.0):
+        now[0] += 0.005 + late
+        lag.tick(now[0] - late)
+    assert lag.value == pytest.approx(0.030)  # the worst of the last 2 ticks
+    assert lag.histogram.counts[0] == 2 and lag.histogram.snapshot()["counts"]["<=50ms"] == 1

@@ -129,3 +129,12 @@ def test_capacity_rounds_alternate_the_systems_and_take_per_round_ratios(bench, 
     assert out["median_ours_fraction_of_limit"] == 2.5  # 0.75, 3.0, 2.5
     assert set(curves) == {"naive_r2", "http_stack_r2", "ours_r2", "naive_r3", "http_stack_r3",
                            "ours_r3"}  # fmt: skip
+
+
+def test_pause_delta_counts_the_flood_and_pauses_over_a_bound(bench):
+    before = {"counts": {"<=20ms": 5, "<=50ms": 1, "<=100ms": 0, ">100ms": 0}, "longest_ms": 30}
+    after = {"counts": {"<=20ms": 9, "<=50ms": 4, "<=100ms": 2, ">100ms": 1}, "longest_ms": 140}
+    delta = bench.pause_delta(before, after)
+    assert delta["counts"] == {"<=20ms": 4, "<=50ms": 3, "<=100ms": 2, ">100ms": 1}
+    assert [bench.pauses_over(delta, ms) for ms in (20, 50, 100)] == [6, 3, 1]
+    assert bench.pause_delta(None, None) == {}

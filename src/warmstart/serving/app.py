@@ -42,7 +42,13 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
 
 from warmstart.serving.config import ModelPaths, ServeConfig
-from warmstart.serving.engine import ComputePool, DeadlineExceeded, LoopLag, Overloaded
+from warmstart.serving.engine import (
+    ComputePool,
+    DeadlineExceeded,
+    LoopLag,
+    Overloaded,
+    PauseHistogram,
+)
 from warmstart.serving.models import load_models
 from warmstart.serving.pipelines import (
     Recommendation,
@@ -193,6 +199,8 @@ class Server:
         self._reload_lock = asyncio.Lock()
         self.traffic: TrafficLog | None = None
         self.loop_lag = LoopLag()  # the event loop's lateness, for admission (started with it)
+        # the collector's pauses, timed where the server owns its process (a gc.callbacks hook)
+        self.gc_pauses = CollectorPauses() if owns_process else None
         self._item_json: weakref.WeakKeyDictionary[RecommendPipeline, ItemJSON] = (
             weakref.WeakKeyDictionary()
         )
@@ -218,6 +226,8 @@ class Server:
         if c.traffic_log.path is not None:
             self.traffic = TrafficLog(c.traffic_log, c.to_dict())
         self.loop_lag.start()
+        if self.gc_pauses is not None:
+            self.gc_pauses.install()
         self.recommend, self.search = await self._build(c.models)
         for p in (self.recommend, self.search):
             if p is not None:
@@ -283,6 +293,8 @@ class Server:
         self.ready = False
         self.draining = True
         self.loop_lag.stop()
+        if self.gc_pauses is not None:
+            self.gc_pauses.remove()
         for p in (self.recommend, self.search):
             if p is not None:
                 await p.drain()
@@ -300,7 +312,10 @@ class Server:
             "models": self.config.models.__dict__,
             "reloads": self.reloads,
             "loop_lag_ms": 1e3 * self.loop_lag.value,
+            "loop_lateness": self.loop_lag.histogram.snapshot(),
         }
+        if self.gc_pauses is not None:
+            out["gc_pauses"] = self.gc_pauses.snapshot()
         if self.recommend is not None:
             out["recommend"] = self.recommend.snapshot()
             out["recommend"]["model"] = self.recommend.models.version
@@ -310,6 +325,32 @@ class Server:
         if self.search is not None:
             out["search"] = self.search.snapshot()
         return out
+
+
+class CollectorPauses:
+    """How long the cyclic garbage collector's collections took (each holds the GIL: the
+    event loop waits), a ``PauseHistogram`` per generation, from a ``gc.callbacks`` hook."""
+
+    def __init__(self) -> None:
+        self.by_generation = [PauseHistogram() for _ in range(3)]
+        self._start = 0.0
+
+    def __call__(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._start = time.perf_counter()
+        else:
+            self.by_generation[info["generation"]].add(time.perf_counter() - self._start)
+
+    def install(self) -> None:
+        if self not in gc.callbacks:
+            gc.callbacks.append(self)
+
+    def remove(self) -> None:
+        if self in gc.callbacks:
+            gc.callbacks.remove(self)
+
+    def snapshot(self) -> dict[str, Any]:
+        return {f"gen{g}": h.snapshot() for g, h in enumerate(self.by_generation)}
 
 
 def settle_heap() -> None:

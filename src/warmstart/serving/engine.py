@@ -24,6 +24,7 @@ Usage::
 from __future__ import annotations
 
 import asyncio
+import bisect
 import contextlib
 import inspect
 import math
@@ -122,9 +123,35 @@ def _lower_priority(nice: int) -> None:
             os.setpriority(os.PRIO_PROCESS, tid, os.getpriority(os.PRIO_PROCESS, tid) + nice)
 
 
+PAUSE_BUCKETS_MS = (1, 2, 5, 10, 20, 50, 100)  # upper bounds of PauseHistogram's buckets
+
+
+class PauseHistogram:
+    """Counts of pauses (seconds) by length: up to each of ``PAUSE_BUCKETS_MS``, then longer;
+    and the longest. Cumulative, so the difference of two snapshots is what happened between
+    them (the benchmark's flood)."""
+
+    def __init__(self) -> None:
+        self.counts = [0] * (len(PAUSE_BUCKETS_MS) + 1)
+        self.longest = 0.0
+
+    def add(self, seconds: float) -> None:
+        self.counts[bisect.bisect_left(PAUSE_BUCKETS_MS, 1e3 * seconds)] += 1
+        self.longest = max(self.longest, seconds)
+
+    def snapshot(self) -> dict[str, Any]:
+        labels = [f"<={b}ms" for b in PAUSE_BUCKETS_MS] + [f">{PAUSE_BUCKETS_MS[-1]}ms"]
+        return {
+            "counts": dict(zip(labels, self.counts, strict=True)),
+            "longest_ms": 1e3 * self.longest,
+        }
+
+
 class LoopLag:
     """How late the event loop runs: a timer every ``interval_s``; :attr:`value` is the most
-    it fired late over the last ``window`` ticks (seconds).
+    it fired late over the last ``window`` ticks (seconds); :attr:`histogram` counts every
+    tick's lateness since the start (``PauseHistogram``: how often, and how long, the loop
+    stalled).
 
     A request waiting in its socket while the loop is busy is invisible to the stage queues;
     the loop's lateness is that wait, so admission counts it as time already spent (on one core
@@ -149,6 +176,7 @@ class LoopLag:
         self.interval_s = interval_s
         self.clock = clock
         self.value = 0.0
+        self.histogram = PauseHistogram()
         self._recent: deque[float] = deque(maxlen=window)
         self._due = 0.0
         self._handle: asyncio.TimerHandle | None = None
@@ -165,8 +193,10 @@ class LoopLag:
 
     def tick(self, due: float) -> None:
         """One tick, due at ``due``: record how late it ran."""
-        self._recent.append(max(0.0, self.clock() - due))
+        late = max(0.0, self.clock() - due)
+        self._recent.append(late)
         self.value = max(self._recent)
+        self.histogram.add(late)
 
     def _arm(self, loop: asyncio.AbstractEventLoop) -> None:
         self._due = self.clock() + self.interval_s
