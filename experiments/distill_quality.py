@@ -19,7 +19,8 @@ teacher's held-out dev queries (``example.teacher_split``), so no test query is 
 Usage:
     python experiments/distill_quality.py WORKDIR [--data-dir DIR] [--seeds 0 1 2] [--steps 300]
         [--modes none online edl] [--split test|dev] [--lr 1e-4] [--init backbone|teacher]
-        [--pick first|spread] [--max-length 128] [--student-fp32]
+        [--pick first|spread] [--max-length 128] [--student-fp32] [--negative-draws 1]
+        [--negatives 3] [--batch-size 8] [--layers 2] [--pooling mean|cls]
 """
 
 from __future__ import annotations
@@ -58,7 +59,6 @@ from warmstart.retrieval.encoders import save_encoder
 from warmstart.retrieval.evaluation import run_from_rows
 
 MODES = ("none", "online", "offline", "edl")
-BATCH = 8
 
 
 def _backbone() -> Path:
@@ -96,10 +96,10 @@ def train(
     model, tok = fresh_student(_backbone(), example, teacher)
     student = CrossEncoderStudent(model, tok)
     loss = loss_config(args, mode)
-    epochs = -(-steps * BATCH // len(data))  # enough epochs for ``steps``
+    epochs = -(-steps * args.batch_size // len(data))  # enough epochs for ``steps``
     config = trainer.StudentConfig(
         epochs=epochs,
-        batch_size=BATCH,
+        batch_size=args.batch_size,
         seed=seed,
         max_steps=steps,
         lr=args.lr,
@@ -113,7 +113,7 @@ def train(
         teacher_model = build_teacher(TeacherSpec(path=str(teacher)))
         outputs = folder.parent / "teacher_outputs.safetensors"
         source = trainer.OfflineTeacher(
-            trainer.precompute_outputs(teacher_model, data, BATCH, outputs)
+            trainer.precompute_outputs(teacher_model, data, args.batch_size, outputs)
         )
     elif mode == "edl":
         from warmstart.distill.ray_pool import ElasticTeacherPool
@@ -173,7 +173,18 @@ def main() -> None:
         "--negative-draws",
         type=int,
         default=1,
-        help="samples per training example, each with its own 3 BM25 negatives (more pairs)",
+        help="samples per training example, each with its own BM25 negatives (more pairs)",
+    )
+    parser.add_argument(
+        "--negatives", type=int, default=3, help="BM25 negatives per sample (group = 1 + these)"
+    )
+    parser.add_argument("--batch-size", type=int, default=8, help="samples (queries) a step")
+    parser.add_argument("--layers", type=int, default=2, help="the student's transformer layers")
+    parser.add_argument(
+        "--pooling",
+        choices=("mean", "cls"),
+        default="mean",
+        help="the head's input (--init backbone)",
     )
     add_loss_arguments(parser)
     parser.add_argument("--teacher", type=Path, default=None, help="default: the cached teacher")
@@ -192,6 +203,9 @@ def main() -> None:
         max_length=args.max_length,
         student_init=args.init,
         student_pick=args.pick,
+        student_layers=args.layers,
+        student_pooling=args.pooling,
+        group_negatives=args.negatives,
     )
     teacher = args.teacher or default_teacher_dir()
     kd = any(m != "none" for m in args.modes)
@@ -260,8 +274,12 @@ RECIPE = (
     "hard_weight",
     "temperature",
     "negative_draws",
+    "negatives",
+    "batch_size",
+    "layers",
 )
-LATER = {"negative_draws": 1}  # keys added after some workdirs were made: their defaults
+# keys added after some workdirs were made: their defaults
+LATER = {"negative_draws": 1, "negatives": 3, "batch_size": 8, "layers": 2}
 
 
 def check_recipe(args: argparse.Namespace) -> None:
