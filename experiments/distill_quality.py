@@ -51,6 +51,7 @@ from warmstart.distill.example import (
     student_dataset,
     teacher_split,
     train_teacher,
+    weights_digest,
 )
 from warmstart.distill.student import CrossEncoderStudent
 from warmstart.distill.teacher import TeacherSpec, build_teacher
@@ -68,10 +69,25 @@ def _backbone() -> Path:
 
 
 def evaluate(
-    folder: Path, collection: Any, candidates: Any, out: Path, qrels: Any
+    folder: Path, collection: Any, candidates: Any, out: Path, qrels: Any, twins: Path | None = None
 ) -> dict[str, Any]:
+    """Per-query scores of ``folder``'s reranking (cached in ``out``). ``twins``: a workdir whose
+    evaluated students are looked at first; one with byte-identical weights (``weights_digest``)
+    has the same scores, which are then reused (printed)."""
     if out.is_file():
         return json.loads(out.read_text())
+    if twins is not None:
+        mine = weights_digest(folder)
+        for other in sorted(twins.glob(f"*/{out.name}")):
+            twin = other.parent / "student"
+            if twin != folder and twin.is_dir() and weights_digest(twin) == mine:
+                print(
+                    f"  {folder}: the same weights as {twin} (sha256 {mine[:12]}), "
+                    "its per-query scores reused",
+                    flush=True,
+                )
+                out.write_text(other.read_text())
+                return json.loads(other.read_text())
     t = time.perf_counter()
     per_query = rerank_per_query(reranker(folder, collection), collection, candidates, qrels)
     out.write_text(json.dumps(per_query))
@@ -241,8 +257,9 @@ def main() -> None:
                 actor = start_teacher(TeacherSpec(path=str(teacher)), "quality-teacher")
                 ray.get(actor.describe.remote())
             train(mode, seed, args, config, data, teacher, folder)
+            out = folder / f"per_query_{name}"
             scores[f"{mode}-s{seed}"] = evaluate(
-                folder / "student", collection, candidates, folder / f"per_query_{name}", qrels
+                folder / "student", collection, candidates, out, qrels, args.workdir
             )
     cached = {} if args.no_teacher else {"teacher": args.workdir / f"teacher_{name}"}
     compared = ("none", args.reference, "edl")

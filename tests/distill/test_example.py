@@ -130,3 +130,21 @@ def test_negative_draws_add_samples_and_keep_the_first_draw() -> None:
     assert len(set(four.passages)) > 3  # later draws differ
     with pytest.raises(ValueError, match="draws=0"):
         groups_from_examples(examples, passages, 3, seed=0, draws=0)
+
+
+def test_weights_digest_tells_identical_students_apart(tmp_path: Path) -> None:
+    from warmstart.distill.example import weights_digest
+
+    backbone_dir = _tiny_bert(tmp_path / "bert", layers=2)
+    config = CrossEncoderConfig(max_length=16, pooling="mean")
+    torch.manual_seed(0)
+    a, tok = fresh_cross(backbone_dir, None, config)
+    torch.manual_seed(0)
+    b, _ = fresh_cross(backbone_dir, None, config)  # same seed: the same head
+    for name, model in (("a", a), ("b", b)):
+        save_encoder(model, tok, tmp_path / name)
+    assert weights_digest(tmp_path / "a") == weights_digest(tmp_path / "b")
+    with torch.no_grad():
+        b.head.bias.add_(1e-3)
+    save_encoder(b, tok, tmp_path / "b")
+    assert weights_digest(tmp_path / "a") != weights_digest(tmp_path / "b")

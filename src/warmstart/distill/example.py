@@ -11,6 +11,7 @@ encode on the shared 2 cores). Every model is saved in the cross-encoder folder 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -406,3 +407,13 @@ def paired_ndcg_diffs(
     """(Q,) per-query nDCG@10 differences a - b over the queries both scored (sorted ids)."""
     ids: Sequence[str] = sorted(set(a) & set(b))
     return np.array([a[q][0] - b[q][0] for q in ids])
+
+
+def weights_digest(folder: Path) -> str:
+    """sha256 of a saved model folder's ``model.safetensors`` (two students with the same digest
+    have the same weights, so the same rerank scores: one evaluation serves both)."""
+    digest = hashlib.sha256()
+    with (Path(folder) / "model.safetensors").open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
