@@ -376,7 +376,7 @@ def rerank_per_query(
     """Per-query (nDCG@10, MRR@10, Recall@100) of ``candidates`` reordered by
     ``model.rerank_many`` (bf16 autocast when ``bf16``: 3x faster on this CPU), against ``qrels``
     (default: the test split's)."""
-    hits = [[_hit(collection, int(r)) for r in row] for row in candidates.rows]
+    hits = [[corpus_hit(collection, int(r)) for r in row] for row in candidates.rows]
     reranked: list[list[Hit]] = []
     chunk = 10  # queries per rerank_many call: one progress tick
     bar = tqdm(total=len(hits), desc="rerank", unit="query", disable=not progress, mininterval=5)
@@ -393,7 +393,7 @@ def rerank_per_query(
     return retrieval_per_query(run, collection.qrels["test"] if qrels is None else qrels)
 
 
-def _hit(collection: RetrievalCollection, row: int) -> Hit:
+def corpus_hit(collection: RetrievalCollection, row: int) -> Hit:
     return Hit(collection.doc_ids[row], 0.0, collection.titles[row], collection.texts[row])
 
 
