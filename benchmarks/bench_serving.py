@@ -1360,6 +1360,14 @@ def report(result: dict[str, Any]) -> None:
               f"p50 {s['p50_ms']:.2f} ms, p99 {s['p99_ms']:.2f} ms, hit rates {rates}")  # fmt: skip
 
 
+def rejected_split(f: dict[str, Any]) -> str:
+    """The 503s' p99 from the written request and the generator's own send lag of them."""
+    if "rejected_after_send_p99_ms" not in f:
+        return ""
+    return (f" (from the written request {f['rejected_after_send_p99_ms']:.1f} ms; the generator's "
+            f"send lag of the 503s p99 {f['rejected_send_lag_p99_ms']:.1f} ms)")  # fmt: skip
+
+
 def stalls(o: dict[str, Any]) -> str:
     """The flood's event-loop stalls and collector pauses, for its line (when measured)."""
     lag, gcs = o.get("loop_lateness"), o.get("gc_pauses")
@@ -1384,7 +1392,8 @@ def report_overload(key: str, o: dict[str, Any]) -> None:
         f"({o['goodput_fraction_of_capacity']:.0%} of capacity; without the degraded "
         f"answers {o['full_goodput_fraction_of_capacity']:.0%}), accepted p99 "
         f"{f.get('ok_p99_ms', 0):.1f} ms, 503s {f['rejected_503']} with p99 "
-        f"{f.get('rejected_p99_ms', 0):.1f} ms, other errors {f['errors'] - f['rejected_503']}, "
+        f"{f.get('rejected_p99_ms', 0):.1f} ms{rejected_split(f)}, other errors "
+        f"{f['errors'] - f['rejected_503']}, "
         f"RSS {o['rss_mb_before']:.0f} -> max {o['rss_mb_max']:.0f} MB, "
         f"recovered within {o['recovered_within_s']} s; refused at admission "
         f"{o['admission']['rejected']}, expired in a queue {o['expired_in_queue']}, "

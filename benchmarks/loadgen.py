@@ -301,6 +301,11 @@ def summarize(samples: Sequence[Sample], rate: float, duration_s: float) -> dict
         out["ok_p99_ms"] = float(np.percentile(lat[ok], 99))
     if rejected.any():
         out["rejected_p99_ms"] = float(np.percentile(lat[rejected], 99))
+        # the same 503s split: the generator's own wait before each went out (its timers, a free
+        # or new connection), and the rest (the server and the way back), from the written request
+        lag = np.array([s.lag_s for s in samples]) * 1e3
+        out["rejected_send_lag_p99_ms"] = float(np.percentile(lag[rejected], 99))
+        out["rejected_after_send_p99_ms"] = float(np.percentile((lat - lag)[rejected], 99))
     return out
 
 

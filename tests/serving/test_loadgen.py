@@ -52,6 +52,18 @@ def test_summary_counts_degraded_answers_and_both_lags():
     assert out["send_lag_p99_ms"] >= out["timer_lag_p99_ms"] > 0
 
 
+def test_summary_splits_the_503s_latency_into_the_generators_wait_and_the_rest():
+    samples = [
+        loadgen.Sample(0.120, 503, lag_s=0.100),  # waited 100 ms for a connection
+        loadgen.Sample(0.002, 503, lag_s=0.001),
+        loadgen.Sample(0.050, 200, lag_s=0.001),
+    ]
+    out = loadgen.summarize(samples, 3.0, 1.0)
+    assert out["rejected_p99_ms"] == pytest.approx(118.82)  # numpy interpolates: 2 + 0.99 x 118
+    assert out["rejected_send_lag_p99_ms"] == pytest.approx(99.01)
+    assert out["rejected_after_send_p99_ms"] == pytest.approx(19.81)
+
+
 @pytest.fixture
 def bench(monkeypatch):
     monkeypatch.syspath_prepend(str(BENCH))
