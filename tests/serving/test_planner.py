@@ -390,3 +390,32 @@ def test_search_plans_threads_on_two_cores_not_on_one() -> None:
             assert result.best_capacity.rate > 1.4 * result.start_capacity.rate
         else:
             assert result.best.threads == 1
+
+
+def test_simulated_model_stage_weighs_its_queue_by_work_as_the_engine_does() -> None:
+    """The fused model stage predicts a queue by the work in it (``engine.Stage(weight=...)``,
+    ``RecommendPipeline._work``): eight degraded requests queued (100 candidates) predict less
+    than eight full ones (500), by the engine's own function."""
+    import math
+
+    from warmstart.serving.engine import predicted_wait
+    from warmstart.serving.planner.simulate import _Req
+
+    cls = RequestClass("recommend", 1.0, (Visit("model", 1.0, 500.0, 100.0),))
+    server = ServeConfig().to_dict()
+    model = TrafficModel({"model": ServiceModel(0.0, 0.0, 1e-5)}, (cls,), 0.0, server=server)
+    waits = {}
+    for units in (500.0, 100.0):
+        sim = Simulator(model, SimConfig({"model": StageConfig(8, 0.0, queue_size=64)}))
+        stage = sim.stages["model"]
+        for _ in range(40):
+            stage.observe(0.005, 1.0, 0.0)  # calls of one full request's work: 5 ms
+        stage.idle = 0  # its worker is busy: arrivals queue
+        for i in range(8):
+            sim._next(_Req(i, 0.0, cls, [("model", units)]))
+        weight = (250 + units) / 750
+        assert stage.queued_work == pytest.approx(8 * weight)
+        waits[units] = stage.predicted_wait(1, 0.0)
+        expected = predicted_wait(9, stage.k, stage.batch_seconds, 0, 0.0, 0.0, 8 * weight + 1)
+        assert waits[units] == pytest.approx(expected)
+    assert waits[100.0] < waits[500.0] and math.isfinite(waits[500.0])

@@ -132,8 +132,14 @@ class _Req:
 
 
 class _Stage:
-    def __init__(self, name: str, knobs: StageConfig) -> None:
+    def __init__(
+        self, name: str, knobs: StageConfig, weight: Callable[[float], float] | None = None
+    ) -> None:
         self.name, self.k = name, knobs
+        # ``engine.Stage(weight=...)``: an item's work from its units (None: every item 1)
+        self.weight = weight
+        self.queued_work = 0.0  # the weights of the queued items, and of those in flight
+        self.busy_work = 0.0
         self.queue: deque[tuple[_Req, float]] = deque()
         self.idle = knobs.concurrency
         self.collecting: list[tuple[_Req, float]] | None = None
@@ -143,7 +149,7 @@ class _Stage:
         self.last_start = -math.inf  # the latest call's start (hand-off to the pool)
         self.metrics = StageMetrics()  # the engine's service window and its medians
 
-    def observe(self, seconds: float, items: int, at: float) -> None:
+    def observe(self, seconds: float, items: float, at: float) -> None:
         self.metrics.observe_service(seconds, items, at)
 
     def started(self, now: float) -> None:
@@ -165,14 +171,20 @@ class _Stage:
         timings predicts 0: a probe)."""
         if self.metrics.probing(now, extra, self.load):
             return 0.0
+        weighted = self.weight is not None
         return predicted_wait(
             len(self.queue) + extra,
             self.k,
             self.batch_seconds,
             self.busy,
-            self.busy_items,
+            self.busy_work if weighted else self.busy_items,
             now - self.last_start,
+            self.queued_work + extra if weighted else None,
         )
+
+    def work(self, items: list[tuple[_Req, float]]) -> float:
+        """The items' work as the engine weighs it (their number for an unweighted stage)."""
+        return len(items) if self.weight is None else sum(self.weight(u) for _, u in items)
 
 
 class Simulator:
@@ -182,7 +194,9 @@ class Simulator:
         self.model, self.config = model, config
         self.rng = np.random.default_rng(seed)
         self.stages = {
-            v.stage: _Stage(v.stage, config.stages.get(v.stage, DEFAULT_STAGE))
+            v.stage: _Stage(
+                v.stage, config.stages.get(v.stage, DEFAULT_STAGE), stage_weight(v.stage, model)
+            )
             for c in model.classes
             for v in c.visits
         }
@@ -399,6 +413,7 @@ class Simulator:
                 self._dispatch(stage)
             return
         stage.queue.append(item)
+        stage.queued_work += stage.work([item])
         if self._routing is not None:  # a batch's results are still being handed on
             self._routing.append(stage)
         else:
@@ -413,6 +428,7 @@ class Simulator:
         stage.idle -= 1
         take = min(stage.k.max_batch, len(stage.queue))
         stage.collecting = [stage.queue.popleft() for _ in range(take)]
+        stage.queued_work = max(0.0, stage.queued_work - stage.work(stage.collecting))
         if take >= stage.k.max_batch or stage.k.max_wait_s <= 0:
             return self._dispatch(stage)
         stage.collect_token += 1
@@ -437,6 +453,7 @@ class Simulator:
             return self._take(stage)
         stage.busy += 1
         stage.busy_items += len(live)
+        stage.busy_work += stage.work(live)
         stage.started(self.now)
         self._pool.append((stage, live, self.now))
         self._pool_run()
@@ -458,9 +475,11 @@ class Simulator:
 
     def _batch_done(self, stage: _Stage, items: list[tuple[_Req, float]], start: float) -> None:
         self._pool_free += 1
-        stage.observe(self.now - start, len(items), self.now)
+        work = stage.work(items)
+        stage.observe(self.now - start, work, self.now)
         stage.busy -= 1
         stage.busy_items -= len(items)
+        stage.busy_work -= work
         stage.idle += 1
         # every result of the batch reaches its next stage's queue before any stage collects,
         # as in the engine (the waiters resume in one loop iteration, the stage workers after)
@@ -475,6 +494,20 @@ class Simulator:
 
 def _nothing() -> None:
     return None
+
+
+def stage_weight(stage: str, model: TrafficModel) -> Callable[[float], float] | None:
+    """The engine's weight of an item at ``stage`` from its units, for the stages the server
+    weighs: the fused recommend ``model`` stage (``RecommendPipeline._work``: a request ranking
+    ``n`` candidates weighs ``(request_cost + n) / (request_cost + n_candidates)``)."""
+    from warmstart.serving.pipelines import RecommendConfig
+
+    rec = model.server.get("recommend", {})
+    if stage != "model" or not rec.get("fused", True):
+        return None
+    fixed = float(rec.get("request_cost", RecommendConfig.request_cost))
+    full = fixed + float(rec.get("n_candidates", RecommendConfig.n_candidates))
+    return lambda units: (fixed + units) / full
 
 
 def simulate(
