@@ -93,6 +93,13 @@ class Staged:
 # --------------------------------------------------------------------------- recommend
 
 
+def request_work(n: float, request_cost: float, n_candidates: float) -> float:
+    """A recommend request's work at the fused model stage when it ranks ``n`` candidates, a
+    full one (``n_candidates``) 1.0 (``RecommendConfig.request_cost``; the planner's simulator
+    weighs its requests with the same function)."""
+    return (request_cost + n) / (request_cost + n_candidates)
+
+
 @dataclass(frozen=True)
 class RecommendConfig:
     """Attributes:
@@ -246,8 +253,7 @@ class RecommendPipeline(Staged):
 
     def _work(self, req: _Model) -> float:
         """A request's work at the fused model stage, a full one 1.0 (``request_cost``)."""
-        fixed = self.config.request_cost
-        return (fixed + req.n) / (fixed + self.config.n_candidates)
+        return request_work(req.n, self.config.request_cost, self.config.n_candidates)
 
     # ------------------------------------------------------------------ batch functions
 

@@ -500,14 +500,14 @@ def stage_weight(stage: str, model: TrafficModel) -> Callable[[float], float] | 
     """The engine's weight of an item at ``stage`` from its units, for the stages the server
     weighs: the fused recommend ``model`` stage (``RecommendPipeline._work``: a request ranking
     ``n`` candidates weighs ``(request_cost + n) / (request_cost + n_candidates)``)."""
-    from warmstart.serving.pipelines import RecommendConfig
+    from warmstart.serving.pipelines import RecommendConfig, request_work
 
     rec = model.server.get("recommend", {})
     if stage != "model" or not rec.get("fused", True):
         return None
     fixed = float(rec.get("request_cost", RecommendConfig.request_cost))
-    full = fixed + float(rec.get("n_candidates", RecommendConfig.n_candidates))
-    return lambda units: (fixed + units) / full
+    full = float(rec.get("n_candidates", RecommendConfig.n_candidates))
+    return functools.partial(request_work, request_cost=fixed, n_candidates=full)
 
 
 def simulate(
