@@ -176,7 +176,10 @@ def main() -> None:
         help="the student's layers and head: MiniLM + a fresh head, or the trained teacher's",
     )
     parser.add_argument(
-        "--pick", choices=PICKS, default="first", help="which 2 of the 6 layers (spread: 2 and 5)"
+        "--pick",
+        choices=PICKS,
+        default="first",
+        help="which --layers of the 6 layers (spread: evenly, ending at the last; 2 -> 2 and 5)",
     )
     parser.add_argument("--max-length", type=int, default=128, help="tokens of a pair")
     parser.add_argument(

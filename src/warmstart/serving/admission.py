@@ -133,8 +133,7 @@ class Admission:
             self._decided(refused=True)
             raise self._full()
         budget_s -= self.front_delay_s()
-        overloaded = self.overloaded
-        margin = self.margin if overloaded else 1.0
+        overloaded, margin = self.overloaded, self.applied_margin
         predicted = margin * self.predict_s(full)
         degrade = self.config.shed and predicted > self.config.degrade_at * budget_s
         if degrade:
@@ -151,6 +150,11 @@ class Admission:
         """Whether more than ``OVERLOADED_AT`` of the recent decisions were refusals: a
         sustained overload, where every admitted request sits near the refusal threshold."""
         return self.refusing > OVERLOADED_AT
+
+    @property
+    def applied_margin(self) -> float:
+        """The factor on predictions now: ``margin`` during a sustained overload, else 1."""
+        return self.margin if self.overloaded else 1.0
 
     def _decided(self, refused: bool) -> None:
         if refused:
@@ -189,7 +193,7 @@ class Admission:
         if not self.config.shed:
             return None
         budget_s -= self.front_delay_s()
-        predicted = (self.margin if self.overloaded else 1.0) * self.predict_s(common)
+        predicted = self.applied_margin * self.predict_s(common)
         if predicted <= self.config.reject_at * budget_s:
             return None  # admit decides (and counts)
         self._decided(refused=True)
