@@ -44,7 +44,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import add_common_args, print_table, write_result
-from loadgen import measure, request_bytes, trivial_server
+from loadgen import LATE_MS, measure, request_bytes, trivial_server
 from warmstart.serving.app import RecommendBody, SearchBody
 
 HERE = Path(__file__).resolve()
@@ -685,7 +685,12 @@ def overload(server: ServerProcess, payloads: list[bytes], capacity: float, seco
     sampler.join()
     recovered = next((i + 1 for i, r in enumerate(after) if passes(r)), None)
     admission = {k: v - stats0["admission"].get(k, 0) for k, v in stats1["admission"].items()}
-    for level in ("in_flight", "margin", "refusing"):  # levels at the flood's end, not counts
+    for level in (
+        "in_flight",
+        "margin",
+        "refusing",
+        "shedding",
+    ):  # levels at the flood's end, not counts
         admission[level] = stats1["admission"].get(level, 0)
 
     def expired(stats: dict[str, Any]) -> int:
@@ -698,6 +703,11 @@ def overload(server: ServerProcess, payloads: list[bytes], capacity: float, seco
         "gc_pauses": {
             gen: pause_delta(full0.get("gc_pauses", {}).get(gen), p)
             for gen, p in full1.get("gc_pauses", {}).items()
+        },
+        # the flood's 503s timed inside the server, from arrival to answer, by where refused
+        "refusal_times": {
+            kind: pause_delta(full0.get("refusal_times", {}).get(kind), p)
+            for kind, p in full1.get("refusal_times", {}).items()
         },
         "admission": admission,  # the flood's: refused at admission (fast) vs ...
         "expired_in_queue": expired(stats1) - expired(stats0),  # ... late, at the deadline
@@ -1361,11 +1371,35 @@ def report(result: dict[str, Any]) -> None:
 
 
 def rejected_split(f: dict[str, Any]) -> str:
-    """The 503s' p99 from the written request and the generator's own send lag of them."""
+    """The 503s' p99 from the written request and the generator's own send lag of them (and
+    of that, its timers' lateness: its CPU)."""
     if "rejected_after_send_p99_ms" not in f:
         return ""
+    timers = (f", of it timers firing late p99 {f['rejected_timer_lag_p99_ms']:.1f} ms"
+              if "rejected_timer_lag_p99_ms" in f else "")  # fmt: skip
     return (f" (from the written request {f['rejected_after_send_p99_ms']:.1f} ms; the generator's "
-            f"send lag of the 503s p99 {f['rejected_send_lag_p99_ms']:.1f} ms)")  # fmt: skip
+            f"send lag of the 503s p99 {f['rejected_send_lag_p99_ms']:.1f} ms{timers})")  # fmt: skip
+
+
+def server_refusals(o: dict[str, Any]) -> str:
+    """The flood's 503s as the server timed them (arrival to answer), by where refused."""
+    times = {kind: d for kind, d in o.get("refusal_times", {}).items() if d}
+    if not times:
+        return ""
+    parts = [
+        f"{kind} {sum(d['counts'].values())} (> 10 ms: {pauses_over(d, 10)})"
+        for kind, d in times.items()
+    ]
+    return "; server-side 503s, arrival to answer: " + ", ".join(parts)
+
+
+def generator_load(f: dict[str, Any]) -> str:
+    """The generator's own CPU share and loop lateness during the run (when measured)."""
+    if "cpu_share" not in f:
+        return ""
+    return (f"; generator CPU {f['cpu_share']:.0%} of its core, its loop late by at most "
+            f"{f['loop_late_max_ms']:.1f} ms (> {LATE_MS:.0f} ms: {f['loop_late_over']} "
+            "times)")  # fmt: skip
 
 
 def stalls(o: dict[str, Any]) -> str:
@@ -1400,9 +1434,11 @@ def report_overload(key: str, o: dict[str, Any]) -> None:
         f"degraded {o['admission']['degraded']} of {o['admission']['admitted']} admitted "
         f"(prediction margin at the end {o['admission'].get('margin', 1):.2f}); "
         f"generator send lag p99 {f['send_lag_p99_ms']:.1f} ms (timer lag "
-        f"{f['timer_lag_p99_ms']:.1f} ms, {f['peak_connections']} connections); server core "
+        f"{f['timer_lag_p99_ms']:.1f} ms, {f['peak_connections']} connections"
+        f"{generator_load(f)}); server core "
         f"during the flood: event loop {o.get('cpu_share', {}).get('loop', 0):.0%}, model "
-        f"and store threads {o.get('cpu_share', {}).get('threads', 0):.0%}{stalls(o)}\n"
+        f"and store threads {o.get('cpu_share', {}).get('threads', 0):.0%}{stalls(o)}"
+        f"{server_refusals(o)}\n"
         f"generator alone at {o['rate']:.0f}/s, trivial server answering after "
         f"{g['delay_ms']:.1f} ms ({g['peak_connections']} connections): send lag p99 "
         f"{g['send_lag_p99_ms']:.1f} ms, timer lag p99 {g['timer_lag_p99_ms']:.1f} ms, "

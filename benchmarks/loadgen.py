@@ -5,11 +5,20 @@ server cannot slow the generator down and hide its queueing. Each request's late
 its *scheduled* send time to the last byte of the response, so time a request waited for a free
 connection counts too. Connections are kept alive and reused; a new one is opened when all are
 busy, up to ``max_connections`` (beyond it the request waits, and that wait is measured).
+
+The cyclic garbage collector is off while the generator runs (``collector_paused``): the
+benchmark's process holds ~230,000 tracked objects (torch, numpy, httpx), and a full collection
+of them, which a run of a few tens of thousands of requests triggers, stopped the generator for
+100-300 ms (measured on the shared box: 299 ms once in a 30-s run at 1600/s), during which it
+neither sent nor read, so every latency in that window grew by it, whatever the server did. A
+run is bounded, so what it leaves for the collector is bounded too; it is collected after.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import gc
 import time
 from collections import deque
 from collections.abc import Sequence
@@ -20,6 +29,8 @@ import numpy as np
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 FEED_S = 0.05  # the arrival timers are armed this often, a few periods ahead
+TICK_S = 0.005  # the generator's own loop lateness is sampled this often
+LATE_MS = 20.0  # ... and its ticks later than this are counted
 
 
 @dataclass
@@ -217,6 +228,41 @@ class _Generator:
                 client.transport.close()
 
 
+@contextlib.contextmanager
+def collector_paused() -> Any:
+    """The cyclic garbage collector off for the block (restored after, as it was)."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
+class _Ticks:
+    """The generator's own event-loop lateness: a timer every ``TICK_S``, how late it fired
+    (its worst, and how often past ``LATE_MS``): the loop's CPU delay, requests or not."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.worst = 0.0
+        self.over = 0
+        self._handle = self._arm()
+
+    def _arm(self) -> asyncio.TimerHandle:
+        return self.loop.call_at(self.loop.time() + TICK_S, self._fire, self.loop.time() + TICK_S)
+
+    def _fire(self, due: float) -> None:
+        late = self.loop.time() - due
+        self.worst = max(self.worst, late)
+        self.over += late > 1e-3 * LATE_MS
+        self._handle = self._arm()
+
+    def stop(self) -> None:
+        self._handle.cancel()
+
+
 async def run_open_loop(
     host: str,
     port: int,
@@ -229,9 +275,29 @@ async def run_open_loop(
     stats: dict[str, Any] | None = None,
 ) -> list[Sample]:
     """Send ``rate`` requests/s (Poisson) for ``duration_s``; payloads are used round-robin.
-    ``stats`` (optional) receives ``peak_connections``, the most connections open at once."""
+    ``stats`` (optional) receives ``peak_connections``, the most connections open at once, and
+    the generator's own load: ``cpu_share`` (its process's CPU time over the run's wall time),
+    ``loop_late_max_ms`` and ``loop_late_over`` (ticks later than ``LATE_MS``)."""
     if host not in LOOPBACK:
         raise ValueError(f"load generator targets loopback only, got {host!r}")
+    with collector_paused():
+        return await _open_loop(
+            host, port, payloads, rate, duration_s, seed, max_connections, timeout_s,
+            {} if stats is None else stats,
+        )  # fmt: skip
+
+
+async def _open_loop(
+    host: str,
+    port: int,
+    payloads: Sequence[bytes],
+    rate: float,
+    duration_s: float,
+    seed: int,
+    max_connections: int,
+    timeout_s: float,
+    stats: dict[str, Any],
+) -> list[Sample]:
     rng = np.random.default_rng(seed)
     n = max(1, int(rng.poisson(rate * duration_s)))
     offsets = np.sort(rng.uniform(0.0, duration_s, n))
@@ -256,14 +322,19 @@ async def run_open_loop(
             await asyncio.sleep(0.05)
             gen.sweep()
 
+    cpu0, wall0 = time.process_time(), time.perf_counter()
+    ticks = _Ticks(loop)
     feeding = loop.create_task(feeder())
     sweeping = loop.create_task(sweeper())
     await gen.finished
     feeding.cancel()
     sweeping.cancel()
+    ticks.stop()
     gen.close()
-    if stats is not None:
-        stats["peak_connections"] = gen.peak_connections
+    stats["peak_connections"] = gen.peak_connections
+    stats["cpu_share"] = (time.process_time() - cpu0) / max(1e-9, time.perf_counter() - wall0)
+    stats["loop_late_max_ms"] = 1e3 * ticks.worst
+    stats["loop_late_over"] = ticks.over
     return gen.samples
 
 
@@ -306,6 +377,10 @@ def summarize(samples: Sequence[Sample], rate: float, duration_s: float) -> dict
         lag = np.array([s.lag_s for s in samples]) * 1e3
         out["rejected_send_lag_p99_ms"] = float(np.percentile(lag[rejected], 99))
         out["rejected_after_send_p99_ms"] = float(np.percentile((lat - lag)[rejected], 99))
+        # ... and of that send lag, the generator's timers firing late (its own CPU), without
+        # the wait for a free or new connection
+        late = np.array([s.late_s for s in samples]) * 1e3
+        out["rejected_timer_lag_p99_ms"] = float(np.percentile(late[rejected], 99))
     return out
 
 
@@ -313,13 +388,13 @@ def measure(
     host: str, port: int, payloads: Sequence[bytes], rate: float, duration_s: float, **opts: Any
 ) -> dict[str, float]:
     """:func:`run_open_loop` (``opts``: seed, max_connections, timeout_s), summarised, with
-    its wall time and the most connections it held open."""
+    its wall time, the most connections it held open and its own load (``stats``)."""
     t0 = time.perf_counter()
     stats: dict[str, Any] = {}
     samples = _run(run_open_loop(host, port, payloads, rate, duration_s, **opts, stats=stats))
     out = summarize(samples, rate, duration_s)
     out["wall_s"] = time.perf_counter() - t0
-    out["peak_connections"] = stats["peak_connections"]
+    out.update(stats)
     return out
 
 

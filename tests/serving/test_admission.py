@@ -22,6 +22,18 @@ from warmstart.serving.engine import (
 from .test_engine import Gate, run
 
 
+class Fixed:
+    """A stage stand-in whose predicted wait is fixed."""
+
+    load = 0
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+
+    def predicted_wait_s(self, extra: int = 1) -> float:
+        return self.seconds
+
+
 @pytest.fixture
 def pool():
     p = ComputePool(workers=1, intra_op_threads=None)
@@ -129,3 +141,22 @@ def test_a_noisy_window_without_a_slope_still_charges_each_item():
     for size, seconds in [(1, 0.010), (4, 0.009), (1, 0.010), (4, 0.009), (1, 0.010)]:
         m.observe_service(seconds, size)  # bigger batches measured faster: noise
     assert m.batch_seconds(4) == pytest.approx(0.010 + 3 * 0.010 / 4)
+
+
+def test_a_flood_absorbed_by_degrading_is_an_overload_and_applies_the_margin():
+    """Degradations shed load too: a stream of requests admitted degraded, with hardly any
+    refused, makes admission overloaded (so the learnt margin applies); full admissions
+    alone do not."""
+
+    admission = Admission(AdmissionConfig(deadline_ms=100, degrade_at=0.5, reject_at=0.8))
+    admission.margin = 1.5  # as if learnt in an earlier overload
+    for _ in range(512):
+        assert not admission.admit([Fixed(0.030)], [Fixed(0.030)], 0.1).degrade
+    assert not admission.overloaded and admission.applied_margin == 1.0
+    for _ in range(64):
+        ticket = admission.admit([Fixed(0.052)], [Fixed(0.052)], 0.1)
+        assert ticket.degrade  # no refusal: 52 ms x the margin stays below 80 ms
+    assert admission.rejected == 0 and admission.refusing == 0.0
+    assert admission.overloaded and admission.applied_margin == 1.5
+    assert admission.admit([Fixed(0.030)], [Fixed(0.030)], 0.1).margin == 1.5
+    assert admission.snapshot()["shedding"] == pytest.approx(admission.shedding)

@@ -140,6 +140,41 @@ def test_overload_is_refused_by_the_front_before_the_body_is_parsed(front, tiny_
         assert read_responses(sock, 1)[0][0] == 503
     assert app.paths == [] and model.metrics.submitted == 0
     assert server.recommend.admission.rejected == 2
+    # each refusal timed inside the server, by where it was refused
+    times = server.stats()["refusal_times"]
+    assert {kind: sum(t["counts"].values()) for kind, t in times.items()} == {
+        "front": 1,
+        "admission": 1,
+        "queued": 0,
+    }
+
+
+def test_refusal_times_count_each_kind_from_arrival_to_answer():
+    """``RefusalTimes`` (fake clock): arrival to answer, by kind; a request refused after it was
+    admitted (its deadline passed in a queue) is timed as ``queued`` by the hot route."""
+    import asyncio
+
+    from warmstart.serving.app import HotRoutes, RefusalTimes
+    from warmstart.serving.engine import DeadlineExceeded
+
+    now = [10.0]
+    times = RefusalTimes(clock=lambda: now[0])
+    times.add("front", 9.9995)  # 0.5 ms
+    times.add("admission", 9.985)  # 15 ms
+    snap = times.snapshot()
+    assert snap["front"]["counts"]["<=1ms"] == 1 and snap["admission"]["counts"]["<=20ms"] == 1
+    assert sum(snap["queued"]["counts"].values()) == 0
+
+    class Stub:
+        refusals = times
+
+    async def expired() -> Any:
+        now[0] = 10.1  # answered at the deadline, 100 ms after the request arrived
+        raise DeadlineExceeded("deadline passed in the queue of 'model'")
+
+    reply = asyncio.run(HotRoutes(Stub(), lambda *_: None)._answer(None, expired(), 0.0, 10.0))
+    assert reply[0] == 503
+    assert times.snapshot()["queued"]["counts"]["<=100ms"] == 1
 
 
 def test_pipelined_requests_are_answered_in_order(front, tiny_artifacts):
@@ -277,14 +312,7 @@ def test_the_margin_learns_how_far_admitted_requests_overran_their_prediction():
         admission.observe(loaded, 6.0)  # 100x over: capped
     assert admission.margin == MAX_MARGIN
 
-    class Fixed:
-        load = 0
-
-        def __init__(self, seconds: float) -> None:
-            self.seconds = seconds
-
-        def predicted_wait_s(self, extra: int = 1) -> float:
-            return self.seconds
+    from .test_admission import Fixed
 
     slow = Fixed(0.070)  # x 2 = 140 ms > 80 ms, but 70 ms alone is admitted
     assert not admission.overloaded and admission.refusal([slow], 0.1) is None

@@ -55,13 +55,30 @@ def test_summary_counts_degraded_answers_and_both_lags():
 def test_summary_splits_the_503s_latency_into_the_generators_wait_and_the_rest():
     samples = [
         loadgen.Sample(0.120, 503, lag_s=0.100),  # waited 100 ms for a connection
-        loadgen.Sample(0.002, 503, lag_s=0.001),
+        loadgen.Sample(0.002, 503, lag_s=0.001, late_s=0.001),
         loadgen.Sample(0.050, 200, lag_s=0.001),
     ]
     out = loadgen.summarize(samples, 3.0, 1.0)
     assert out["rejected_p99_ms"] == pytest.approx(118.82)  # numpy interpolates: 2 + 0.99 x 118
     assert out["rejected_send_lag_p99_ms"] == pytest.approx(99.01)
     assert out["rejected_after_send_p99_ms"] == pytest.approx(19.81)
+    assert out["rejected_timer_lag_p99_ms"] == pytest.approx(0.99)  # its timers were on time
+
+
+def test_the_collector_is_off_while_the_generator_runs_and_restored_after():
+    import gc
+
+    assert gc.isenabled()
+    with loadgen.collector_paused():
+        assert not gc.isenabled()
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        with loadgen.collector_paused():
+            pass
+        assert not gc.isenabled()  # restored as it was
+    finally:
+        gc.enable()
 
 
 @pytest.fixture
@@ -101,6 +118,7 @@ def test_generator_measures_against_the_trivial_server_with_a_delay():
     assert samples and all(s.status == 200 for s in samples)
     assert min(s.latency_s for s in samples) >= 0.02  # answered after the delay
     assert stats["peak_connections"] >= 2  # requests overlapped, each on its own connection
+    assert stats["cpu_share"] > 0 and stats["loop_late_max_ms"] >= 0 <= stats["loop_late_over"]
     with pytest.raises(ValueError, match="loopback"):
         asyncio.run(loadgen.run_open_loop("10.0.0.1", port, [b""], 1, 0.1))
 

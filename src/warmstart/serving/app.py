@@ -199,6 +199,7 @@ class Server:
         self._reload_lock = asyncio.Lock()
         self.traffic: TrafficLog | None = None
         self.loop_lag = LoopLag()  # the event loop's lateness, for admission (started with it)
+        self.refusals = RefusalTimes()  # how long the hot route's 503s took inside the server
         # the collector's pauses, timed where the server owns its process (a gc.callbacks hook)
         self.gc_pauses = CollectorPauses() if owns_process else None
         self._item_json: weakref.WeakKeyDictionary[RecommendPipeline, ItemJSON] = (
@@ -313,6 +314,7 @@ class Server:
             "reloads": self.reloads,
             "loop_lag_ms": 1e3 * self.loop_lag.value,
             "loop_lateness": self.loop_lag.histogram.snapshot(),
+            "refusal_times": self.refusals.snapshot(),
         }
         if self.gc_pauses is not None:
             out["gc_pauses"] = self.gc_pauses.snapshot()
@@ -325,6 +327,29 @@ class Server:
         if self.search is not None:
             out["search"] = self.search.snapshot()
         return out
+
+
+class RefusalTimes:
+    """How long the hot route's refusals (503) took inside the server, from the request's
+    arrival (its first bytes read by the event loop) to its answer being handed to the
+    transport, a ``PauseHistogram`` per kind: ``front`` (refused before the body is parsed),
+    ``admission`` (refused when admitted, after parsing), ``queued`` (admitted, then refused:
+    its deadline passed in a queue, or a stage's queue was full). What the client sees adds the
+    time before the loop read the request (the loop's lateness, ``LoopLag``) and the way back.
+    """
+
+    KINDS = ("front", "admission", "queued")
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self.clock = clock
+        self.by_kind = {kind: PauseHistogram() for kind in self.KINDS}
+
+    def add(self, kind: str, arrived: float) -> None:
+        """A refusal of ``kind`` answered now, of a request that arrived at ``arrived``."""
+        self.by_kind[kind].add(max(0.0, self.clock() - arrived))
+
+    def snapshot(self) -> dict[str, Any]:
+        return {kind: h.snapshot() for kind, h in self.by_kind.items()}
 
 
 class CollectorPauses:
@@ -556,9 +581,11 @@ class HotRoutes:
         pipeline = self.server.recommend
         if pipeline is None:
             return None
+        refusals = self.server.refusals
         if b'"deadline_ms"' not in body:
             refused = pipeline.refusal(arrived)
             if refused is not None:
+                refusals.add("front", arrived)
                 return refusal_reply(refused)
         try:
             req = recommend_request(RecommendBody.model_validate_json(body), pipeline)
@@ -567,15 +594,21 @@ class HotRoutes:
         try:
             run = pipeline.begin(req, arrived)
         except Overloaded as err:
+            refusals.add("admission", arrived)
             return refusal_reply(err)
-        return self._answer(pipeline, run, start)
+        return self._answer(pipeline, run, start, arrived)
 
     async def _answer(
-        self, pipeline: RecommendPipeline, run: Awaitable[Recommendation], start: float
+        self,
+        pipeline: RecommendPipeline,
+        run: Awaitable[Recommendation],
+        start: float,
+        arrived: float,
     ) -> Reply:
         try:
             out = await run
         except (Overloaded, DeadlineExceeded) as err:
+            self.server.refusals.add("queued", arrived)
             return refusal_reply(err)
         except ValueError as err:
             return 422, orjson.dumps({"detail": str(err)}), []
