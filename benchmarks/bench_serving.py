@@ -487,16 +487,49 @@ def passes(r: dict[str, float]) -> bool:
 
 
 def step(port: int, payloads: list[bytes], rate: float, duration: float, log: list) -> bool:
-    """One arrival rate for ``duration`` seconds; logged, printed; True when it passes."""
+    """One arrival rate for ``duration`` seconds; logged, printed; True when it passes.
+    Against our server it also records (and prints) what admission did during the step."""
+    before = admission_counts(port)
     r = measure("127.0.0.1", port, payloads, rate, duration, seed=len(log))
+    after = admission_counts(port) if before else None
+    if before and after:
+        r["admission"] = {k: after[k] - before.get(k, 0) for k in ADMISSION_COUNTS} | {
+            "margin": after.get("margin", 1.0)
+        }
     log.append(r)
     print(
         f"  rate {rate:7.0f}/s  p99 {r['p99_ms']:8.1f} ms  errors {r['error_rate']:.4f}  "
         f"degraded {r['degraded']}  (generator send lag p99 {r['send_lag_p99_ms']:.1f} ms, "
-        f"timer lag p99 {r['timer_lag_p99_ms']:.1f} ms)",
+        f"timer lag p99 {r['timer_lag_p99_ms']:.1f} ms){step_admission(r)}",
         flush=True,
     )
     return passes(r)
+
+
+ADMISSION_COUNTS = ("admitted", "rejected", "with_margin")
+
+
+def admission_counts(port: int) -> dict[str, float] | None:
+    """Our server's admission counters (``/v1/stats``), or ``None`` for any other server."""
+    import httpx
+
+    try:
+        stats = httpx.get(f"http://127.0.0.1:{port}/v1/stats", timeout=2.0).json()
+        counts = stats["recommend"]["admission"]
+        return {k: float(counts[k]) for k in (*ADMISSION_COUNTS, "margin")}
+    except (httpx.HTTPError, ValueError, KeyError, TypeError):
+        return None
+
+
+def step_admission(r: dict[str, Any]) -> str:
+    """What admission did during a step: refusals, and the share of its decisions taken
+    with the learnt margin applied (an overload seen as sustained)."""
+    a = r.get("admission")
+    decisions = a["admitted"] + a["rejected"] if a else 0
+    if not decisions:
+        return ""
+    return (f"  [refused {a['rejected']:.0f}; margin {a['margin']:.2f} applied to "
+            f"{a['with_margin'] / decisions:.0%} of decisions]")  # fmt: skip
 
 
 def max_rate(

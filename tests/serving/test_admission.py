@@ -158,5 +158,8 @@ def test_a_flood_absorbed_by_degrading_is_an_overload_and_applies_the_margin():
         assert ticket.degrade  # no refusal: 52 ms x the margin stays below 80 ms
     assert admission.rejected == 0 and admission.refusing == 0.0
     assert admission.overloaded and admission.applied_margin == 1.5
+    before = admission.with_margin
     assert admission.admit([Fixed(0.030)], [Fixed(0.030)], 0.1).margin == 1.5
+    assert admission.refusal([Fixed(1.0)], 0.1) is not None
+    assert admission.with_margin == before + 2  # both decisions took the margin
     assert admission.snapshot()["shedding"] == pytest.approx(admission.shedding)

@@ -168,3 +168,12 @@ def test_pause_delta_counts_the_flood_and_pauses_over_a_bound(bench):
     assert delta["counts"] == {"<=20ms": 4, "<=50ms": 3, "<=100ms": 2, ">100ms": 1}
     assert [bench.pauses_over(delta, ms) for ms in (20, 50, 100)] == [6, 3, 1]
     assert bench.pause_delta(None, None) == {}
+
+
+def test_a_step_against_our_server_says_what_admission_did(bench):
+    r = {"admission": {"admitted": 900.0, "rejected": 100.0, "with_margin": 250.0, "margin": 1.5}}
+    assert bench.step_admission(r) == "  [refused 100; margin 1.50 applied to 25% of decisions]"
+    assert bench.step_admission({}) == ""  # another system: nothing to say
+    idle = {"admission": {"admitted": 0.0, "rejected": 0.0, "with_margin": 0.0, "margin": 1.0}}
+    assert bench.step_admission(idle) == ""  # e.g. the GET /healthz ceiling
+    assert bench.admission_counts(1) is None  # nothing listening: not our server

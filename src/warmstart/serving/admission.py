@@ -96,6 +96,7 @@ class Admission:
         self.margin = 1.0
         self.refusing = 0.0
         self.shedding = 0.0
+        self.with_margin = 0  # decisions (admit or refuse) taken with the margin applied
         self._ratios = Window(CALIBRATION_WINDOW)
         self._observed = 0
 
@@ -137,6 +138,7 @@ class Admission:
             raise self._full()
         budget_s -= self.front_delay_s()
         overloaded, margin = self.overloaded, self.applied_margin
+        self.with_margin += overloaded
         predicted = margin * self.predict_s(full)
         degrade = self.config.shed and predicted > self.config.degrade_at * budget_s
         if degrade:
@@ -205,6 +207,7 @@ class Admission:
         predicted = self.applied_margin * self.predict_s(common)
         if predicted <= self.config.reject_at * budget_s:
             return None  # admit decides (and counts)
+        self.with_margin += self.overloaded
         self._decided(refused=True)
         return _late(predicted, budget_s)
 
@@ -225,6 +228,7 @@ class Admission:
             "margin": self.margin,
             "refusing": self.refusing,
             "shedding": self.shedding,
+            "with_margin": self.with_margin,
         }
 
 
