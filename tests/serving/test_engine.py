@@ -413,3 +413,59 @@ def test_loop_lag_histogram_counts_every_tick():
         lag.tick(now[0] - late)
     assert lag.value == pytest.approx(0.030)  # the worst of the last 2 ticks
     assert lag.histogram.counts[0] == 2 and lag.histogram.snapshot()["counts"]["<=50ms"] == 1
+
+
+def test_a_compute_call_is_timed_from_its_pool_thread_and_the_pool_backlog_counted_once():
+    """Two stages share a one-thread pool. A cheap call handed while a slow one holds the
+    thread is timed from when the thread starts it (its own 2 ms, not the 50 ms it waited:
+    summing the stages' waits would count that wait twice), and while the slow call runs a
+    request through the cheap stage alone is predicted to wait for what is left of it
+    (``ComputePool.backlog_s``, counted once by ``Admission.predict_s``)."""
+    from warmstart.serving.admission import Admission
+
+    now = [10.0]
+    single = ComputePool(workers=1, intra_op_threads=None)
+
+    def slow_fn(xs: list[Any]) -> list[Any]:
+        now[0] += 0.050
+        return xs
+
+    def cheap_fn(xs: list[Any]) -> list[Any]:
+        now[0] += 0.002
+        return xs
+
+    gate = Gate(slow_fn)
+    slow = Stage("slow", gate, StageConfig(), single, clock=lambda: now[0])
+    cheap = Stage("cheap", cheap_fn, StageConfig(), single, clock=lambda: now[0])
+    for _ in range(MIN_SAMPLES):  # slow calls took 40 ms before
+        slow.metrics.observe_service(0.040, 1, at=now[0])
+    admission = Admission()
+
+    async def main() -> float:
+        await slow.start()
+        await cheap.start()
+        held = asyncio.create_task(slow.submit(1))
+        await gate.wait_entered()  # the slow call holds the thread, started at 10.000
+        queued = asyncio.create_task(cheap.submit(2))
+        while len(single.calls) != 2:  # the cheap call is handed and waits
+            await asyncio.sleep(0)
+        now[0] += 0.010
+        backlog = single.backlog_s(now[0], [cheap])
+        assert backlog == pytest.approx(0.030)  # 40 ms predicted, 10 ms gone
+        assert single.backlog_s(now[0], [slow, cheap]) == pytest.approx(0.0)
+        predicted = admission.predict_s([cheap])
+        gate.release.set()
+        assert await held == 1 and await queued == 2
+        await slow.stop()
+        await cheap.stop()
+        return predicted
+
+    try:
+        predicted = run(main)
+    finally:
+        single.shutdown()
+    assert not single.calls  # both finished: none left in the ledger
+    # the cheap stage: its own call in the pool (no timings yet: a probe, 0) and the backlog
+    assert predicted == pytest.approx(0.030)
+    assert list(cheap.metrics.service._values) == [pytest.approx(0.002)]
+    assert cheap.metrics.wait._values[0] == pytest.approx(0.0)  # it left its queue at once

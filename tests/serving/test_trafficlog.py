@@ -9,7 +9,7 @@ import pytest
 
 from warmstart.serving.admission import Admission
 from warmstart.serving.config import ServeConfig
-from warmstart.serving.engine import ComputePool, Overloaded, Stage, StageConfig
+from warmstart.serving.engine import ComputePool, LoopLag, Overloaded, Stage, StageConfig
 from warmstart.serving.trafficlog import (
     FILE_NAME,
     TrafficLog,
@@ -132,3 +132,37 @@ def test_stage_hook_records_batches_and_admission(tmp_path: Path) -> None:
     batches = [e for e in events if e["e"] == "batch"]
     assert sum(b["n"] for b in batches) == 5 and all(b["s"] == "model" for b in batches)
     assert [e["d"] for e in events if e["e"] == "req"] == ["admit", "reject"]
+
+
+def test_a_refusal_logs_what_it_was_refused_on(tmp_path: Path) -> None:
+    """A refused request's ``req`` event holds the prediction it was refused on, the budget
+    after the loop's lateness, and per stage its predicted wait and the batch-time model behind
+    it; a refusal at the HTTP front (``Admission.refusal``) is logged too, marked ``front``."""
+    log = TrafficLog(TrafficLogConfig(path=str(tmp_path)))
+    now = [10.0]
+    pool = ComputePool(1, None)
+    stage = Stage("encode", lambda xs: xs, StageConfig(4, 0.0), pool, clock=lambda: now[0])
+    for _ in range(3):  # three measured calls of 40 ms on 2 items
+        stage.metrics.observe_service(0.040, 2, at=now[0])
+    pipe = _Pipe(stage)
+    attach(log, pipe, "search")
+    lag = LoopLag(clock=lambda: now[0])
+    lag.tick(now[0] - 0.010)  # the loop ran 10 ms late
+    pipe.admission.loop_lag = lag
+    # a 45-ms budget less 10 ms of lag: 35 ms, below the 40 ms predicted for the one call
+    with pytest.raises(Overloaded):
+        pipe.admission.admit([stage], [stage], 0.045)
+    assert pipe.admission.refusal([stage], 0.045) is not None
+    assert pipe.admission.refusal([stage], 1.0) is None  # admitted ones: logged by admit
+    log.close()
+    pool.shutdown()
+    refused = [e for e in read_events(tmp_path) if e["e"] == "req"]
+    assert [e["d"] for e in refused] == ["reject", "reject"]
+    first, front = refused
+    assert first["pred"] == pytest.approx(0.040) and first["b"] == pytest.approx(0.035)
+    assert first["lag"] == pytest.approx(0.010) and first["m"] == 1.0
+    (st,) = first["st"]
+    assert st["s"] == "encode" and st["w"] == pytest.approx(0.040) and st["q"] == 0
+    assert st["med"] == pytest.approx(0.040) and st["typ"] == 2 and st["big"] == 2
+    assert st["el"] is None and "front" not in first
+    assert front["front"] == 1 and front["pred"] == pytest.approx(0.040)

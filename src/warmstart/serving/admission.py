@@ -17,7 +17,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from warmstart.serving.engine import LoopLag, Overloaded, Stage, Window
+from warmstart.serving.engine import LoopLag, Overloaded, Stage, Window, pool_backlog_s
 
 
 @dataclass(frozen=True)
@@ -119,13 +119,21 @@ class Admission:
 
         Every item queued or in service at an earlier stage will reach each later stage before
         the new request does, so it counts in that stage's queue too; summing over stages also
-        models stages that share one compute pool (their work serialises).
+        models stages that share one compute pool (their work serialises). Other stages' calls
+        already handed to a compute pool the path uses run first: their work counts once
+        (``pool_backlog_s``), not in each stage's service times (a call is timed from when a
+        pool thread starts it).
         """
-        total, upstream = 0.0, 0
+        return sum(self.stage_waits(stages)) + pool_backlog_s(stages)
+
+    def stage_waits(self, stages: Sequence[Stage]) -> list[float]:
+        """Each stage's share of :meth:`predict_s` (its predicted wait, with the items queued or
+        in service upstream counted in its queue), in order."""
+        waits, upstream = [], 0
         for stage in stages:
-            total += stage.predicted_wait_s(extra=upstream + 1)
+            waits.append(stage.predicted_wait_s(extra=upstream + 1))
             upstream += stage.load
-        return total
+        return waits
 
     def admit(self, full: Sequence[Stage], degraded: Sequence[Stage], budget_s: float) -> Ticket:
         """Admit a request whose full path is ``full`` and degraded path ``degraded``.

@@ -32,7 +32,7 @@ import os
 import threading
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Collection, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
@@ -110,6 +110,20 @@ class ComputePool:
         self.executor = ThreadPoolExecutor(
             workers, thread_name_prefix=name, initializer=_lower_priority, initargs=(nice,)
         )
+        # calls handed to the executor and not finished: [stage, predicted seconds, start on
+        # the stage's clock (None while it waits for a thread)] (``backlog_s``)
+        self.calls: dict[int, list[Any]] = {}
+
+    def backlog_s(self, now: float, skip: Collection[Any] = ()) -> float:
+        """Seconds of work the pool's threads have ahead of a call handed now, from the calls
+        of stages not in ``skip`` (a stage predicts its own calls itself): what is left of
+        those running (predicted less elapsed) and all of those waiting for a thread, shared
+        by the ``workers``."""
+        total = 0.0
+        for stage, predicted, started in list(self.calls.values()):
+            if stage not in skip:
+                total += predicted if started is None else max(0.0, predicted - (now - started))
+        return total / self.workers
 
     def shutdown(self) -> None:
         self.executor.shutdown(wait=True)
@@ -277,17 +291,28 @@ def predicted_wait(
     and ``busy_items`` is the work in flight. ``None``: one unit per item."""
     rounds = math.ceil(math.ceil(queued / config.max_batch) / config.concurrency)
     wait = config.max_wait_s if queued < config.max_batch else 0.0
-    in_flight = max(0.0, batch_seconds(busy_items / busy) - elapsed) if busy else 0.0
+    in_flight = max(0.0, batch_seconds(busy_items / busy) - max(0.0, elapsed)) if busy else 0.0
     per_item = 1.0 if work is None or queued <= 0 else work / queued
     return rounds * batch_seconds(per_item * min(queued, config.max_batch)) + in_flight + wait
+
+
+def pool_backlog_s(stages: Sequence[Stage[Any, Any]]) -> float:
+    """``ComputePool.backlog_s`` of every compute pool ``stages`` use, of the calls of the
+    other stages: the work a request through ``stages`` finds ahead of it in the pools."""
+    pools = {id(p): p for p in (getattr(s, "pool", None) for s in stages) if p is not None}
+    if not pools:
+        return 0.0
+    now = stages[0].clock()
+    return sum(pool.backlog_s(now, stages) for pool in pools.values())
 
 
 @dataclass
 class StageMetrics:
     """Counters and windows of one stage (read by /metrics and /v1/stats).
 
-    ``service`` holds seconds per batch call, ``wait`` seconds from submission to the start of
-    the item's batch; ``batch_sizes`` counts calls by batch size. ``recent`` holds the last few
+    ``service`` holds seconds per batch call (a compute call's from when a pool thread starts
+    it: the wait for the thread is the pool's backlog, ``ComputePool.backlog_s``), ``wait``
+    seconds from submission to the start of the item's batch; ``batch_sizes`` counts calls by batch size. ``recent`` holds the last few
     service times, whose median predicts the next (robust to a slow first call or a stall), and
     ``recent_sizes`` their batch sizes; ``last_at`` is when the latest call ended.
     ``restart_window`` starts them afresh (a stage that sat idle: its old timings may come from
@@ -619,8 +644,14 @@ class Stage(Generic[T, R]):
         start = self.clock()
         self.metrics.call_started(start, self._busy)  # idle for a while: measure afresh
         self._last_start = start
+        call: list[Any] | None = None
+        if not self._is_async:  # a compute call: timed from when a pool thread starts it
+            assert self.pool is not None
+            call = [self, self.metrics.batch_seconds(work), None]
+            self.pool.calls[id(call)] = call
+            self._last_start = math.inf  # not started yet: nothing of it has elapsed
         try:
-            results = await self._call(values)
+            results = await self._call(values, call)
             if len(results) != len(values):
                 raise BatchSizeMismatch(
                     f"stage {self.name!r}: {len(results)} results for {len(values)} items"
@@ -635,6 +666,10 @@ class Stage(Generic[T, R]):
             self._busy_items -= len(batch)
             self._busy_work -= work
             end = self.clock()
+            if call is not None:
+                assert self.pool is not None
+                self.pool.calls.pop(id(call), None)
+                start = end if call[2] is None else call[2]
             self.metrics.observe_service(end - start, work, end)
             size = len(batch)
             self.metrics.batch_sizes[size] = self.metrics.batch_sizes.get(size, 0) + 1
@@ -645,12 +680,20 @@ class Stage(Generic[T, R]):
             if not item.future.done():
                 item.future.set_result(result)
 
-    async def _call(self, values: list[Any]) -> Sequence[Any]:
+    async def _call(self, values: list[Any], call: list[Any] | None = None) -> Sequence[Any]:
         if self._is_async:
             return await self.fn(values)  # type: ignore[misc]
-        assert self.pool is not None
+        assert self.pool is not None and call is not None
+        fn = self.fn
+
+        def started(values: list[Any]) -> Sequence[Any]:
+            # on the pool thread: the call starts now (its wait for the thread is not its
+            # service time: the pool's backlog predicts that, ``ComputePool.backlog_s``)
+            call[2] = self._last_start = self.clock()
+            return fn(values)  # type: ignore[return-value]
+
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self.pool.executor, self.fn, values)  # type: ignore[arg-type]
+        return await loop.run_in_executor(self.pool.executor, started, values)
 
     def snapshot(self) -> dict[str, Any]:
         return {"name": self.name, **self.metrics.snapshot(self.depth, self._busy)}

@@ -14,10 +14,15 @@ file's ``meta`` line (``time.monotonic()`` based), durations in seconds::
     {"e": "tick", "t": 1.0004, "cpu": 0.41, "wall": 1.0001, "req": 212}
 
 - ``req``: a request at admission, per pipeline ``p``; ``d`` is ``admit``, ``degrade`` or
-  ``reject``, ``pred`` the admission's predicted seconds. Sampled with probability ``sample``.
+  ``reject``, ``pred`` the admission's predicted seconds. A refusal also has what it was
+  refused on (``refusal_detail``): the budget ``b`` (s, after the loop's lateness ``lag``),
+  the margin ``m``, the pools' backlog ``bk`` and per stage ``st`` its predicted wait ``w``
+  and what made it (``stage_state``); ``"front": 1`` marks one the HTTP front refused before parsing the body
+  (``Admission.refusal``). Sampled with probability ``sample``.
 - ``batch``: one call of stage ``s``: ``n`` items, ``u`` work units (candidates scored, hits
-  reranked; ``n`` when the stage has no notion of size), ``svc`` the call's wall time, ``wait``
-  each item's seconds in the queue before the call, ``q`` the queue depth left behind, ``cpu``
+  reranked; ``n`` when the stage has no notion of size), ``svc`` the call's wall time (from
+  when a pool thread started it), ``wait`` each item's seconds before the call started (in
+  the stage's queue, then for a pool thread), ``q`` the queue depth left behind, ``cpu``
   the calling thread's CPU seconds of the call (``null`` for a coroutine stage).
   Sampled with probability ``sample``.
 - ``tick``: about every ``tick_s``: process CPU seconds (all threads) and wall seconds since the
@@ -186,12 +191,20 @@ class TrafficLog:
         if now - self._last_tick >= self.config.tick_s:
             self.tick(now)
 
-    def request(self, pipeline: str, decision: str, predicted_s: float) -> None:
-        """A request at admission (``decision``: admit, degrade or reject)."""
+    def request(
+        self,
+        pipeline: str,
+        decision: str,
+        predicted_s: float,
+        why: dict[str, Any] | None = None,
+    ) -> None:
+        """A request at admission (``decision``: admit, degrade or reject); ``why``: for a
+        refusal, what it was refused on (``refusal_detail``), written as its fields."""
         self._requests += 1
         if self._sampled():
             t = self.clock() - self.t0
-            self._emit({"e": "req", "t": t, "p": pipeline, "d": decision, "pred": predicted_s})
+            event = {"e": "req", "t": t, "p": pipeline, "d": decision, "pred": predicted_s}
+            self._emit(event if why is None else {**event, **why})
 
     def batch(
         self,
@@ -283,11 +296,55 @@ class StageRecorder:
         )
 
 
+def stage_state(stage: Any) -> dict[str, Any]:
+    """What a stage's predicted wait is made of (``engine.Stage.predicted_wait_s``): queue
+    depth ``q``, items in flight ``f``, seconds since its latest call started ``el``, and its
+    batch-time model (``engine.StageMetrics.batch_seconds``): the median recent call ``med``
+    (s) at the median recent batch size ``typ``, the cost per item up to the largest recent
+    batch ``big`` (``slope``) and past it (``cap``)."""
+    m = stage.metrics
+    return {
+        "s": stage.name,
+        "q": stage.depth,
+        "f": stage._busy_items,
+        "el": stage.clock() - stage._last_start if stage._busy else None,
+        "med": m._median_s,
+        "typ": m._typical,
+        "slope": m._per_item,
+        "cap": m._cap,
+        "big": m._largest,
+    }
+
+
+def refusal_detail(admission: Any, path: Sequence[Any], budget_s: float) -> dict[str, Any]:
+    """A refused request's ``req`` fields: ``pred`` the prediction refused on (the margin
+    applied), ``b`` the budget it was held against (the loop's lateness ``lag`` taken off),
+    ``m`` the margin, ``bk`` the other stages' work ahead in the compute pools
+    (``engine.pool_backlog_s``), and per stage of ``path`` its predicted wait ``w`` beside its
+    ``stage_state``. Computed only for refusals (rare), right after the decision, on the same
+    state."""
+    from warmstart.serving.engine import pool_backlog_s
+
+    lag = admission.front_delay_s()
+    margin = admission.applied_margin
+    waits = admission.stage_waits(path)
+    backlog = pool_backlog_s(path)
+    return {
+        "pred": margin * (sum(waits) + backlog),
+        "b": budget_s - lag,
+        "lag": lag,
+        "m": margin,
+        "bk": backlog,
+        "st": [{**stage_state(s), "w": w} for s, w in zip(path, waits, strict=True)],
+    }
+
+
 def attach(log: TrafficLog | None, pipeline: Any, name: str) -> None:
     """Record ``pipeline``'s stages and admission decisions into ``log`` (no-op for ``None``).
 
     Every stage the pipeline owns gets a ``StageRecorder``; its admission's ``admit`` is wrapped
-    (on the instance) to log each decision.
+    (on the instance) to log each decision, and its ``refusal`` (the HTTP front's, before a
+    body is parsed) to log each refusal it gives (``"front": 1``).
     """
     if log is None or pipeline is None:
         return
@@ -303,12 +360,23 @@ def attach(log: TrafficLog | None, pipeline: Any, name: str) -> None:
         try:
             ticket = admit(full, degraded, budget_s)
         except Overloaded:
-            log.request(name, "reject", -1.0)
+            why = refusal_detail(admission, degraded, budget_s)
+            log.request(name, "reject", why.pop("pred"), why)
             raise
         log.request(name, "degrade" if ticket.degrade else "admit", ticket.predicted_s)
         return ticket
 
     admission.admit = recorded
+    refusal = admission.refusal
+
+    def front_recorded(common: Any, budget_s: float) -> Any:
+        refused = refusal(common, budget_s)
+        if refused is not None:  # admitted ones are logged by ``admit``, which decides them
+            why = refusal_detail(admission, common, budget_s)
+            log.request(name, "reject", why.pop("pred"), {**why, "front": 1})
+        return refused
+
+    admission.refusal = front_recorded
 
 
 # --------------------------------------------------------------------------- reading
