@@ -4,6 +4,8 @@ written config in the server's loader, and the CLI."""
 from __future__ import annotations
 
 import dataclasses
+import heapq
+import math
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +23,7 @@ from warmstart.serving.planner.fit import (
 )
 from warmstart.serving.planner.plan import make_plan, sim_config, write_plan
 from warmstart.serving.planner.search import Target, capacity, passes, search
-from warmstart.serving.planner.simulate import SimConfig, Simulator, simulate
+from warmstart.serving.planner.simulate import SimConfig, Simulator, _Req, simulate
 from warmstart.serving.trafficlog import TrafficLog, TrafficLogConfig, read_events
 
 A, B, C = 0.0012, 0.0002, 0.9e-6  # s per call, per item, per candidate (like ML-1M ColdNAS)
@@ -73,7 +75,9 @@ def test_a_mixed_ranking_batch_is_simulated_on_each_items_own_list() -> None:
     )
     batch = [(None, 500.0), (None, 100.0)]
     sim = Simulator(model, SimConfig({"model": StageConfig(8, 0.0, queue_size=64)}))
-    sim._pool.append((sim.stages["model"], batch, 0.0))  # type: ignore[arg-type]
+    call = [sim.stages["model"], 0.0, None]
+    sim._calls[id(call)] = call
+    sim._pool.append((sim.stages["model"], batch, call))  # type: ignore[arg-type]
     sim._pool_run()
     assert sim.stage_cpu == pytest.approx((500 + 100) * 1e-5)
 
@@ -322,7 +326,11 @@ def test_simulated_prediction_is_the_engines() -> None:
         assert stage.batch_seconds(n) == pytest.approx(metrics.batch_seconds(n))
     stage.queue.extend([(None, 1.0)] * 10)  # type: ignore[list-item]
     stage.busy, stage.busy_items = 1, 6
-    stage.started(0.04)
+    stage.started(0.04)  # handed to the pool: while it waits for a thread nothing elapsed
+    assert stage.predicted_wait(3, 0.041) == pytest.approx(
+        predicted_wait(13, knobs, metrics.batch_seconds, 1, 6, 0.0)
+    )
+    stage.last_start = 0.04  # a pool thread started it
     # ceil((10 + 3) / 8) batches, no wait (>= 8), what is left of the call in flight
     expected = predicted_wait(13, knobs, metrics.batch_seconds, 1, 6, 0.001)
     assert stage.predicted_wait(3, 0.041) == pytest.approx(expected)
@@ -419,3 +427,70 @@ def test_simulated_model_stage_weighs_its_queue_by_work_as_the_engine_does() -> 
         expected = predicted_wait(9, stage.k, stage.batch_seconds, 0, 0.0, 0.0, 8 * weight + 1)
         assert waits[units] == pytest.approx(expected)
     assert waits[100.0] < waits[500.0] and math.isfinite(waits[500.0])
+
+
+def test_simulated_calls_are_timed_from_their_pool_thread_and_the_backlog_counted_once() -> None:
+    """As the engine (``ComputePool.calls``): a model call queued for the one pool thread
+    behind a 40-ms encode call is timed from when it runs (2 ms), and while the encode call
+    runs a request through the model stage is predicted to wait what is left of it."""
+    model = TrafficModel(
+        {"encode": ServiceModel(0.040, 0.0, 0.0), "model": ServiceModel(0.002, 0.0, 0.0)},
+        (
+            RequestClass("search", 0.5, (Visit("encode", 1.0, 1.0, 1.0),)),
+            RequestClass("recommend", 0.5, (Visit("model", 1.0, 1.0, 1.0),)),
+        ),
+        0.0,
+    )
+    knobs = StageConfig(8, 0.0, queue_size=64)
+    sim = Simulator(model, SimConfig({"encode": knobs, "model": knobs}))
+    encode, ranking = sim.stages["encode"], sim.stages["model"]
+    for _ in range(3):
+        encode.observe(0.040, 1.0, 0.0)
+    for stage in (encode, ranking):
+        stage.busy, stage.busy_items = 1, 1
+        stage.started(0.0)
+        call = [stage, stage.batch_seconds(1.0), None]
+        sim._calls[id(call)] = call
+        req = _Req(len(sim._calls) - 1, 0.0, model.classes[0])
+        sim._pool.append((stage, [(req, 1.0)], call))
+    sim._pool_run()  # the encode call takes the thread; the model call waits
+    assert encode.last_start == 0.0 and ranking.last_start == math.inf
+    sim.now = 0.010
+    assert sim._predict([ranking]) == pytest.approx(0.030)  # 40 ms predicted, 10 gone
+    # its own call's 30 ms left and a call of its own (40): the queued model call has no
+    # timings yet (0)
+    assert sim._predict([encode]) == pytest.approx(0.070)
+    sim.latency, sim.errors = np.full(2, np.nan), np.zeros(2, bool)
+    sim._limits, sim._first = None, 0
+    sim.now = 0.0
+    while sim._events:  # the two calls run, one after the other, and both requests answer
+        sim.now, _, fn = heapq.heappop(sim._events)
+        fn()
+    assert list(ranking.metrics.service._values) == [pytest.approx(0.002)]
+    assert not sim._calls
+
+
+def test_simulated_admission_counts_the_loops_lateness_as_time_spent() -> None:
+    """As ``Admission.front_delay_s``: a timer tick that waited behind 10 ms of loop work ran
+    10 ms late (``Simulator.loop_lag``), and the budget a request is admitted against is the
+    deadline less it: a 60-ms path passes 0.8 x 100 ms, not 0.8 x (100 - 30) ms."""
+    from warmstart.serving.planner.simulate import _nothing
+
+    cls = RequestClass("search", 1.0, (Visit("encode", 1.0, 1.0, 1.0),))
+    model = TrafficModel({"encode": ServiceModel(0.060, 0.0, 0.0)}, (cls,), 0.0)
+    sim = Simulator(model, SimConfig({"encode": StageConfig(8, 0.0, queue_size=64)}))
+    sim._loop_submit(0.010, _nothing)
+    sim._loop_submit(0.0, _nothing, 0.0)  # a tick due now, behind the 10 ms of work
+    while sim._events:
+        sim.now, _, fn = heapq.heappop(sim._events)
+        fn()
+    assert sim.loop_lag == pytest.approx(0.010)
+    for _ in range(3):
+        sim.stages["encode"].observe(0.060, 1.0, sim.now)
+    sim.latency, sim.errors = np.full(2, np.nan), np.zeros(2, bool)
+    sim.degraded, sim._limits, sim._first = np.zeros(2, bool), None, 0
+    sim.loop_lag = 0.0
+    sim._admit(_Req(0, sim.now, cls))
+    sim.loop_lag = 0.030
+    sim._admit(_Req(1, sim.now, cls))
+    assert list(sim.errors) == [False, True]

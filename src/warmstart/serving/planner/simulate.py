@@ -7,13 +7,16 @@ What is simulated, after ``serving.engine`` and ``serving.admission``:
   also spends ``idle_cpu`` seconds per second with no request (timers, polling), in slices.
 - Admission: the engine's predicted wait (queue depth, ``max_batch``, ``concurrency``, the
   median of the last 32 service times scaled past the median of the last 32 batch sizes,
-  ``max_wait_s``) against the deadline: degrade (fewer
+  ``max_wait_s``) against the deadline less the loop's recent lateness (the most a 5-ms
+  timer tick ran late over the last 0.1 s, ``engine.LoopLag``): degrade (fewer
   work units, or skip a stage) above ``degrade_at``, reject (503) when even the degraded path
   is predicted above ``reject_at``, else admit; ``max_in_flight`` caps requests.
 - Stages: bounded queue, ``concurrency`` workers that take the first item, then collect until
   ``max_batch`` items or ``max_wait_s``; a request past its deadline is dropped at the boundary.
 - Compute: one pool of ``workers`` threads shared by the stages (FIFO); a call's CPU demand
-  comes from the fitted ``ServiceModel`` (with its noise) and uses ``threads`` cores.
+  comes from the fitted ``ServiceModel`` (with its noise) and uses ``threads`` cores. As in the
+  engine, a call is timed from when a pool thread starts it, and admission adds the other
+  stages' calls handed to the pool once (``engine.ComputePool.backlog_s``).
 - Cores: every running call and the event loop share ``cores`` by processor sharing (each
   progresses at ``min(1, cores / demand)``), which is how one core is split among threads;
   ``background`` adds the runnable threads of other processes seen in the logs.
@@ -39,7 +42,8 @@ from warmstart.serving.planner.fit import RequestClass, TrafficModel
 
 INGRESS = 0.6  # share of the per-request overhead before admission (parse, validate, map ids)
 IDLE_PERIOD_S = 0.005  # the loop's per-second CPU (``idle_cpu``) comes in slices this far apart
-# (or farther: at most one slice per simulated request)
+# (or farther: at most one slice per simulated request), each a tick of the loop's lateness
+LAG_MEMORY_S = 0.1  # ``engine.LoopLag``: the most a tick ran late over 20 ticks of 5 ms
 CLIENT_TIMEOUT_S = 2.0  # the load generator gives up after this (an error)
 
 
@@ -146,16 +150,17 @@ class _Stage:
         self.collect_token = 0
         self.busy = 0
         self.busy_items = 0
-        self.last_start = -math.inf  # the latest call's start (hand-off to the pool)
+        self.last_start = -math.inf  # the latest call's start on a pool thread (inf: waiting)
         self.metrics = StageMetrics()  # the engine's service window and its medians
 
     def observe(self, seconds: float, items: float, at: float) -> None:
         self.metrics.observe_service(seconds, items, at)
 
     def started(self, now: float) -> None:
-        """A call starts (``engine.Stage``: after an idle spell the window starts afresh)."""
+        """A call is handed to the pool (``engine.Stage``: after an idle spell the window starts
+        afresh); it is timed from when a pool thread starts it."""
         self.metrics.call_started(now, self.busy)
-        self.last_start = now
+        self.last_start = math.inf
 
     def batch_seconds(self, items: float) -> float:
         """``engine.StageMetrics.batch_seconds``: the median recent call, scaled up past the
@@ -178,7 +183,7 @@ class _Stage:
             self.batch_seconds,
             self.busy,
             self.busy_work if weighted else self.busy_items,
-            now - self.last_start,
+            now - self.last_start,  # -inf while its call waits for a thread: nothing elapsed
             self.queued_work + extra if weighted else None,
         )
 
@@ -209,11 +214,15 @@ class Simulator:
         self._demand = 0.0  # cores demanded by the running jobs
         self._cpu_version = 0
         self._last = 0.0
-        self._loop: deque[tuple[float, Callable[[], None]]] = deque()
+        # (CPU seconds, then, due): ``due`` for a timer tick, whose lateness is measured
+        self._loop: deque[tuple[float, Callable[[], None], float | None]] = deque()
+        self._lateness: deque[float] = deque([0.0], maxlen=1)
+        self.loop_lag = 0.0  # ``engine.LoopLag.value``: the most a recent tick ran late
         self._loop_busy = False
-        # calls waiting for a pool thread, with their hand-off time (the engine's call timing
-        # starts there: a call that queued for the thread took that much longer)
-        self._pool: deque[tuple[_Stage, list[tuple[_Req, float]], float]] = deque()
+        # calls waiting for a pool thread; every call handed and not finished as the engine's
+        # ``ComputePool.calls`` ledger: [stage, predicted seconds, start or None]
+        self._pool: deque[tuple[_Stage, list[tuple[_Req, float]], list[Any]]] = deque()
+        self._calls: dict[int, list[Any]] = {}
         self._pool_free = config.workers
         self.in_flight = 0
         self.cpu_busy = 0.0
@@ -269,8 +278,8 @@ class Simulator:
 
     # ------------------------------------------------------------------ the event loop
 
-    def _loop_submit(self, work: float, then: Callable[[], None]) -> None:
-        self._loop.append((work, then))
+    def _loop_submit(self, work: float, then: Callable[[], None], due: float | None = None) -> None:
+        self._loop.append((work, then, due))
         if not self._loop_busy:
             self._loop_next()
 
@@ -279,7 +288,10 @@ class Simulator:
             self._loop_busy = False
             return
         self._loop_busy = True
-        work, then = self._loop.popleft()
+        work, then, due = self._loop.popleft()
+        if due is not None:  # a timer tick runs: how late (``engine.LoopLag.tick``)
+            self._lateness.append(self.now - due)
+            self.loop_lag = max(self._lateness)
         self.loop_cpu += work
 
         def done() -> None:
@@ -312,11 +324,14 @@ class Simulator:
             req = _Req(i, float(t), classes[c])
             reqs.append(req)
             self._at(float(t), functools.partial(self._arrive, req))
-        if self.model.idle_cpu > 0:  # timers, polling, ticks: CPU per second, on the loop
-            period = max(IDLE_PERIOD_S, float(times[-1]) / n)  # at most one slice per request
-            slice_s = self.model.idle_cpu * period
-            for t in np.arange(period, float(times[-1]), period):
-                self._at(float(t), functools.partial(self._loop_submit, slice_s, _nothing))
+        # timers, polling, ticks: CPU per second on the loop, in slices; each is also a tick
+        # of the loop's lateness, which admission counts as time already spent (``LoopLag``)
+        period = max(IDLE_PERIOD_S, float(times[-1]) / n)  # at most one slice per request
+        slice_s = self.model.idle_cpu * period
+        self._lateness = deque([0.0], maxlen=max(1, round(LAG_MEMORY_S / period)))
+        for t in np.arange(period, float(times[-1]), period):
+            tick = functools.partial(self._loop_submit, slice_s, _nothing, float(t))
+            self._at(float(t), tick)
         self.latency = np.full(n, np.nan)
         self.errors = np.zeros(n, bool)
         self.degraded = np.zeros(n, bool)
@@ -350,13 +365,14 @@ class Simulator:
                 req.visits.append((v.stage, v.units))
         if self.in_flight >= c.max_in_flight:
             return self._fail(req)
+        budget = c.deadline_s - self.loop_lag  # ``Admission.front_delay_s``
         predicted = self._predict(self._path(req))
-        if c.shed and predicted > c.degrade_at * c.deadline_s:
+        if c.shed and predicted > c.degrade_at * budget:
             by_name = {v.stage: v for v in req.cls.visits}
             degraded = [
                 (s, by_name[s].degraded) for s, _ in req.visits if by_name[s].degraded is not None
             ]
-            if self._predict([self.stages[s] for s, _ in degraded]) > c.reject_at * c.deadline_s:
+            if self._predict([self.stages[s] for s, _ in degraded]) > c.reject_at * budget:
                 return self._fail(req)
             # counted as degraded only when it loses work (fewer candidates, a skipped rerank)
             req.degraded = [s for s, _ in degraded] != [s for s, _ in req.visits] or any(
@@ -369,11 +385,19 @@ class Simulator:
         self._next(req)
 
     def _predict(self, path: list[_Stage]) -> float:
+        """``Admission.predict_s``: the stages' waits, then the other stages' calls in the
+        pool (``ComputePool.backlog_s``)."""
         total, upstream = 0.0, 0
         for stage in path:
             total += stage.predicted_wait(upstream + 1, self.now)
             upstream += stage.load
-        return total
+        backlog = 0.0
+        for stage, predicted, started in self._calls.values():
+            if stage not in path:
+                backlog += (
+                    predicted if started is None else max(0.0, predicted - (self.now - started))
+                )
+        return total + backlog / self.config.workers
 
     def _fail(self, req: _Req, admitted: bool = False) -> None:
         """A 503 (refused, queue full or deadline passed): answered through the event loop."""
@@ -455,14 +479,17 @@ class Simulator:
         stage.busy_items += len(live)
         stage.busy_work += stage.work(live)
         stage.started(self.now)
-        self._pool.append((stage, live, self.now))
+        call = [stage, stage.batch_seconds(stage.work(live)), None]
+        self._calls[id(call)] = call
+        self._pool.append((stage, live, call))
         self._pool_run()
         self._take(stage)  # another idle worker may start on what is queued
 
     def _pool_run(self) -> None:
         while self._pool_free and self._pool:
-            stage, items, handed = self._pool.popleft()
+            stage, items, call = self._pool.popleft()
             self._pool_free -= 1
+            call[2] = stage.last_start = self.now
             model = self.model.service(stage.name, self.config.precision)
             units = sum(u for _, u in items)
             work = model.sample(len(items), units, self.config.threads, self.rng)
@@ -470,13 +497,14 @@ class Simulator:
             self._run_cpu(
                 work,
                 float(self.config.threads),
-                functools.partial(self._batch_done, stage, items, handed),
+                functools.partial(self._batch_done, stage, items, call),
             )
 
-    def _batch_done(self, stage: _Stage, items: list[tuple[_Req, float]], start: float) -> None:
+    def _batch_done(self, stage: _Stage, items: list[tuple[_Req, float]], call: list[Any]) -> None:
         self._pool_free += 1
+        self._calls.pop(id(call))
         work = stage.work(items)
-        stage.observe(self.now - start, work, self.now)
+        stage.observe(self.now - call[2], work, self.now)
         stage.busy -= 1
         stage.busy_items -= len(items)
         stage.busy_work -= work
