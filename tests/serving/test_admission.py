@@ -163,3 +163,19 @@ def test_a_flood_absorbed_by_degrading_is_an_overload_and_applies_the_margin():
     assert admission.refusal([Fixed(1.0)], 0.1) is not None
     assert admission.with_margin == before + 2  # both decisions took the margin
     assert admission.snapshot()["shedding"] == pytest.approx(admission.shedding)
+
+
+def test_a_request_with_no_lesser_form_is_not_degraded_nor_counted_as_shedding():
+    """``degraded=None`` (a search without rerank: degrading would change nothing): above
+    ``degrade_at`` it is admitted as it is, not counted as degraded, and its admissions do not
+    make admission overloaded (the margin stays off); above ``reject_at`` it is refused."""
+    admission = Admission(AdmissionConfig(deadline_ms=100, degrade_at=0.5, reject_at=0.8))
+    admission.margin = 1.5
+    for _ in range(64):
+        ticket = admission.admit([Fixed(0.052)], None, 0.1)
+        assert not ticket.degrade and ticket.predicted_s == pytest.approx(0.052)
+    assert admission.degraded == 0 and admission.shedding == 0.0
+    assert not admission.overloaded and admission.applied_margin == 1.0
+    with pytest.raises(Overloaded):
+        admission.admit([Fixed(0.085)], None, 0.1)
+    assert admission.rejected == 1

@@ -320,7 +320,7 @@ def test_search_pipeline_batches_and_reranks():
     pool.shutdown()
 
 
-def _search_under_degrade(config):
+def _search_under_degrade(config, rerank=True):
     """A rerank request when admission says "degrade": (the result, the degraded path admit saw)."""
     from warmstart.serving.admission import Ticket
     from warmstart.serving.pipelines import SearchPipeline, SearchRequest
@@ -331,7 +331,7 @@ def _search_under_degrade(config):
     seen = []
 
     def admit(full, degraded, budget):
-        seen.append((list(full), list(degraded)))
+        seen.append((list(full), None if degraded is None else list(degraded)))
         return Ticket(True, 0.0)
 
     pipeline.admission.admit = admit  # type: ignore[method-assign]
@@ -339,7 +339,7 @@ def _search_under_degrade(config):
     async def main():
         await pipeline.start()
         try:
-            return await pipeline.run(SearchRequest("apple", k=2, rerank=True))
+            return await pipeline.run(SearchRequest("apple", k=2, rerank=rerank))
         finally:
             await pipeline.stop()
 
@@ -358,6 +358,15 @@ def test_search_skips_rerank_under_load_only_when_allowed():
     result, full, degraded, p = _search_under_degrade(SearchConfig(degrade_rerank=False))
     assert result.reranked and result.degraded == ()
     assert degraded == full and p.rerank in full  # refused rather than answered unreranked
+
+
+def test_a_search_without_rerank_has_no_lesser_form_for_admission():
+    """Degrading a search without rerank would change nothing: admission gets no degraded
+    path (``None``), so such a search is never counted as degraded (nor as shedding)."""
+    from warmstart.serving.pipelines import SearchConfig
+
+    result, full, degraded, p = _search_under_degrade(SearchConfig(), rerank=False)
+    assert degraded is None and p.rerank not in full and not result.reranked
 
 
 @pytest.mark.parametrize(

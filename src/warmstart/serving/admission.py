@@ -135,8 +135,13 @@ class Admission:
             upstream += stage.load
         return waits
 
-    def admit(self, full: Sequence[Stage], degraded: Sequence[Stage], budget_s: float) -> Ticket:
-        """Admit a request whose full path is ``full`` and degraded path ``degraded``.
+    def admit(
+        self, full: Sequence[Stage], degraded: Sequence[Stage] | None, budget_s: float
+    ) -> Ticket:
+        """Admit a request whose full path is ``full`` and degraded path ``degraded``
+        (``None``: it has no lesser form, e.g. a search without rerank: above ``degrade_at``
+        it is admitted as it is, neither degraded nor counted as shedding, and refused above
+        ``reject_at``).
 
         Raises:
             Overloaded: too many in flight, or even the degraded path cannot meet ``budget_s``.
@@ -150,10 +155,13 @@ class Admission:
         predicted = margin * self.predict_s(full)
         degrade = self.config.shed and predicted > self.config.degrade_at * budget_s
         if degrade:
-            predicted = margin * self.predict_s(degraded)
+            if degraded is not None:
+                predicted = margin * self.predict_s(degraded)
             if predicted > self.config.reject_at * budget_s:
                 self._decided(refused=True)
                 raise _late(predicted, budget_s)
+            degrade = degraded is not None
+        if degrade:
             self.degraded += 1
         self._decided(refused=False, degraded=degrade)
         return Ticket(degrade, predicted, budget_s, margin, overloaded)

@@ -536,7 +536,9 @@ class SearchPipeline(Staged):
         base: list[Stage[Any, Any]] = [self.encode, self.index]
         full = [*base, self.rerank] if req.rerank else base
         skip_ok = self.config.degrade_rerank
-        ticket = self.admission.admit(full, base if skip_ok else full, budget)
+        # a search without rerank has no lesser form: nothing to degrade (nor to count as shed)
+        lesser = (base if skip_ok else full) if req.rerank else None
+        ticket = self.admission.admit(full, lesser, budget)
         deadline = time.monotonic() + budget
         self.admission.enter()
         try:

@@ -360,7 +360,7 @@ def attach(log: TrafficLog | None, pipeline: Any, name: str) -> None:
         try:
             ticket = admit(full, degraded, budget_s)
         except Overloaded:
-            why = refusal_detail(admission, degraded, budget_s)
+            why = refusal_detail(admission, full if degraded is None else degraded, budget_s)
             log.request(name, "reject", why.pop("pred"), why)
             raise
         log.request(name, "degrade" if ticket.degrade else "admit", ticket.predicted_s)
