@@ -20,7 +20,7 @@ Usage:
     python experiments/distill_quality.py WORKDIR [--data-dir DIR] [--seeds 0 1 2] [--steps 300]
         [--modes none online edl] [--split test|dev] [--lr 1e-4] [--init backbone|teacher]
         [--pick first|spread] [--max-length 128] [--student-fp32] [--negative-draws 1]
-        [--negatives 3] [--batch-size 8] [--layers 2] [--pooling mean|cls]
+        [--negatives 3] [--batch-size 8] [--layers 2] [--pooling mean|cls] [--pseudo 0]
 """
 
 from __future__ import annotations
@@ -46,6 +46,7 @@ from warmstart.distill.example import (
     fresh_student,
     mean_ndcg,
     paired_ndcg_diffs,
+    pseudo_query_dataset,
     rerank_per_query,
     reranker,
     student_dataset,
@@ -198,6 +199,14 @@ def main() -> None:
         "--negatives", type=int, default=3, help="BM25 negatives per sample (group = 1 + these)"
     )
     parser.add_argument("--batch-size", type=int, default=8, help="samples (queries) a step")
+    parser.add_argument(
+        "--pseudo",
+        type=int,
+        default=0,
+        help="KD modes only: this many unlabelled pseudo-query samples from the corpus "
+        "(a passage's title over its BM25 top --depth, teacher outputs only, no hard loss) "
+        "mixed into the labelled samples; the no-KD student trains on the labelled ones",
+    )
     parser.add_argument("--layers", type=int, default=2, help="the student's transformer layers")
     parser.add_argument(
         "--pooling",
@@ -238,6 +247,11 @@ def main() -> None:
     else:
         data = student_dataset(collection, config, 0, None, args.negative_draws)
         queries, qrels = collection.split_queries("test"), collection.qrels["test"]
+    datasets = {"none": data}
+    if args.pseudo:
+        pseudo = pseudo_query_dataset(collection, args.pseudo, args.negatives, 0, config.depth)
+        print(f"  {len(data)} labelled + {len(pseudo)} pseudo-query samples (KD modes)")
+        data = data + pseudo
     candidates = bm25_candidates(collection, queries, args.depth)
     first = run_from_rows(candidates.query_ids, candidates.rows, collection.doc_ids)
     scores = {"bm25": retrieval_per_query(first, qrels)}
@@ -259,7 +273,7 @@ def main() -> None:
                 connect(None, num_cpus=2)
                 actor = start_teacher(TeacherSpec(path=str(teacher)), "quality-teacher")
                 ray.get(actor.describe.remote())
-            train(mode, seed, args, config, data, teacher, folder)
+            train(mode, seed, args, config, datasets.get(mode, data), teacher, folder)
             out = folder / f"per_query_{name}"
             scores[f"{mode}-s{seed}"] = evaluate(
                 folder / "student", collection, candidates, out, qrels, args.workdir
@@ -297,9 +311,10 @@ RECIPE = (
     "negatives",
     "batch_size",
     "layers",
+    "pseudo",
 )
 # keys added after some workdirs were made: their defaults
-LATER = {"negative_draws": 1, "negatives": 3, "batch_size": 8, "layers": 2}
+LATER = {"negative_draws": 1, "negatives": 3, "batch_size": 8, "layers": 2, "pseudo": 0}
 
 
 def check_recipe(args: argparse.Namespace) -> None:

@@ -148,3 +148,27 @@ def test_weights_digest_tells_identical_students_apart(tmp_path: Path) -> None:
         b.head.bias.add_(1e-3)
     save_encoder(b, tok, tmp_path / "b")
     assert weights_digest(tmp_path / "a") != weights_digest(tmp_path / "b")
+
+
+def test_pseudo_queries_come_from_the_corpus_and_are_unlabelled() -> None:
+    from warmstart.data.retrieval import RetrievalCollection
+    from warmstart.distill.example import pseudo_query, pseudo_query_dataset
+
+    words = ["cell", "gene", "protein", "virus", "brain", "heart", "liver", "lung"]
+    titles = [f"{words[i % 8]} {words[(i + 1) % 8]}" for i in range(12)]
+    titles[3] = ""
+    texts = [f"{words[(i + 2) % 8]} study. more {words[i % 8]} text n{i}" for i in range(12)]
+    collection = RetrievalCollection(
+        [f"d{i}" for i in range(12)], titles, texts, {"q": "held out"}, {"test": {}}, {}
+    )
+    assert pseudo_query("", "first part. second") == "first part"
+    data = pseudo_query_dataset(collection, 5, 2, seed=0, depth=4)
+    assert len(data) == 5 and data.labelled == (False,) * 5
+    passages = collection.passages()
+    for query, group in zip(data.queries, data.passages, strict=True):
+        source = next(i for i, p in enumerate(passages) if p == group[0])
+        assert query == pseudo_query(titles[source], texts[source])
+        assert len(group) == 3 and group[0] not in group[1:]
+    assert pseudo_query_dataset(collection, 5, 2, seed=0, depth=4) == data
+    with pytest.raises(ValueError, match="one per corpus passage"):
+        pseudo_query_dataset(collection, 13, 2)

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from warmstart.distill.losses import KDLossConfig, kd_loss, score_mse, soft_kl
+from warmstart.distill.losses import KDLossConfig, hard_loss, kd_loss, score_mse, soft_kl
 
 S = torch.tensor([[1.0, 0.0]])
 T = torch.tensor([[0.0, 0.0]])
@@ -45,3 +45,26 @@ def test_soft_gradient_points_the_student_at_the_teacher() -> None:
     s = torch.zeros(1, 3, requires_grad=True)
     soft_kl(s, torch.tensor([[2.0, 0.0, -2.0]]), 2.0).backward()
     assert s.grad is not None and s.grad[0, 0] < 0 < s.grad[0, 2]
+
+
+def test_hard_loss_skips_unlabelled_rows_and_teacher_terms_do_not() -> None:
+    s = torch.tensor([[1.0, 0.0], [0.0, 3.0]])
+    t = torch.tensor([[0.0, 0.0], [0.0, 0.0]])
+    labelled = torch.tensor([True, False])
+    config = KDLossConfig(soft_weight=0.0, mse_weight=1.0, hard_weight=1.0)
+    total, parts = kd_loss(s, t, config, labelled)
+    hard = math.log(1 + math.exp(-1.0))  # row 0 only; row 1 (-log softmax = 3.05) skipped
+    assert parts["hard"] == pytest.approx(hard, rel=1e-6)
+    assert parts["mse"] == pytest.approx((1 + 9) / 4)  # both rows
+    assert float(total) == pytest.approx(hard + 2.5, rel=1e-6)
+    assert kd_loss(s, t, config)[1]["hard"] == pytest.approx(
+        (hard + math.log(1 + math.exp(3.0))) / 2, rel=1e-6
+    )
+
+
+def test_hard_loss_of_no_labelled_row_is_zero_with_a_gradient_path() -> None:
+    s = torch.zeros(2, 3, requires_grad=True)
+    value = hard_loss(s, torch.tensor([False, False]))
+    assert float(value.detach()) == 0.0
+    value.backward()
+    assert s.grad is not None and float(s.grad.abs().sum()) == 0.0

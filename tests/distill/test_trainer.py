@@ -171,3 +171,28 @@ def test_idle_priority_applies_to_the_calling_thread_only() -> None:
     t.join()
     assert seen == [os.SCHED_IDLE]
     assert os.sched_getscheduler(0) == before  # the test's own thread keeps its policy
+
+
+def test_unlabelled_samples_train_on_the_teacher_only() -> None:
+    labelled = tiny_dataset(12)
+    extra = synthetic_groups(12, 3, seed=5).unlabelled()
+    mixed = labelled + extra
+    assert len(mixed) == 24 and mixed.labelled == (True,) * 12 + (False,) * 12
+    assert not mixed.all_labelled and labelled.all_labelled
+    batch = mixed.take([0, 13])
+    assert batch.labelled == (True, False) and batch.queries[1] == extra.queries[1]
+    with pytest.raises(ValueError, match="need a teacher loss"):
+        config = StudentConfig(epochs=1, batch_size=6, loss=KDLossConfig.no_kd())
+        train_student(BagOfWordsStudent(), mixed, config, NoTeacher(), progress=False)
+    result = train_student(
+        BagOfWordsStudent(seed=0),
+        mixed,
+        CONFIG,
+        OnlineTeacher(SyntheticTeacher(), mixed),
+        progress=False,
+    )
+    assert result.steps == 10 and (result.ledger.counts == 1).all()
+    with pytest.raises(ValueError, match="group sizes"):
+        _ = labelled + synthetic_groups(4, 4, seed=1)
+    with pytest.raises(ValueError, match="labelled flags"):
+        PairGroups(("a",), (("b",),), (True, False))

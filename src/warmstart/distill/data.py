@@ -1,7 +1,9 @@
 """Distillation samples and the student's batch plan.
 
 A sample is one query with a group of passages (column 0 the labelled positive, then negatives);
-teacher and student both score every (query, passage) pair of the group. A batch of samples is
+teacher and student both score every (query, passage) pair of the group. An *unlabelled* sample
+(an augmentation, e.g. a pseudo-query built from the corpus) has no labelled positive: only the
+teacher's outputs train the student on it (the hard loss skips it). A batch of samples is
 also the unit of work sent to a teacher (a *task*), so a task id is a (epoch, step) position in
 the plan and the samples of a task are known from the plan alone: resuming needs only the step.
 """
@@ -21,16 +23,20 @@ class PairGroups:
     Attributes:
         queries: (B,) query texts.
         passages: (B, G) passage texts.
+        labelled: (B,) whether column 0 of a row is a labelled positive; None = every row.
     """
 
     queries: tuple[str, ...]
     passages: tuple[tuple[str, ...], ...]
+    labelled: tuple[bool, ...] | None = None
 
     def __post_init__(self) -> None:
         if len(self.queries) != len(self.passages):
             raise ValueError(f"{len(self.queries)} queries but {len(self.passages)} groups")
         if len({len(g) for g in self.passages}) > 1:
             raise ValueError("every passage group must have the same size")
+        if self.labelled is not None and len(self.labelled) != len(self.queries):
+            raise ValueError(f"{len(self.labelled)} labelled flags for {len(self.queries)} rows")
 
     def __len__(self) -> int:
         return len(self.queries)
@@ -47,23 +53,47 @@ class PairGroups:
 
 @dataclass(frozen=True)
 class GroupDataset:
-    """N samples of one query and G passages (column 0 = the positive)."""
+    """N samples of one query and G passages (column 0 = the positive; ``labelled``: whether it
+    is a labelled one, None = every sample is)."""
 
     queries: tuple[str, ...]
     passages: tuple[tuple[str, ...], ...]
+    labelled: tuple[bool, ...] | None = None
 
     def __post_init__(self) -> None:
-        PairGroups(self.queries, self.passages)  # same checks
+        PairGroups(self.queries, self.passages, self.labelled)  # same checks
         if not self.queries:
             raise ValueError("GroupDataset: no samples")
 
     def __len__(self) -> int:
         return len(self.queries)
 
+    @property
+    def all_labelled(self) -> bool:
+        return self.labelled is None or all(self.labelled)
+
     def take(self, ids: Sequence[int] | np.ndarray) -> PairGroups:
+        rows = [int(i) for i in ids]
         return PairGroups(
-            tuple(self.queries[int(i)] for i in ids), tuple(self.passages[int(i)] for i in ids)
+            tuple(self.queries[i] for i in rows),
+            tuple(self.passages[i] for i in rows),
+            None if self.labelled is None else tuple(self.labelled[i] for i in rows),
         )
+
+    def unlabelled(self) -> GroupDataset:
+        """The same samples marked unlabelled (augmentations: teacher outputs only)."""
+        return GroupDataset(self.queries, self.passages, (False,) * len(self))
+
+    def __add__(self, other: GroupDataset) -> GroupDataset:
+        """This dataset's samples, then ``other``'s (same group size), flags kept."""
+        if len(other.passages[0]) != len(self.passages[0]):
+            raise ValueError("GroupDataset +: the group sizes differ")
+        flags = None
+        if self.labelled is not None or other.labelled is not None:
+            flags = (self.labelled or (True,) * len(self)) + (
+                other.labelled or (True,) * len(other)
+            )
+        return GroupDataset(self.queries + other.queries, self.passages + other.passages, flags)
 
 
 @dataclass(frozen=True)

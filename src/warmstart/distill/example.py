@@ -192,6 +192,35 @@ def student_dataset(
     return groups_from_examples(examples, passages, config.group_negatives, seed, draws)
 
 
+def pseudo_query(title: str, text: str) -> str:
+    """A corpus passage's pseudo-query: its title, or its body's first sentence when untitled."""
+    return title.strip() or text.strip().split(". ")[0]
+
+
+def pseudo_query_dataset(
+    collection: RetrievalCollection, n: int, n_negatives: int, seed: int = 0, depth: int = 50
+) -> GroupDataset:
+    """``n`` unlabelled samples built from the corpus alone (no query or label of any split): a
+    random passage's :func:`pseudo_query` as the query, the passage itself and ``n_negatives`` of
+    BM25's top ``depth`` other passages for that query as its group. Column 0 is no label, so the
+    samples are marked unlabelled: only a teacher's scores train a student on them (the
+    augmentation that needs a teacher labelling data on the fly, which offline KD rules out)."""
+    if not 1 <= n <= len(collection):
+        raise ValueError(f"n={n}: must be in [1, {len(collection)}] (one per corpus passage)")
+    rng = np.random.default_rng([seed, 17])
+    rows = sorted(int(r) for r in rng.choice(len(collection), size=n, replace=False))
+    queries = {f"{r:08d}": pseudo_query(collection.titles[r], collection.texts[r]) for r in rows}
+    found = bm25_candidates(collection, queries, depth + 1)
+    passages = collection.passages()
+    texts, groups = [], []
+    for source, text, ranked in zip(rows, found.queries, found.rows, strict=True):
+        pool = [int(r) for r in ranked if int(r) != source][:depth]
+        picks = rng.choice(pool, size=n_negatives, replace=len(pool) < n_negatives)
+        texts.append(text)
+        groups.append(tuple(passages[r] for r in [source, *(int(p) for p in picks)]))
+    return GroupDataset(tuple(texts), tuple(groups)).unlabelled()
+
+
 def fresh_cross(
     backbone_path: Path, layers: int | None, config: CrossEncoderConfig
 ) -> tuple[CrossEncoder, PreTrainedTokenizerBase]:

@@ -64,14 +64,29 @@ def score_mse(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
     return (student - teacher).pow(2).mean()
 
 
+def hard_loss(student: torch.Tensor, labelled: torch.Tensor | None = None) -> torch.Tensor:
+    """The listwise hard-label loss over the rows whose column 0 is a labelled positive
+    (``labelled``, (B,) bool; None = every row); 0 (with a gradient path) when no row is."""
+    if labelled is None:
+        return listwise_loss(student)
+    if not bool(labelled.any()):
+        return student.sum() * 0.0
+    return listwise_loss(student[labelled])
+
+
 def kd_loss(
-    student: torch.Tensor, teacher: torch.Tensor | None, config: KDLossConfig
+    student: torch.Tensor,
+    teacher: torch.Tensor | None,
+    config: KDLossConfig,
+    labelled: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """Weighted sum of the configured terms and each term's value.
 
     Args:
         student: (B, G) student scores, column 0 the positive.
         teacher: (B, G) teacher scores (no gradient), or None when ``config`` needs none.
+        labelled: (B,) bool, the rows with a labelled positive (the hard term's rows; the
+            teacher terms use every row); None = every row.
     """
     if teacher is None and config.needs_teacher:
         raise ValueError("kd_loss: this config weights teacher terms but no teacher scores given")
@@ -81,7 +96,7 @@ def kd_loss(
     total = student.new_zeros(())
     parts: dict[str, float] = {}
     terms = (
-        ("hard", config.hard_weight, lambda: listwise_loss(student)),
+        ("hard", config.hard_weight, lambda: hard_loss(student, labelled)),
         ("soft", config.soft_weight, lambda: soft_kl(student, target, config.temperature)),
         ("mse", config.mse_weight, lambda: score_mse(student, target)),
     )

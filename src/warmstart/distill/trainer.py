@@ -192,6 +192,8 @@ def train_student(
     Raises:
         AssertionError: the ledger differs from the plan (a sample got no or two outputs).
     """
+    if not dataset.all_labelled and not config.loss.needs_teacher:
+        raise ValueError("unlabelled samples need a teacher loss (soft or mse weight > 0)")
     plan = config.plan(len(dataset))
     total = config.total_steps(len(dataset))
     params = [p for p in student.parameters() if p.requires_grad]
@@ -251,7 +253,8 @@ def _step(
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=config.bf16):
         scores = student.scores(batch).float()  # (B, G)
     teacher = None if outputs is None else torch.tensor(outputs, dtype=torch.float32)
-    loss, _ = kd_loss(scores, teacher, config.loss)
+    labelled = None if batch.labelled is None else torch.tensor(batch.labelled)
+    loss, _ = kd_loss(scores, teacher, config.loss, labelled)
     loss.backward()
     nn.utils.clip_grad_norm_(params, config.max_grad_norm)
     opt.step()
