@@ -38,9 +38,11 @@ import torch
 from warmstart.cli.distill import add_loss_arguments, default_teacher_dir, loss_config
 from warmstart.data.retrieval import load_scifact
 from warmstart.distill import trainer
+from warmstart.distill.data import GroupDataset
 from warmstart.distill.example import (
     INITS,
     PICKS,
+    PSEUDO_GROUPS,
     ExampleConfig,
     bm25_candidates,
     fresh_student,
@@ -207,6 +209,19 @@ def main() -> None:
         "(a passage's title over its BM25 top --depth, teacher outputs only, no hard loss) "
         "mixed into the labelled samples; the no-KD student trains on the labelled ones",
     )
+    parser.add_argument(
+        "--pseudo-group",
+        choices=PSEUDO_GROUPS,
+        default="source",
+        help="a pseudo-query's passages: its source passage + BM25 negatives, or BM25's top "
+        "1 + --negatives other passages (neighbours: no passage known to match)",
+    )
+    parser.add_argument(
+        "--pseudo-labelled",
+        action="store_true",
+        help="control: a pseudo-query's own passage counts as its positive (hard loss), and "
+        "the no-KD student trains on the pseudo samples too",
+    )
     parser.add_argument("--layers", type=int, default=2, help="the student's transformer layers")
     parser.add_argument(
         "--pooling",
@@ -249,9 +264,18 @@ def main() -> None:
         queries, qrels = collection.split_queries("test"), collection.qrels["test"]
     datasets = {"none": data}
     if args.pseudo:
-        pseudo = pseudo_query_dataset(collection, args.pseudo, args.negatives, 0, config.depth)
-        print(f"  {len(data)} labelled + {len(pseudo)} pseudo-query samples (KD modes)")
+        pseudo = pseudo_query_dataset(
+            collection, args.pseudo, args.negatives, 0, config.depth, args.pseudo_group
+        )
+        if args.pseudo_labelled and args.pseudo_group != "source":
+            raise SystemExit("--pseudo-labelled needs --pseudo-group source (its positive)")
+        if args.pseudo_labelled:  # the control: self-labelled, for every mode
+            pseudo = GroupDataset(pseudo.queries, pseudo.passages)
+        who = "every mode, self-labelled" if args.pseudo_labelled else "KD modes"
+        print(f"  {len(data)} labelled + {len(pseudo)} pseudo-query samples ({who})")
         data = data + pseudo
+        if args.pseudo_labelled:
+            datasets["none"] = data
     candidates = bm25_candidates(collection, queries, args.depth)
     first = run_from_rows(candidates.query_ids, candidates.rows, collection.doc_ids)
     scores = {"bm25": retrieval_per_query(first, qrels)}
@@ -312,9 +336,12 @@ RECIPE = (
     "batch_size",
     "layers",
     "pseudo",
+    "pseudo_labelled",
+    "pseudo_group",
 )
 # keys added after some workdirs were made: their defaults
 LATER = {"negative_draws": 1, "negatives": 3, "batch_size": 8, "layers": 2, "pseudo": 0}
+LATER |= {"pseudo_labelled": False, "pseudo_group": "source"}
 
 
 def check_recipe(args: argparse.Namespace) -> None:

@@ -155,7 +155,7 @@ def test_pseudo_queries_come_from_the_corpus_and_are_unlabelled() -> None:
     from warmstart.distill.example import pseudo_query, pseudo_query_dataset
 
     words = ["cell", "gene", "protein", "virus", "brain", "heart", "liver", "lung"]
-    titles = [f"{words[i % 8]} {words[(i + 1) % 8]}" for i in range(12)]
+    titles = [f"{words[i % 8]} {words[(i + 1) % 8]} t{i}" for i in range(12)]
     titles[3] = ""
     texts = [f"{words[(i + 2) % 8]} study. more {words[i % 8]} text n{i}" for i in range(12)]
     collection = RetrievalCollection(
@@ -170,5 +170,16 @@ def test_pseudo_queries_come_from_the_corpus_and_are_unlabelled() -> None:
         assert query == pseudo_query(titles[source], texts[source])
         assert len(group) == 3 and group[0] not in group[1:]
     assert pseudo_query_dataset(collection, 5, 2, seed=0, depth=4) == data
+    around = pseudo_query_dataset(collection, 5, 2, seed=0, depth=4, group="neighbours")
+    assert around.queries == data.queries and around.labelled == (False,) * 5
+    for group in around.passages:  # BM25's top 3 others: no source among them
+        assert len(set(group)) == 3
+    for query, group in zip(around.queries, around.passages, strict=True):
+        assert all(
+            pseudo_query(titles[passages.index(p)], texts[passages.index(p)]) != query
+            for p in group
+        )
+    with pytest.raises(ValueError, match="allowed values"):
+        pseudo_query_dataset(collection, 5, 2, group="any")
     with pytest.raises(ValueError, match="one per corpus passage"):
         pseudo_query_dataset(collection, 13, 2)

@@ -197,14 +197,27 @@ def pseudo_query(title: str, text: str) -> str:
     return title.strip() or text.strip().split(". ")[0]
 
 
+PSEUDO_GROUPS = ("source", "neighbours")
+
+
 def pseudo_query_dataset(
-    collection: RetrievalCollection, n: int, n_negatives: int, seed: int = 0, depth: int = 50
+    collection: RetrievalCollection,
+    n: int,
+    n_negatives: int,
+    seed: int = 0,
+    depth: int = 50,
+    group: str = "source",
 ) -> GroupDataset:
     """``n`` unlabelled samples built from the corpus alone (no query or label of any split): a
-    random passage's :func:`pseudo_query` as the query, the passage itself and ``n_negatives`` of
-    BM25's top ``depth`` other passages for that query as its group. Column 0 is no label, so the
-    samples are marked unlabelled: only a teacher's scores train a student on them (the
-    augmentation that needs a teacher labelling data on the fly, which offline KD rules out)."""
+    random passage's :func:`pseudo_query` as the query and, as its group of ``1 + n_negatives``,
+    ``group="source"``: the passage itself and ``n_negatives`` of BM25's top ``depth`` other
+    passages for that query; ``"neighbours"``: BM25's top ``1 + n_negatives`` other passages,
+    without the source (no passage of the group is known to match, so only a teacher can say
+    which does). Column 0 is no label, so the samples are marked unlabelled: only a teacher's
+    scores train a student on them (the augmentation that needs a teacher labelling data on the
+    fly, which offline KD rules out)."""
+    if group not in PSEUDO_GROUPS:
+        raise ValueError(f"group={group!r}: allowed values are {', '.join(PSEUDO_GROUPS)}")
     if not 1 <= n <= len(collection):
         raise ValueError(f"n={n}: must be in [1, {len(collection)}] (one per corpus passage)")
     rng = np.random.default_rng([seed, 17])
@@ -215,9 +228,13 @@ def pseudo_query_dataset(
     texts, groups = [], []
     for source, text, ranked in zip(rows, found.queries, found.rows, strict=True):
         pool = [int(r) for r in ranked if int(r) != source][:depth]
-        picks = rng.choice(pool, size=n_negatives, replace=len(pool) < n_negatives)
+        if group == "neighbours":
+            chosen = pool[: n_negatives + 1]
+        else:
+            picks = rng.choice(pool, size=n_negatives, replace=len(pool) < n_negatives)
+            chosen = [source, *(int(p) for p in picks)]
         texts.append(text)
-        groups.append(tuple(passages[r] for r in [source, *(int(p) for p in picks)]))
+        groups.append(tuple(passages[r] for r in chosen))
     return GroupDataset(tuple(texts), tuple(groups)).unlabelled()
 
 
