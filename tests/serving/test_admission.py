@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
 import pytest
 
@@ -179,3 +180,24 @@ def test_a_request_with_no_lesser_form_is_not_degraded_nor_counted_as_shedding()
     with pytest.raises(Overloaded):
         admission.admit([Fixed(0.085)], None, 0.1)
     assert admission.rejected == 1
+
+
+def test_a_learnt_margin_does_not_keep_itself_on_below_the_overload():
+    """Shedding is judged on the prediction without the margin: after a flood (margin 2.0,
+    admission overloaded) requests predicted at 30 ms are degraded while the margin applies
+    (60 ms > 50), but those degradations do not count as shedding, so the overload ends and
+    the margin stops applying."""
+    admission = Admission(AdmissionConfig(deadline_ms=100, degrade_at=0.5, reject_at=0.8))
+    admission.margin, admission.shedding = 2.0, 0.5  # just after a flood
+    assert admission.overloaded
+    first = admission.admit([Fixed(0.030)], [Fixed(0.030)], 0.1)
+    assert first.degrade and first.margin == 2.0
+    for _ in range(2048):
+        admission.admit([Fixed(0.030)], [Fixed(0.030)], 0.1)
+    assert not admission.overloaded and admission.applied_margin == 1.0
+    assert not admission.admit([Fixed(0.030)], [Fixed(0.030)], 0.1).degrade
+    # an overload itself (without the margin above the threshold) still counts
+    for _ in range(64):
+        with contextlib.suppress(Overloaded):  # once overloaded, 52 ms x 2.0 is refused
+            admission.admit([Fixed(0.052)], [Fixed(0.052)], 0.1)
+    assert admission.overloaded and admission.rejected > 0
