@@ -90,6 +90,25 @@ def test_a_hung_teacher_times_out_and_is_dropped() -> None:
     assert any("hang timed out" in line for line in lines)
 
 
+def test_a_stalled_student_does_not_drop_a_teacher_whose_answers_are_ready() -> None:
+    # the student is paused (SIGSTOP, a long step) for longer than the timeout between two
+    # steps; the teacher answered meanwhile, so its answers count and it stays in the pool
+    plan = BatchPlan(30, 3, 1, seed=0)
+    backend = SimBackend({"t": SimTeacher(0.5)})
+    dispatcher = Dispatcher(max_in_flight=2, timeout_s=5.0, buffer=2)
+
+    def say(line: str) -> None:  # fails at once (a dropped only teacher would wait forever)
+        assert "timed out" not in line, line
+
+    out = []
+    for i, item in enumerate(stream(plan.tasks(), backend, dispatcher, say=say)):
+        out.append(item)
+        if i == 2:
+            backend.clock += 60.0  # the stall, far beyond timeout_s
+    check_exactly_once(plan, out)
+    assert backend.dropped == [] and dispatcher.resent == 0
+
+
 def test_zero_teachers_waits_with_a_log_line_until_one_joins() -> None:
     plan = BatchPlan(12, 4, 1, seed=0)
     stats = StreamStats()

@@ -320,13 +320,16 @@ def stream(
         if now - last_poll >= poll_s:
             last_poll = now
             _refresh(backend, dispatcher, known, dropped, note, stats)
+        # what finished while the student trained, without waiting: frees slots. Collected
+        # before the timeouts are judged, so a student that stalled (a long step, a paused
+        # process) does not drop a teacher whose answers were waiting for it
+        if handles:
+            _collect(backend, dispatcher, handles, dropped, 0.0, note)
         for name in dispatcher.expired(now):
             note(
                 f"teacher {name} timed out after {dispatcher.timeout_s:g} s: dropped, work re-sent"
             )
             _drop(backend, dispatcher, dropped, name)
-        if handles:  # what finished while the student trained, without waiting: frees slots
-            _collect(backend, dispatcher, handles, dropped, 0.0, note)
         while not exhausted and dispatcher.wants_task():
             task = next(todo, None)
             if task is None:
