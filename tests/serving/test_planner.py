@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from warmstart.serving.config import ServeConfig
-from warmstart.serving.engine import StageConfig
+from warmstart.serving.engine import PoolCall, StageConfig
 from warmstart.serving.planner.fit import (
     RequestClass,
     ServiceModel,
@@ -75,7 +75,7 @@ def test_a_mixed_ranking_batch_is_simulated_on_each_items_own_list() -> None:
     )
     batch = [(None, 500.0), (None, 100.0)]
     sim = Simulator(model, SimConfig({"model": StageConfig(8, 0.0, queue_size=64)}))
-    call = [sim.stages["model"], 0.0, None]
+    call = PoolCall(sim.stages["model"], 0.0)
     sim._calls[id(call)] = call
     sim._pool.append((sim.stages["model"], batch, call))  # type: ignore[arg-type]
     sim._pool_run()
@@ -449,7 +449,7 @@ def test_simulated_calls_are_timed_from_their_pool_thread_and_the_backlog_counte
     for stage in (encode, ranking):
         stage.busy, stage.busy_items = 1, 1
         stage.started(0.0)
-        call = [stage, stage.batch_seconds(1.0), None]
+        call = PoolCall(stage, stage.batch_seconds(1.0))
         sim._calls[id(call)] = call
         req = _Req(len(sim._calls) - 1, 0.0, model.classes[0])
         sim._pool.append((stage, [(req, 1.0)], call))

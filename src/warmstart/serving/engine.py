@@ -32,7 +32,7 @@ import os
 import threading
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Collection, Sequence
+from collections.abc import Awaitable, Callable, Collection, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
@@ -64,6 +64,35 @@ class DeadlineExceeded(Exception):
 
 class BatchSizeMismatch(RuntimeError):
     """A stage function returned a different number of results than items it was given."""
+
+
+@dataclass
+class PoolCall:
+    """A call handed to a compute pool and not finished: its stage, its predicted seconds and
+    when a pool thread started it (on the stage's clock; None while it waits for a thread)."""
+
+    stage: Any
+    predicted_s: float
+    started: float | None = None
+
+
+def calls_backlog_s(
+    calls: Iterable[PoolCall], now: float, skip: Collection[Any], workers: int
+) -> float:
+    """Seconds of work a pool's ``workers`` threads have ahead of a call handed now, from the
+    ``calls`` of stages not in ``skip`` (a stage predicts its own calls itself): what is left of
+    those running (predicted less elapsed) and all of those waiting for a thread, shared by the
+    workers (the engine's ``ComputePool.backlog_s`` and the planner's simulator)."""
+    total = 0.0
+    for call in calls:
+        if call.stage not in skip:
+            left = (
+                call.predicted_s
+                if call.started is None
+                else call.predicted_s - (now - call.started)
+            )
+            total += max(0.0, left)
+    return total / workers
 
 
 class ComputePool:
@@ -110,20 +139,11 @@ class ComputePool:
         self.executor = ThreadPoolExecutor(
             workers, thread_name_prefix=name, initializer=_lower_priority, initargs=(nice,)
         )
-        # calls handed to the executor and not finished: [stage, predicted seconds, start on
-        # the stage's clock (None while it waits for a thread)] (``backlog_s``)
-        self.calls: dict[int, list[Any]] = {}
+        self.calls: dict[int, PoolCall] = {}  # handed to the executor and not finished
 
     def backlog_s(self, now: float, skip: Collection[Any] = ()) -> float:
-        """Seconds of work the pool's threads have ahead of a call handed now, from the calls
-        of stages not in ``skip`` (a stage predicts its own calls itself): what is left of
-        those running (predicted less elapsed) and all of those waiting for a thread, shared
-        by the ``workers``."""
-        total = 0.0
-        for stage, predicted, started in list(self.calls.values()):
-            if stage not in skip:
-                total += predicted if started is None else max(0.0, predicted - (now - started))
-        return total / self.workers
+        """:func:`calls_backlog_s` of this pool's calls."""
+        return calls_backlog_s(list(self.calls.values()), now, skip, self.workers)
 
     def shutdown(self) -> None:
         self.executor.shutdown(wait=True)
@@ -644,10 +664,10 @@ class Stage(Generic[T, R]):
         start = self.clock()
         self.metrics.call_started(start, self._busy)  # idle for a while: measure afresh
         self._last_start = start
-        call: list[Any] | None = None
+        call: PoolCall | None = None
         if not self._is_async:  # a compute call: timed from when a pool thread starts it
             assert self.pool is not None
-            call = [self, self.metrics.batch_seconds(work), None]
+            call = PoolCall(self, self.metrics.batch_seconds(work))
             self.pool.calls[id(call)] = call
             self._last_start = math.inf  # not started yet: nothing of it has elapsed
         try:
@@ -669,7 +689,7 @@ class Stage(Generic[T, R]):
             if call is not None:
                 assert self.pool is not None
                 self.pool.calls.pop(id(call), None)
-                start = end if call[2] is None else call[2]
+                start = end if call.started is None else call.started
             self.metrics.observe_service(end - start, work, end)
             size = len(batch)
             self.metrics.batch_sizes[size] = self.metrics.batch_sizes.get(size, 0) + 1
@@ -680,7 +700,7 @@ class Stage(Generic[T, R]):
             if not item.future.done():
                 item.future.set_result(result)
 
-    async def _call(self, values: list[Any], call: list[Any] | None = None) -> Sequence[Any]:
+    async def _call(self, values: list[Any], call: PoolCall | None = None) -> Sequence[Any]:
         if self._is_async:
             return await self.fn(values)  # type: ignore[misc]
         assert self.pool is not None and call is not None
@@ -689,7 +709,7 @@ class Stage(Generic[T, R]):
         def started(values: list[Any]) -> Sequence[Any]:
             # on the pool thread: the call starts now (its wait for the thread is not its
             # service time: the pool's backlog predicts that, ``ComputePool.backlog_s``)
-            call[2] = self._last_start = self.clock()
+            call.started = self._last_start = self.clock()
             return fn(values)  # type: ignore[return-value]
 
         loop = asyncio.get_running_loop()

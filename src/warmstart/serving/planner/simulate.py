@@ -37,7 +37,13 @@ from typing import Any
 
 import numpy as np
 
-from warmstart.serving.engine import StageConfig, StageMetrics, predicted_wait
+from warmstart.serving.engine import (
+    PoolCall,
+    StageConfig,
+    StageMetrics,
+    calls_backlog_s,
+    predicted_wait,
+)
 from warmstart.serving.planner.fit import RequestClass, TrafficModel
 
 INGRESS = 0.6  # share of the per-request overhead before admission (parse, validate, map ids)
@@ -219,10 +225,10 @@ class Simulator:
         self._lateness: deque[float] = deque([0.0], maxlen=1)
         self.loop_lag = 0.0  # ``engine.LoopLag.value``: the most a recent tick ran late
         self._loop_busy = False
-        # calls waiting for a pool thread; every call handed and not finished as the engine's
-        # ``ComputePool.calls`` ledger: [stage, predicted seconds, start or None]
-        self._pool: deque[tuple[_Stage, list[tuple[_Req, float]], list[Any]]] = deque()
-        self._calls: dict[int, list[Any]] = {}
+        # calls waiting for a pool thread; every call handed and not finished, as the engine's
+        # ``ComputePool.calls``
+        self._pool: deque[tuple[_Stage, list[tuple[_Req, float]], PoolCall]] = deque()
+        self._calls: dict[int, PoolCall] = {}
         self._pool_free = config.workers
         self.in_flight = 0
         self.cpu_busy = 0.0
@@ -391,13 +397,8 @@ class Simulator:
         for stage in path:
             total += stage.predicted_wait(upstream + 1, self.now)
             upstream += stage.load
-        backlog = 0.0
-        for stage, predicted, started in self._calls.values():
-            if stage not in path:
-                backlog += (
-                    predicted if started is None else max(0.0, predicted - (self.now - started))
-                )
-        return total + backlog / self.config.workers
+        backlog = calls_backlog_s(self._calls.values(), self.now, path, self.config.workers)
+        return total + backlog
 
     def _fail(self, req: _Req, admitted: bool = False) -> None:
         """A 503 (refused, queue full or deadline passed): answered through the event loop."""
@@ -479,7 +480,7 @@ class Simulator:
         stage.busy_items += len(live)
         stage.busy_work += stage.work(live)
         stage.started(self.now)
-        call = [stage, stage.batch_seconds(stage.work(live)), None]
+        call = PoolCall(stage, stage.batch_seconds(stage.work(live)))
         self._calls[id(call)] = call
         self._pool.append((stage, live, call))
         self._pool_run()
@@ -489,7 +490,7 @@ class Simulator:
         while self._pool_free and self._pool:
             stage, items, call = self._pool.popleft()
             self._pool_free -= 1
-            call[2] = stage.last_start = self.now
+            call.started = stage.last_start = self.now
             model = self.model.service(stage.name, self.config.precision)
             units = sum(u for _, u in items)
             work = model.sample(len(items), units, self.config.threads, self.rng)
@@ -500,11 +501,12 @@ class Simulator:
                 functools.partial(self._batch_done, stage, items, call),
             )
 
-    def _batch_done(self, stage: _Stage, items: list[tuple[_Req, float]], call: list[Any]) -> None:
+    def _batch_done(self, stage: _Stage, items: list[tuple[_Req, float]], call: PoolCall) -> None:
         self._pool_free += 1
         self._calls.pop(id(call))
         work = stage.work(items)
-        stage.observe(self.now - call[2], work, self.now)
+        assert call.started is not None
+        stage.observe(self.now - call.started, work, self.now)
         stage.busy -= 1
         stage.busy_items -= len(items)
         stage.busy_work -= work
