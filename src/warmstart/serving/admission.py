@@ -163,9 +163,8 @@ class Admission:
                 self._decided(refused=True, shed=shed)
                 raise _late(predicted, budget_s)
             degrade = degraded is not None
-        if degrade:
-            self.degraded += 1
-        self._decided(refused=False, degraded=degrade, shed=shed and degraded is not None)
+            self.degraded += degrade
+        self._decided(refused=False, shed=shed and degraded is not None)
         return Ticket(degrade, predicted, budget_s, margin, overloaded)
 
     @property
@@ -193,15 +192,15 @@ class Admission:
         (23:55 run), each degradation counting as shedding."""
         return self.config.shed and raw_s > self.config.degrade_at * budget_s
 
-    def _decided(self, refused: bool, degraded: bool = False, shed: bool | None = None) -> None:
+    def _decided(self, refused: bool, shed: bool | None = None) -> None:
         """Count a decision; ``shed``: whether it counts towards ``shedding`` (default: it
-        refused or degraded; admission passes ``_loaded``)."""
+        refused; admission passes ``_loaded``)."""
         if refused:
             self.rejected += 1
         else:
             self.admitted += 1
         self.refusing += OVERLOAD_SMOOTHING * (refused - self.refusing)
-        shed = refused or degraded if shed is None else shed
+        shed = refused if shed is None else shed
         self.shedding += OVERLOAD_SMOOTHING * (shed - self.shedding)
 
     def observe(self, ticket: Ticket, seconds: float) -> None:
