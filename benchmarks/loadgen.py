@@ -27,10 +27,12 @@ from typing import Any
 
 import numpy as np
 
+from warmstart.serving.engine import PAUSE_BUCKETS_MS, LoopLag
+
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 FEED_S = 0.05  # the arrival timers are armed this often, a few periods ahead
 TICK_S = 0.005  # the generator's own loop lateness is sampled this often
-LATE_MS = 20.0  # ... and its ticks later than this are counted
+LATE_MS = 20  # ... and its ticks later than this are counted (a PAUSE_BUCKETS_MS bound)
 
 
 @dataclass
@@ -240,29 +242,6 @@ def collector_paused() -> Any:
             gc.enable()
 
 
-class _Ticks:
-    """The generator's own event-loop lateness: a timer every ``TICK_S``, how late it fired
-    (its worst, and how often past ``LATE_MS``): the loop's CPU delay, requests or not."""
-
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self.loop = loop
-        self.worst = 0.0
-        self.over = 0
-        self._handle = self._arm()
-
-    def _arm(self) -> asyncio.TimerHandle:
-        return self.loop.call_at(self.loop.time() + TICK_S, self._fire, self.loop.time() + TICK_S)
-
-    def _fire(self, due: float) -> None:
-        late = self.loop.time() - due
-        self.worst = max(self.worst, late)
-        self.over += late > 1e-3 * LATE_MS
-        self._handle = self._arm()
-
-    def stop(self) -> None:
-        self._handle.cancel()
-
-
 async def run_open_loop(
     host: str,
     port: int,
@@ -323,7 +302,8 @@ async def _open_loop(
             gen.sweep()
 
     cpu0, wall0 = time.process_time(), time.perf_counter()
-    ticks = _Ticks(loop)
+    ticks = LoopLag(TICK_S)  # the generator's own loop lateness, as the server measures its own
+    ticks.start()
     feeding = loop.create_task(feeder())
     sweeping = loop.create_task(sweeper())
     await gen.finished
@@ -333,8 +313,8 @@ async def _open_loop(
     gen.close()
     stats["peak_connections"] = gen.peak_connections
     stats["cpu_share"] = (time.process_time() - cpu0) / max(1e-9, time.perf_counter() - wall0)
-    stats["loop_late_max_ms"] = 1e3 * ticks.worst
-    stats["loop_late_over"] = ticks.over
+    stats["loop_late_max_ms"] = 1e3 * ticks.histogram.longest
+    stats["loop_late_over"] = sum(ticks.histogram.counts[PAUSE_BUCKETS_MS.index(LATE_MS) + 1 :])
     return gen.samples
 
 
