@@ -135,16 +135,9 @@ def train(
             trainer.precompute_outputs(teacher_model, data, args.batch_size, outputs)
         )
     elif mode == "edl":
-        from warmstart.distill.ray_pool import ElasticTeacherPool, PoolConfig
+        from warmstart.distill.ray_pool import ElasticTeacherPool
 
-        # these runs are paused (SIGSTOP) while other lanes benchmark; the student's clock keeps
-        # ageing the teacher's in-flight calls meanwhile, and a 6-minute pause made the default
-        # 60 s timeout drop the live teacher for good; the timeout changes nothing else
-        source = ElasticTeacherPool(
-            data,
-            PoolConfig(timeout_s=3600.0),
-            say=lambda line: print(f"  [edl] {line}", flush=True),
-        )
+        source = ElasticTeacherPool(data, say=lambda line: print(f"  [edl] {line}", flush=True))
     print(f"  training {mode} seed {seed}: {steps} steps ({epochs} epochs)", flush=True)
     torch.manual_seed(seed)  # dropout masks: the same stream for every mode of a seed
     result = trainer.train_student(student, data, config, source)
