@@ -44,7 +44,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import add_common_args, print_table, write_result
-from loadgen import LATE_MS, measure, request_bytes, trivial_server
+from loadgen import LATE_MS, measure, probe, request_bytes, settle, trivial_server
 from warmstart.serving.app import RecommendBody, SearchBody
 
 HERE = Path(__file__).resolve()
@@ -486,9 +486,19 @@ def passes(r: dict[str, float]) -> bool:
     return r["p99_ms"] <= P99_MS and failures < MAX_ERRORS * max(1, r["sent"])
 
 
-def step(port: int, payloads: list[bytes], rate: float, duration: float, log: list) -> bool:
-    """One arrival rate for ``duration`` seconds; logged, printed; True when it passes.
-    Against our server it also records (and prints) what admission did during the step."""
+def step(
+    port: int,
+    payloads: list[bytes],
+    rate: float,
+    duration: float,
+    log: list,
+    quiet_s: float | None = None,
+) -> bool:
+    """One arrival rate for ``duration`` seconds, then a wait until the server is idle again
+    (``settle``: probes answered within ``quiet_s``; ``None``: no wait), so that no step inherits the backlog of
+    the one before (a failed step leaves the naive server working off requests whose clients
+    gave up, for seconds); logged, printed; True when it passes. Against our server it also
+    records (and prints) what admission did during the step."""
     before = admission_counts(port)
     r = measure("127.0.0.1", port, payloads, rate, duration, seed=len(log))
     after = admission_counts(port) if before else None
@@ -496,14 +506,26 @@ def step(port: int, payloads: list[bytes], rate: float, duration: float, log: li
         r["admission"] = {k: after[k] - before.get(k, 0) for k in ADMISSION_COUNTS} | {
             "margin": after.get("margin", 1.0)
         }
+    r["settle_s"] = 0.0 if quiet_s is None else settle("127.0.0.1", port, payloads[0], quiet_s)
     log.append(r)
+    waited = f"  [idle again after {r['settle_s']:.1f} s]" if r["settle_s"] > 0.5 else ""
     print(
         f"  rate {rate:7.0f}/s  p99 {r['p99_ms']:8.1f} ms  errors {r['error_rate']:.4f}  "
         f"degraded {r['degraded']}  (generator send lag p99 {r['send_lag_p99_ms']:.1f} ms, "
-        f"timer lag p99 {r['timer_lag_p99_ms']:.1f} ms){step_admission(r)}",
+        f"timer lag p99 {r['timer_lag_p99_ms']:.1f} ms){step_admission(r)}{waited}",
         flush=True,
     )
     return passes(r)
+
+
+QUIET_FLOOR_S = 0.020  # an idle server answers a lone probe within this, or 3x its idle time
+
+
+def quiet_time(port: int, payload: bytes) -> float:
+    """What counts as idle for :func:`settle`: 3x the median of 5 lone probes on the idle
+    server (at least ``QUIET_FLOOR_S``)."""
+    times = [probe("127.0.0.1", port, payload)[1] for _ in range(5)]
+    return max(QUIET_FLOOR_S, 3 * float(np.median(times)))
 
 
 ADMISSION_COUNTS = ("admitted", "rejected", "with_margin")
@@ -536,22 +558,24 @@ def max_rate(
     port: int, payloads: list[bytes], start: float, duration: float, refine: int, log: list
 ) -> float:
     """Highest passing rate: from ``start`` double up to a failure (or halve down to a pass),
-    then bisect ``refine`` times between the last pass and the first failure."""
+    then bisect ``refine`` times between the last pass and the first failure. Every step
+    starts on an idle server (:func:`step`)."""
+    quiet_s = quiet_time(port, payloads[0])
     good, bad, rate = 0.0, None, start
     while bad is None and rate <= 20_000:
-        if step(port, payloads, rate, duration, log):
+        if step(port, payloads, rate, duration, log, quiet_s):
             good, rate = rate, rate * 2
         else:
             bad = rate
     while not good and bad is not None and bad > 5:  # failed at the start rate: go down
         rate = bad / 2
-        if step(port, payloads, rate, duration, log):
+        if step(port, payloads, rate, duration, log, quiet_s):
             good = rate
         else:
             bad = rate
     for _ in range(refine if good and bad is not None else 0):
         rate = (good + bad) / 2
-        if step(port, payloads, rate, duration, log):
+        if step(port, payloads, rate, duration, log, quiet_s):
             good = rate
         else:
             bad = rate

@@ -318,6 +318,50 @@ async def _open_loop(
     return gen.samples
 
 
+def probe(host: str, port: int, payload: bytes, timeout_s: float = 5.0) -> tuple[int, float]:
+    """One request on a fresh connection, alone: ``(status, seconds)``; status 0 when it failed
+    or timed out. For asking whether a server is idle, outside any measured run."""
+    import socket
+
+    if host not in LOOPBACK:
+        raise ValueError(f"load generator targets loopback only, got {host!r}")
+    t0 = time.perf_counter()
+    buf = bytearray()
+    try:
+        with socket.create_connection((host, port), timeout=timeout_s) as sock:
+            sock.sendall(payload)
+            while (parsed := parse_response(buf)) is None:
+                chunk = sock.recv(65536)
+                if not chunk:
+                    return 0, time.perf_counter() - t0
+                buf += chunk
+    except OSError:
+        return 0, time.perf_counter() - t0
+    return parsed[1], time.perf_counter() - t0
+
+
+def settle(
+    host: str,
+    port: int,
+    payload: bytes,
+    quiet_s: float,
+    max_s: float = 30.0,
+    every_s: float = 0.05,
+    needed: int = 3,
+) -> float:
+    """Wait until the server is idle again: ``needed`` probes in a row answered 200 within
+    ``quiet_s`` (a server still working off a backlog that the last run left, for clients that
+    gave up, answers a probe late; a shedding one answers 503). Returns the seconds waited
+    (``max_s`` at most)."""
+    t0, run = time.perf_counter(), 0
+    while run < needed and time.perf_counter() - t0 < max_s:
+        status, seconds = probe(host, port, payload, timeout_s=max(1.0, 2 * quiet_s))
+        run = run + 1 if status == 200 and seconds <= quiet_s else 0
+        if run < needed:
+            time.sleep(every_s)
+    return time.perf_counter() - t0
+
+
 def summarize(samples: Sequence[Sample], rate: float, duration_s: float) -> dict[str, float]:
     """p50/p99 of all and of answered (200) requests, error, rejection and degradation rates,
     goodput (200s, degraded ones included), and the generator's own delays."""

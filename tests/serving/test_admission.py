@@ -201,3 +201,25 @@ def test_a_learnt_margin_does_not_keep_itself_on_below_the_overload():
         with contextlib.suppress(Overloaded):  # once overloaded, 52 ms x 2.0 is refused
             admission.admit([Fixed(0.052)], [Fixed(0.052)], 0.1)
     assert admission.overloaded and admission.rejected > 0
+
+
+def test_a_quiet_pause_after_a_flood_ends_the_overload():
+    """The shed shares average ~256 decisions *or* the last ~0.25 s, whichever is shorter:
+    after a flood, a request arriving a second later is not judged overloaded (it was, by
+    the decisions taken seconds earlier, until 256 new ones had diluted them)."""
+    now = [0.0]
+    admission = Admission(AdmissionConfig(deadline_ms=100), clock=lambda: now[0])
+    for _ in range(256):  # a flood: every decision refuses, 1 ms apart
+        now[0] += 0.001
+        admission.refusal([Fixed(1.0)], 0.1)
+    assert admission.overloaded and admission.shedding > 0.5
+    now[0] += 0.001  # the next decision at once: still the flood's state
+    admission.admit([Fixed(0.010)], [Fixed(0.010)], 0.1)
+    assert admission.overloaded
+    now[0] += 2.0  # a quiet pause of 2 s (8 time constants)
+    admission.admit([Fixed(0.010)], [Fixed(0.010)], 0.1)
+    assert not admission.overloaded and admission.shedding < 0.01
+    # decisions close together still average ~256 of them: one refusal 1 ms later barely moves it
+    now[0] += 0.001
+    admission.refusal([Fixed(1.0)], 0.1)
+    assert admission.shedding < 0.01 + 1 / 200

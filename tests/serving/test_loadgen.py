@@ -181,3 +181,51 @@ def test_a_step_against_our_server_says_what_admission_did(bench):
     idle = {"admission": {"admitted": 0.0, "rejected": 0.0, "with_margin": 0.0, "margin": 1.0}}
     assert bench.step_admission(idle) == ""  # e.g. the GET /healthz ceiling
     assert bench.admission_counts(1) is None  # nothing listening: not our server
+
+
+class _Countdown:
+    """A loopback HTTP server (a thread) answering 503 to its first ``busy`` requests, 200 to
+    the rest; counts what it answered."""
+
+    def __init__(self, busy: int) -> None:
+        import socketserver
+        import threading
+
+        owner = self
+        self.busy, self.answered = busy, []
+
+        class Handler(socketserver.StreamRequestHandler):
+            def handle(self) -> None:
+                while (line := self.rfile.readline()) not in (b"\r\n", b""):
+                    pass
+                status = 503 if len(owner.answered) < owner.busy else 200
+                owner.answered.append(status)
+                self.wfile.write(f"HTTP/1.1 {status} X\r\nContent-Length: 2\r\n\r\n{{}}".encode())
+
+        self.server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), Handler)
+        self.port = self.server.server_address[1]
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_settle_waits_for_consecutive_fast_200s_and_gives_up_at_its_bound():
+    payload = loadgen.request_bytes("GET", "/healthz")
+    server = _Countdown(busy=4)
+    try:
+        assert loadgen.probe("127.0.0.1", server.port, payload)[0] == 503
+        loadgen.settle("127.0.0.1", server.port, payload, quiet_s=5.0, every_s=0.0, needed=3)
+        # 3 more 503s (busy), then exactly the 3 200s in a row it asks for
+        assert server.answered == [503] * 4 + [200] * 3
+        server.busy = 10**9  # shedding from now on: never idle
+        waited = loadgen.settle(
+            "127.0.0.1", server.port, payload, quiet_s=5.0, max_s=0.2, every_s=0.0
+        )
+        assert waited >= 0.2 and server.answered[-1] == 503
+    finally:
+        server.close()
+    with pytest.raises(ValueError, match="loopback"):
+        loadgen.probe("10.0.0.1", 80, payload)
+    assert loadgen.probe("127.0.0.1", server.port, payload)[0] == 0  # closed: a failure

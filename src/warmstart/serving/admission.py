@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import asyncio
 import math
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from warmstart.serving.engine import LoopLag, Overloaded, Stage, Window, pool_backlog_s
@@ -71,7 +72,9 @@ CALIBRATION_FROM = 0.5  # ... those predicted at >= this fraction of their budge
 CALIBRATION_QUANTILE = 0.99
 CALIBRATION_EVERY = 32  # completions between two updates of the margin
 MAX_MARGIN = 2.0
-OVERLOAD_SMOOTHING = 1 / 256  # the shed shares are averages over ~256 recent decisions
+OVERLOAD_SMOOTHING = 1 / 256  # the shed shares are averages over ~256 recent decisions ...
+OVERLOAD_TAU_S = 0.25  # ... or over the last ~0.25 s, whichever is shorter (an idle gap after a
+# flood ends the overload: the next request is not judged by decisions taken seconds earlier)
 OVERLOADED_AT = 0.05  # a shed share (refused or degraded) above which admission is overloaded
 # and applies the margin
 
@@ -79,8 +82,12 @@ OVERLOADED_AT = 0.05  # a shed share (refused or degraded) above which admission
 class Admission:
     """Decides, per request, admit / degrade / reject; counts what it decided."""
 
-    def __init__(self, config: AdmissionConfig | None = None) -> None:
+    def __init__(
+        self, config: AdmissionConfig | None = None, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self.config = config or AdmissionConfig()
+        self._clock = clock
+        self._last_decision: float | None = None
         self.in_flight = 0
         self.admitted = 0
         self.degraded = 0
@@ -199,9 +206,20 @@ class Admission:
             self.rejected += 1
         else:
             self.admitted += 1
-        self.refusing += OVERLOAD_SMOOTHING * (refused - self.refusing)
+        weight = self._weight()
+        self.refusing += weight * (refused - self.refusing)
         shed = refused if shed is None else shed
-        self.shedding += OVERLOAD_SMOOTHING * (shed - self.shedding)
+        self.shedding += weight * (shed - self.shedding)
+
+    def _weight(self) -> float:
+        """The weight of this decision in the shed shares: 1/256, or more after a pause, so
+        that the shares average the last ~``OVERLOAD_TAU_S`` when fewer than 256 decisions
+        fall in it (after a flood, a quiet second forgets it)."""
+        now = self._clock()
+        last, self._last_decision = self._last_decision, now
+        if last is None:
+            return OVERLOAD_SMOOTHING
+        return max(OVERLOAD_SMOOTHING, -math.expm1(-(now - last) / OVERLOAD_TAU_S))
 
     def observe(self, ticket: Ticket, seconds: float) -> None:
         """An admitted request took ``seconds`` from admission to its answer (or failure).
