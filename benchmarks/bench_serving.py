@@ -1148,6 +1148,12 @@ def main() -> None:
         default=0,
         help="our compute.nice (model threads below the event loop; for a core ours alone)",
     )
+    parser.add_argument(
+        "--ours-recommend",
+        default="{}",
+        help='JSON merged into our recommend config, e.g. \'{"rank": {"max_batch": 64}}\' '
+        "(the fused model stage batches by rank's settings)",
+    )
     parser.add_argument("--ray-batch", type=int, default=16)
     parser.add_argument("--ray-wait-ms", type=float, default=5.0)
     parser.add_argument("--epochs", type=int, default=5, help="ColdNAS epochs when training")
@@ -1226,7 +1232,8 @@ def run(args: argparse.Namespace) -> None:
                                            "p99_ms": P99_MS, "max_error_rate": MAX_ERRORS,
                                            "seconds_per_rate": duration, "server_cpus": 1,
                                            "precision": args.precision,
-                                           "ours_compute_nice": args.compute_nice}}  # fmt: skip
+                                           "ours_compute_nice": args.compute_nice,
+                                           "ours_recommend": json.loads(args.ours_recommend)}}  # fmt: skip
     curves: dict[str, list] = {}
     result["load_average_start"] = list(os.getloadavg())
     print(f"load average at start {result['load_average_start']}", flush=True)
@@ -1262,6 +1269,7 @@ def run(args: argparse.Namespace) -> None:
             "fused": system == "ours",
             "recommender": "coldnas",
             "precision": args.precision,
+            **json.loads(args.ours_recommend),
         }
         if not degrade:
             config["admission"].update(degrade_at=0.8, reject_at=0.8)
