@@ -1271,9 +1271,11 @@ def run(args: argparse.Namespace) -> None:
     systems = [s for s in args.only.split(",") if s and s != "none"]
     caps: dict[str, float] = {}
 
-    def ours_command(system: str, port: int, degrade: bool) -> list[str]:
-        """Our server; ``degrade=False`` for the capacity search (full N or a refusal: the
-        degraded path is then never taken), the default shedding for the overload."""
+    def ours_command(system: str, port: int, degrade: bool, capacity: bool = False) -> list[str]:
+        """Our server; ``degrade=False`` for the capacity search and the never-degrading flood
+        (full N or a refusal: the degraded path is then never taken), the default shedding
+        for the other flood; ``capacity``: the capacity search's deadline
+        (``--ours-deadline-ms``; the floods keep the default)."""
         config = ours_config(port, workdir)
         config["compute"]["nice"] = args.compute_nice
         config["recommend"] = {
@@ -1283,16 +1285,18 @@ def run(args: argparse.Namespace) -> None:
             **json.loads(args.ours_recommend),
         }
         if not degrade:
-            config["admission"].update(
-                degrade_at=0.8, reject_at=0.8, deadline_ms=args.ours_deadline_ms or P99_MS
-            )
-        path = workdir / f"{system}{'' if degrade else '-full'}.json"
+            config["admission"].update(degrade_at=0.8, reject_at=0.8)
+        if capacity:
+            config["admission"]["deadline_ms"] = args.ours_deadline_ms or P99_MS
+        path = (
+            workdir / f"{system}{'' if degrade else '-full'}{'-capacity' if capacity else ''}.json"
+        )
         path.write_text(json.dumps(config))
         return ["--serve", "ours", "--config", str(path)]
 
     def capacity_command(system: str, port: int) -> list[str]:
         if system.startswith("ours"):
-            return ours_command(system, port, degrade=False)
+            return ours_command(system, port, degrade=False, capacity=True)
         return ["--serve", system, "--port", str(port), "--ray-batch", str(args.ray_batch),
                 "--ray-wait-ms", str(args.ray_wait_ms), "--precision", args.precision]  # fmt: skip
 
