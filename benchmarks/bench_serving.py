@@ -582,6 +582,9 @@ def max_rate(
     return good
 
 
+CEILING_SLICES = 5  # turns each batch size takes in the in-process ceiling
+
+
 def ideal_compute_rate(
     bodies: list[dict[str, Any]],
     batches: tuple[int, ...] = CEILING_BATCHES,
@@ -632,20 +635,31 @@ def compute_ceiling(bodies_path: Path, batches: list[int], seconds: float, preci
             assert cands.size == CANDIDATES
             top_k(scores, K)
 
-    by_batch, cpu_by_batch = {}, {}
+    # the batch sizes take turns in short slices (the box's speed drifts by ~30% within
+    # minutes: measured one after the other, a batch size's figure was also its moment's); each
+    # size's figure is the median of its slices, and the best size counts
+    chunks = {b: [todo[i : i + b] for i in range(0, len(todo) - b + 1, b)] for b in batches}
+    rates: dict[int, list[float]] = {b: [] for b in batches}
+    cpus: dict[int, list[float]] = {b: [] for b in batches}
     for batch in batches:
-        chunks = [todo[i : i + batch] for i in range(0, len(todo) - batch + 1, batch)]
-        run(chunks[0])  # warm-up
-        n, start, cpu = 0, time.perf_counter(), time.thread_time()
-        while time.perf_counter() - start < seconds:
-            for chunk in chunks:
+        run(chunks[batch][0])  # warm-up
+    for _ in range(CEILING_SLICES):
+        for batch in batches:
+            n, i, start, cpu = 0, 0, time.perf_counter(), time.thread_time()
+            while time.perf_counter() - start < seconds / CEILING_SLICES:
+                chunk = chunks[batch][i % len(chunks[batch])]
                 run(chunk)
-                n += len(chunk)
-        wall, cpu = time.perf_counter() - start, time.thread_time() - cpu
-        by_batch[batch], cpu_by_batch[batch] = n / wall, 1e3 * cpu / n
+                n, i = n + len(chunk), i + 1
+            wall, cpu = time.perf_counter() - start, time.thread_time() - cpu
+            rates[batch].append(n / wall)
+            cpus[batch].append(1e3 * cpu / n)
+    by_batch = {b: float(np.median(rates[b])) for b in batches}
+    cpu_by_batch = {b: float(np.median(cpus[b])) for b in batches}
+    spread = {b: [min(rates[b]), max(rates[b])] for b in batches}
     best = max(by_batch, key=lambda b: by_batch[b])
     print(json.dumps({"best": by_batch[best], "best_batch": best, "by_batch": by_batch,
-                      "cpu_ms_per_request": cpu_by_batch}))  # fmt: skip
+                      "cpu_ms_per_request": cpu_by_batch, "slices": CEILING_SLICES,
+                      "by_batch_range": spread}))  # fmt: skip
 
 
 def capacity_rounds(
@@ -1265,8 +1279,9 @@ def run(args: argparse.Namespace) -> None:
         ceiling = ideal_compute_rate(bodies, precision=args.precision)
         result["compute_ceiling"], result["compute_ceiling_batches"] = ceiling["best"], ceiling
         for b, rate in ceiling["by_batch"].items():
-            cpu = ceiling["cpu_ms_per_request"][b]
-            print(f"  batch {b:>3}: {rate:6.0f} requests/s ({cpu:.3f} ms CPU each)", flush=True)
+            cpu, (low, high) = ceiling["cpu_ms_per_request"][b], ceiling["by_batch_range"][b]
+            print(f"  batch {b:>3}: {rate:6.0f} requests/s ({cpu:.3f} ms CPU each; median of "
+                  f"{ceiling['slices']} slices, {low:.0f}-{high:.0f}/s)", flush=True)  # fmt: skip
 
     systems = [s for s in args.only.split(",") if s and s != "none"]
     caps: dict[str, float] = {}
