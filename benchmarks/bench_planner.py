@@ -482,7 +482,7 @@ def refit(logdir: Path, sims: dict[str, Any], target: Any, ramp: Any) -> dict[st
     wrote while its capacity was measured (the machine's load as it was then; its costs at
     another precision are the ramp's: the default server measured only its own)."""
     from warmstart.serving.planner.fit import fit_traffic
-    from warmstart.serving.planner.search import capacity
+    from warmstart.serving.planner.search import robust_capacity
     from warmstart.serving.trafficlog import read_events
 
     model = fit_traffic(read_events(logdir))
@@ -490,7 +490,7 @@ def refit(logdir: Path, sims: dict[str, Any], target: Any, ramp: Any) -> dict[st
     out = {"background": model.background, "overhead_ms": 1e3 * model.overhead_s}
     for name, config in sims.items():
         config = dataclasses.replace(config, background=model.background)
-        out[name] = capacity(model, config, target).rate
+        out[name] = robust_capacity(model, config, target).rate
     return out
 
 
@@ -548,7 +548,7 @@ def run(args: argparse.Namespace) -> None:
         server_config,
         write_plan,
     )
-    from warmstart.serving.planner.search import Target, capacity
+    from warmstart.serving.planner.search import Target, robust_capacity
 
     os.sched_setaffinity(0, {bs.CLIENT_CPU})
     bs.ensure_artifacts(args.data_dir, 5)
@@ -634,7 +634,7 @@ def run(args: argparse.Namespace) -> None:
         # finds without the change of precision
         name = f"planned_{plan.logged.precision}"
         sims[name] = dataclasses.replace(plan.planned, precision=plan.logged.precision)
-        predicted[name] = capacity_summary(capacity(plan.model, sims[name], target))
+        predicted[name] = capacity_summary(robust_capacity(plan.model, sims[name], target))
         configs[name] = server_config(sims[name], plan.model.server)
         print(f"  also measured: {name} (the plan in {plan.logged.precision}), predicted "
               f"{predicted[name]['capacity']:.1f} req/s", flush=True)  # fmt: skip

@@ -22,7 +22,7 @@ from warmstart.serving.planner.fit import (
     fit_traffic,
 )
 from warmstart.serving.planner.plan import make_plan, sim_config, write_plan
-from warmstart.serving.planner.search import Target, capacity, passes, search
+from warmstart.serving.planner.search import Target, capacity, passes, robust_capacity, search
 from warmstart.serving.planner.simulate import SimConfig, Simulator, _Req, simulate
 from warmstart.serving.trafficlog import TrafficLog, TrafficLogConfig, read_events
 
@@ -494,3 +494,23 @@ def test_simulated_admission_counts_the_loops_lateness_as_time_spent() -> None:
     sim.loop_lag = 0.030
     sim._admit(_Req(1, sim.now, cls))
     assert list(sim.errors) == [False, True]
+
+
+def test_search_keeps_a_change_only_when_its_mean_capacity_over_seeds_gains() -> None:
+    """Capacities are means over ``Target.seeds`` seeds (``robust_capacity``); a kept change
+    beats the start on that mean by ``min_gain``, not only on the first seed."""
+    model = _fixed_cost(0.0002)
+    target = Target(p99_s=0.1, n=1000, steps=5, seeds=3)
+    start = SimConfig({"s": StageConfig(2, 0.0, queue_size=2048)})
+    result = search(model, start, target, passes_=1, min_gain=0.01)
+    per_seed = [
+        capacity(model, result.best, dataclasses.replace(target, seed=s)).rate for s in (0, 1, 2)
+    ]
+    assert result.best_capacity.rate == pytest.approx(np.mean(per_seed))
+    assert result.best_capacity.rate == pytest.approx(
+        robust_capacity(model, result.best, target).rate
+    )
+    assert result.best != start
+    assert result.best_capacity.rate > 1.01 * result.start_capacity.rate
+    one_seed = dataclasses.replace(target, seeds=1)
+    assert robust_capacity(model, start, one_seed).rate == capacity(model, start, target).rate
