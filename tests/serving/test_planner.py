@@ -14,6 +14,7 @@ import pytest
 from warmstart.serving.config import ServeConfig
 from warmstart.serving.engine import PoolCall, StageConfig
 from warmstart.serving.planner.fit import (
+    QUANTILES,
     RequestClass,
     ServiceModel,
     TrafficModel,
@@ -22,7 +23,14 @@ from warmstart.serving.planner.fit import (
     fit_traffic,
 )
 from warmstart.serving.planner.plan import make_plan, sim_config, write_plan
-from warmstart.serving.planner.search import Target, capacity, passes, robust_capacity, search
+from warmstart.serving.planner.search import (
+    Target,
+    capacity,
+    knobs,
+    passes,
+    robust_capacity,
+    search,
+)
 from warmstart.serving.planner.simulate import SimConfig, Simulator, _Req, simulate
 from warmstart.serving.trafficlog import TrafficLog, TrafficLogConfig, read_events
 
@@ -514,3 +522,23 @@ def test_search_keeps_a_change_only_when_its_mean_capacity_over_seeds_gains() ->
     assert result.best_capacity.rate > 1.01 * result.start_capacity.rate
     one_seed = dataclasses.replace(target, seeds=1)
     assert robust_capacity(model, start, one_seed).rate == capacity(model, start, target).rate
+
+
+def test_a_deadline_past_the_p99_target_answers_the_slowest_late_instead_of_failing() -> None:
+    """At a deadline equal to the p99 target every request slower than it is dropped, so the
+    0.1% error limit binds at the 99.9th percentile; a longer deadline (a searched knob, in
+    multiples of the target) answers those late: at the same arrivals fewer errors, p99 still
+    within the target."""
+    noise = np.quantile(np.random.default_rng(0).lognormal(0, 0.5, 20000), QUANTILES)
+    model = TrafficModel(
+        {"s": ServiceModel(0.009, 0.006, 0.0, noise=tuple(float(q) for q in noise))},
+        (RequestClass("search", 1.0, (Visit("s", 1.0, 1.0, None),)),),
+        0.0005,
+    )
+    start = SimConfig({"s": StageConfig(16, 0.001, queue_size=2048)}, deadline_s=0.1)
+    at_target = simulate(model, start, 20, 3000)
+    longer = simulate(model, dataclasses.replace(start, deadline_s=0.2), 20, 3000)
+    assert at_target.error_rate > 0.001 > longer.error_rate
+    assert max(at_target.p99_s(), longer.p99_s()) <= 0.1
+    names = [name for name, _, _ in knobs(model, start, 0.1)]
+    assert "deadline_s" in names and "deadline_s" not in [n for n, _, _ in knobs(model, start)]

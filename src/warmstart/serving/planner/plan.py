@@ -82,7 +82,11 @@ def server_config(planned: SimConfig, server: dict[str, Any]) -> dict[str, Any]:
         out.setdefault(pipeline, {}).setdefault(stage, {}).update(
             max_batch=k.max_batch, max_wait_s=k.max_wait_s, concurrency=k.concurrency
         )
-    admission = {"degrade_at": planned.degrade_at, "reject_at": planned.reject_at}
+    admission = {
+        "degrade_at": planned.degrade_at,
+        "reject_at": planned.reject_at,
+        "deadline_ms": round(1e3 * planned.deadline_s, 3),
+    }
     out.setdefault("admission", {}).update(admission)
     for pipeline in ("recommend", "search"):
         if "admission" in out.get(pipeline, {}):
@@ -167,6 +171,7 @@ def _knobs(c: SimConfig) -> dict[str, Any]:
         "workers": c.workers,
         "threads": c.threads,
         "cores": c.cores,
+        "deadline_s": c.deadline_s,
         "degrade_at": c.degrade_at,
         "reject_at": c.reject_at,
     }
@@ -175,7 +180,8 @@ def _knobs(c: SimConfig) -> dict[str, Any]:
 def changes(old: SimConfig, new: SimConfig) -> dict[str, list[Any]]:
     """``{knob: [old, new]}`` for every knob that differs."""
     out: dict[str, list[Any]] = {}
-    for name in ("precision", "workers", "threads", "degrade_at", "reject_at", "max_in_flight"):
+    names = ("precision", "workers", "threads", "deadline_s", "degrade_at", "reject_at")
+    for name in (*names, "max_in_flight"):
         if getattr(old, name) != getattr(new, name):
             out[name] = [getattr(old, name), getattr(new, name)]
     for stage, knobs in new.stages.items():
