@@ -196,7 +196,7 @@ class _Countdown:
 
         class Handler(socketserver.StreamRequestHandler):
             def handle(self) -> None:
-                while (line := self.rfile.readline()) not in (b"\r\n", b""):
+                while self.rfile.readline() not in (b"\r\n", b""):
                     pass
                 status = 503 if len(owner.answered) < owner.busy else 200
                 owner.answered.append(status)
