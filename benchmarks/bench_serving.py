@@ -495,10 +495,10 @@ def step(
     quiet_s: float | None = None,
 ) -> bool:
     """One arrival rate for ``duration`` seconds, then a wait until the server is idle again
-    (``settle``: probes answered within ``quiet_s``; ``None``: no wait), so that no step inherits the backlog of
-    the one before (a failed step leaves the naive server working off requests whose clients
-    gave up, for seconds); logged, printed; True when it passes. Against our server it also
-    records (and prints) what admission did during the step."""
+    (``settle``: probes answered within ``quiet_s``; ``None``: no wait), so that no step
+    inherits the backlog of the one before (a failed step can leave the naive server working
+    off requests whose clients gave up); logged, printed; True when it passes. Against our
+    server it also records (and prints) what admission did during the step."""
     before = admission_counts(port)
     r = measure("127.0.0.1", port, payloads, rate, duration, seed=len(log))
     after = admission_counts(port) if before else None
@@ -1171,8 +1171,8 @@ def main() -> None:
     parser.add_argument(
         "--ours-deadline-ms",
         type=float,
-        default=0.0,
-        help="our admission deadline on the capacity servers (0: the p99 target, 100 ms). "
+        default=P99_MS,
+        help="our admission deadline on the capacity servers (default: the p99 target). "
         "At the target itself every request predicted past 80 ms is refused, and each refusal "
         "counts against the 0.1%% error limit, so the server is held to its 99.9th percentile "
         "while the baselines are held to their 99th; the floods keep the default deadline",
@@ -1257,8 +1257,7 @@ def run(args: argparse.Namespace) -> None:
                                            "precision": args.precision,
                                            "ours_compute_nice": args.compute_nice,
                                            "ours_recommend": json.loads(args.ours_recommend),
-                                           "ours_capacity_deadline_ms":
-                                               args.ours_deadline_ms or P99_MS}}  # fmt: skip
+                                           "ours_capacity_deadline_ms": args.ours_deadline_ms}}  # fmt: skip
     curves: dict[str, list] = {}
     result["load_average_start"] = list(os.getloadavg())
     print(f"load average at start {result['load_average_start']}", flush=True)
@@ -1302,7 +1301,7 @@ def run(args: argparse.Namespace) -> None:
         if not degrade:
             config["admission"].update(degrade_at=0.8, reject_at=0.8)
         if capacity:
-            config["admission"]["deadline_ms"] = args.ours_deadline_ms or P99_MS
+            config["admission"]["deadline_ms"] = args.ours_deadline_ms
         path = (
             workdir / f"{system}{'' if degrade else '-full'}{'-capacity' if capacity else ''}.json"
         )

@@ -257,8 +257,7 @@ async def run_open_loop(
     ``stats`` (optional) receives ``peak_connections``, the most connections open at once, and
     the generator's own load: ``cpu_share`` (its process's CPU time over the run's wall time),
     ``loop_late_max_ms`` and ``loop_late_over`` (ticks later than ``LATE_MS``)."""
-    if host not in LOOPBACK:
-        raise ValueError(f"load generator targets loopback only, got {host!r}")
+    _loopback_only(host)
     with collector_paused():
         return await _open_loop(
             host, port, payloads, rate, duration_s, seed, max_connections, timeout_s,
@@ -318,13 +317,17 @@ async def _open_loop(
     return gen.samples
 
 
+def _loopback_only(host: str) -> None:
+    if host not in LOOPBACK:
+        raise ValueError(f"load generator targets loopback only, got {host!r}")
+
+
 def probe(host: str, port: int, payload: bytes, timeout_s: float = 5.0) -> tuple[int, float]:
     """One request on a fresh connection, alone: ``(status, seconds)``; status 0 when it failed
     or timed out. For asking whether a server is idle, outside any measured run."""
     import socket
 
-    if host not in LOOPBACK:
-        raise ValueError(f"load generator targets loopback only, got {host!r}")
+    _loopback_only(host)
     t0 = time.perf_counter()
     buf = bytearray()
     try:
