@@ -594,7 +594,8 @@ def ideal_compute_rate(
     """Requests/s of our compute in-process, in ideal batches, no HTTP: the same function our
     model stage runs (``RecommendPipeline._model_batch``: adapt, MF ridge fit, candidates
     with exclusions, ranking; then top-k), on full batches of ``batches`` sizes (the best
-    counts), in a child process set up as a server (pinned to the server core, one thread)."""
+    counts), in a child process set up as a server (pinned to the server core, one thread, the
+    allocator setting of ``compute.keep_freed_mb``)."""
     path = RUNS / "serving" / "ceiling-bodies.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(bodies))
@@ -613,12 +614,15 @@ def compute_ceiling(bodies_path: Path, batches: list[int], seconds: float, preci
     import torch
 
     from warmstart.serving.app import recommend_request
+    from warmstart.serving.config import ComputeConfig
     from warmstart.serving.engine import ComputePool
+    from warmstart.serving.memory import keep_freed_memory
     from warmstart.serving.models import load_models
     from warmstart.serving.pipelines import RecommendPipeline, _Adapt, _Model, top_k
     from warmstart.serving.store import build_store
 
     torch.set_num_threads(1)
+    keep_freed_memory(ComputeConfig().keep_freed_mb)  # the allocator as our server sets it
     models = load_models(COLDNAS, MF, None, "coldnas", precision)
     pipeline = RecommendPipeline(models, build_store(64 << 20), ComputePool(1, 1), ComputePool(1))
     reqs = [

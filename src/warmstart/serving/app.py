@@ -49,6 +49,7 @@ from warmstart.serving.engine import (
     Overloaded,
     PauseHistogram,
 )
+from warmstart.serving.memory import keep_freed_memory
 from warmstart.serving.models import load_models
 from warmstart.serving.pipelines import (
     Recommendation,
@@ -216,6 +217,8 @@ class Server:
     async def start(self) -> None:
         c = self.config
         sys.setswitchinterval(1e-3 * c.compute.switch_interval_ms)  # process-wide, like torch's
+        if self.owns_process:
+            keep_freed_memory(c.compute.keep_freed_mb)  # process-wide too (glibc's malloc)
         self.compute = ComputePool(c.compute.workers, c.compute.intra_op_threads, c.compute.nice)
         self.io = ComputePool(c.compute.io_workers, None, name="ws-io")
         self.store = build_store(
