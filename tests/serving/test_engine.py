@@ -113,6 +113,42 @@ def test_full_batch_does_not_wait_for_max_wait(pool):
     assert out == [0, 1, 2, 3] and sizes == {4: 1}
 
 
+def test_a_batch_filling_one_item_at_a_time_goes_once_full(pool):
+    """Items that arrive while the worker already waits for more wake it when the batch is
+    full, not at the end of ``max_wait_s``; and the worker waits with no task per item."""
+
+    async def main():
+        stage = Stage("f", lambda xs: xs, StageConfig(max_batch=4, max_wait_s=9.0), pool)
+        await stage.start()
+        first = asyncio.ensure_future(stage.submit(0))
+        while not stage._filling:  # the worker took item 0 and now waits for more
+            await asyncio.sleep(0)
+        getters = [t for t in asyncio.all_tasks() if t.get_coro().__qualname__ == "Queue.get"]
+        rest = []
+        for i in (1, 2, 3):
+            rest.append(asyncio.ensure_future(stage.submit(i)))
+            await asyncio.sleep(0)
+        out = await asyncio.wait_for(asyncio.gather(first, *rest), 5)
+        await stage.stop()
+        return out, stage.metrics.batch_sizes, getters
+
+    out, sizes, getters = run(main)
+    assert out == [0, 1, 2, 3] and sizes == {4: 1}
+    assert getters == []  # the worker waits on its future, not in a task per queue.get()
+
+
+def test_a_partial_batch_goes_at_the_end_of_the_wait(pool):
+    async def main():
+        stage = Stage("p", lambda xs: xs, StageConfig(max_batch=8, max_wait_s=0.05), pool)
+        await stage.start()
+        out = await asyncio.wait_for(asyncio.gather(stage.submit(1), stage.submit(2)), 5)
+        await stage.stop()
+        return out, stage.metrics.batch_sizes, stage._filling
+
+    out, sizes, filling = run(main)
+    assert out == [1, 2] and sizes == {2: 1} and filling == []
+
+
 def test_an_error_reaches_every_waiter_of_the_batch(pool):
     def fn(xs):
         if "bad" in xs:

@@ -503,6 +503,9 @@ class Stage(Generic[T, R]):
         self._queued_work = 0.0  # the weights of the items queued (``weight``)
         self._busy_work = 0.0  # ... and of the items being computed
         self._last_start = -math.inf  # the latest call's start (clock seconds)
+        # the workers waiting for their batch to fill (``_collect``): a future that ``submit``
+        # completes once that many items are queued
+        self._filling: list[tuple[asyncio.Future[bool], int]] = []
         # traffic log hook (serving.trafficlog.StageRecorder): called with (items, start, end)
         self.recorder: Callable[[list[_Item], float, float], None] | None = None
 
@@ -599,6 +602,9 @@ class Stage(Generic[T, R]):
             ) from None
         self.metrics.submitted += 1
         self._queued_work += weight
+        for filling, wanted in self._filling:  # a waiting worker whose batch is now full
+            if self._queue.qsize() >= wanted:  # goes at once
+                _finish(filling, False)
         if deadline is not None:  # answer a request that expires in the queue at its deadline
             item.timer = loop.call_later(deadline - item.enqueued, self._expire, item)
         return await future
@@ -618,20 +624,31 @@ class Stage(Generic[T, R]):
                 await self._run(batch)
 
     async def _collect(self, queue: asyncio.Queue[_Item]) -> list[_Item]:
-        """The next batch: the first item, then whatever arrives within ``max_wait_s``."""
+        """The next batch: the first item, then whatever arrives within ``max_wait_s``.
+
+        While it waits, the worker sleeps on one future that ``submit`` completes once the
+        batch could be full, or a timer at the end of the wait: no task or timeout per
+        arriving item (``asyncio.wait_for`` on ``queue.get()`` cost both, on the event loop,
+        for every item of a batch that was still filling)."""
         items = [self._taken(await queue.get())]
         end = self.clock() + self.config.max_wait_s
+        timed_out = False
         while len(items) < self.config.max_batch:
             if not queue.empty():
                 items.append(self._taken(queue.get_nowait()))
                 continue
             remaining = end - self.clock()
-            if remaining <= 0:
+            if timed_out or remaining <= 0:
                 break
+            loop = asyncio.get_running_loop()
+            waiter = (loop.create_future(), self.config.max_batch - len(items))
+            self._filling.append(waiter)
+            timer = loop.call_later(remaining, _finish, waiter[0], True)
             try:
-                items.append(self._taken(await asyncio.wait_for(queue.get(), remaining)))
-            except TimeoutError:
-                break
+                timed_out = await waiter[0]
+            finally:
+                timer.cancel()
+                self._filling.remove(waiter)
         return self._live(items)
 
     def _taken(self, item: _Item) -> _Item:
@@ -717,6 +734,11 @@ class Stage(Generic[T, R]):
 
     def snapshot(self) -> dict[str, Any]:
         return {"name": self.name, **self.metrics.snapshot(self.depth, self._busy)}
+
+
+def _finish(future: asyncio.Future[bool], timed_out: bool) -> None:
+    if not future.done():
+        future.set_result(timed_out)
 
 
 def _fail(future: asyncio.Future[Any], err: BaseException) -> None:
