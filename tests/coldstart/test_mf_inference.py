@@ -55,31 +55,3 @@ def test_empty_support_is_the_prior_and_bad_input_raises(fitted, tmp_path):
         export_mf(tmp_path, model, 7.0, np.arange(3), (1.0, 5.0))
     with pytest.raises(FileNotFoundError, match=r"mf\.json"):
         load_mf(tmp_path / "missing")
-
-
-@pytest.mark.parametrize("ordered", [True, False])
-def test_a_batch_gets_the_same_candidates_directly_as_through_the_index(
-    fitted, tmp_path, monkeypatch, ordered
-):
-    """A small catalogue's batch is scored in one matrix (``DIRECT_TOP_N_ITEMS``); the same
-    top-N as the exact index gives, with the same scores, best first when ``ordered``."""
-    import warmstart.coldstart.mf_inference as mfi
-
-    split, model = fitted
-    export_mf(tmp_path, model, 7.0, split.dataset.items.ids, (-1e9, 1e9))
-    mf = load_mf(tmp_path)
-    users = mf.fit_users([(t.support_items, t.support_labels) for t in split.test[:6]])
-    scores, rows = mf.candidates(users, 12, ordered)
-    monkeypatch.setattr(mfi, "DIRECT_TOP_N_ITEMS", 0)  # every batch through the index
-    ref_scores, ref_rows = mf.candidates(users, 12, ordered)
-    assert rows.shape == ref_rows.shape == (6, 12) and rows.dtype == np.int64
-    for u in range(6):
-        assert set(rows[u]) == set(ref_rows[u])
-        full = mf.predict(users[u], np.arange(mf.n_items)) - mf.model.mu - users[u][mf.dim]
-        np.testing.assert_allclose(scores[u], full[rows[u]], rtol=1e-5, atol=1e-5)
-        if ordered:
-            assert np.all(np.diff(scores[u]) <= 0)
-            np.testing.assert_allclose(scores[u], ref_scores[u], rtol=1e-5, atol=1e-6)
-    # asking for more than the catalogue gives all of it
-    _, every = mf.candidates(users[:2], mf.n_items + 5, ordered)
-    assert every.shape == (2, mf.n_items) and set(every[0]) == set(range(mf.n_items))

@@ -64,6 +64,24 @@ def test_exact_matches_brute_force_across_blocks(n_queries: int, k: int) -> None
     _assert_matches_reference(x, q, scores, ids, k)
 
 
+@pytest.mark.parametrize("threads", [None, 1])
+@pytest.mark.parametrize("k", [1, 150, 202, 203])  # up to the whole corpus
+def test_exact_one_block_matches_brute_force(k: int, threads: int | None) -> None:
+    """A corpus of one block (no merge: one partition per query, ``_search_one_block``),
+    ordered and not, over several query blocks, in numpy's GEMM and in torch's."""
+    x, q = _random(203, 12, 5), _random(20, 12, 6)
+    index = ExactIndex(build_index("exact", 12, block_rows=256, query_block=8).config, threads)
+    index.add(x)
+    assert len(index._blocks) == 1
+    scores, ids = index.search(q, k)
+    _assert_matches_reference(x, q, scores, ids, k)
+    loose_s, loose_i = index.search(q, k, ordered=False)
+    assert loose_i.dtype == np.int64 and loose_s.dtype == np.float32
+    for row in range(len(q)):
+        assert set(loose_i[row]) == set(ids[row])
+        np.testing.assert_allclose(np.sort(loose_s[row]), np.sort(scores[row]), rtol=1e-6)
+
+
 @pytest.mark.parametrize("block_rows", [16, 1024])  # many corpus blocks, and one
 @pytest.mark.parametrize("n_queries", [1, 9])
 def test_exact_unordered_returns_the_same_top_k(block_rows: int, n_queries: int) -> None:

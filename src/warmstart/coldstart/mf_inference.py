@@ -83,11 +83,6 @@ def export_mf(
     (directory / CONFIG_FILE).write_text(json.dumps(config, indent=2, default=str) + "\n")
 
 
-DIRECT_TOP_N_ITEMS = 1 << 15
-"""Catalogues up to this many items are searched by one score matrix per batch (see
-``MFRecommender.candidates``); larger ones through the exact index."""
-
-
 class MFRecommender:
     """Item factors + ridge fit + exact top-N index, immutable after construction.
 
@@ -118,7 +113,6 @@ class MFRecommender:
         self.config = config or {}
         self._index: ExactIndex = build_index("exact", self.dim + 1)  # type: ignore[assignment]
         self._index.add(model.items.astype(np.float32))  # rows [q_i, b_i]
-        self._items_t = np.ascontiguousarray(model.items.astype(np.float32).T)  # (D + 1, N)
 
     @property
     def dim(self) -> int:
@@ -164,19 +158,7 @@ class MFRecommender:
         if users.ndim != 2 or users.shape[1] != self.dim + 1:
             raise ValueError(f"candidates: users must be (T, {self.dim + 1}), got {users.shape}")
         queries = np.concatenate([users[:, : self.dim], np.ones((len(users), 1), np.float32)], 1)
-        if self.n_items > DIRECT_TOP_N_ITEMS or len(users) < 2:
-            return self._index.search(queries, n, ordered)
-        # a small catalogue: one GEMM into every score, one partition per row (a batch of 48
-        # users over ML-1M's 3,706 items: 8 us a user, against 34 through the blocked index,
-        # whose per-block torch.topk suits catalogues too large to score at once)
-        scores = queries @ self._items_t  # (T, N)
-        k = min(n, self.n_items)
-        rows = np.argpartition(scores, self.n_items - k, axis=1)[:, self.n_items - k :]
-        top = np.take_along_axis(scores, rows, 1)
-        if ordered:
-            order = np.argsort(-top, axis=1, kind="stable")
-            rows, top = np.take_along_axis(rows, order, 1), np.take_along_axis(top, order, 1)
-        return top.astype(np.float32), rows.astype(np.int64)
+        return self._index.search(queries, n, ordered)
 
     def predict(self, user: np.ndarray, rows: np.ndarray) -> np.ndarray:
         """``mu + b_u + b_i + p_u · q_i`` for one ``(D + 1,)`` user row, clipped to the bounds."""

@@ -232,7 +232,8 @@ class ExactIndex:
     block is multiplied with each query block (one GEMM), ``torch.topk`` keeps the block's best
     ``k`` and a running merge keeps the overall best ``k``: no full sort, the corpus is read once,
     and the score block stays in cache. A single query uses matrix-vector products into one score
-    vector and one ``np.argpartition``.
+    vector and one ``np.argpartition``; so does each query of a corpus that fits one block
+    (nothing to merge).
 
     Thread policy (``threads``, see ``retrieval.threads``): ``None`` (default) searches in the
     calling thread with the process's settings (numpy's BLAS for the products) and changes
@@ -376,6 +377,8 @@ class ExactIndex:
         (1M x 384, 256 queries, one thread: GEMM alone 153 q/s, + topk of every row 130, + row
         max 149), and after the first blocks most rows are skipped.
         """
+        if len(self._blocks) == 1:
+            return self._search_one_block(q, k, in_torch=in_torch, ordered=ordered)
         qb = self.config.query_block
         best_v = torch.full((len(q), k), -math.inf)
         best_i = torch.full((len(q), k), -1, dtype=torch.int64)
@@ -408,6 +411,30 @@ class ExactIndex:
             return best_v.numpy(), best_i.numpy()
         best_v, order = torch.sort(best_v, dim=1, descending=True, stable=True)
         return best_v.numpy(), torch.gather(best_i, 1, order).numpy()
+
+    def _search_one_block(
+        self, q: np.ndarray, k: int, *, in_torch: bool, ordered: bool = True
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Queries (M, D) over a corpus of one block: nothing to merge, so each query block's
+        scores go through one row-wise ``np.argpartition``, not ``torch.topk``. With k a large
+        share of the rows, topk is the slow part: 48 queries, 3,706 rows of 17 (the ML-1M MF
+        candidates), k = 520, one thread: topk 34 us a query, argpartition 6 us."""
+        (block,) = self._blocks
+        n, qb = block.shape[1], self.config.query_block
+        out_v = np.empty((len(q), k), dtype=np.float32)
+        out_i = np.empty((len(q), k), dtype=np.int64)
+        buf = np.empty(min(qb, len(q)) * n, dtype=np.float32)
+        for s in range(0, len(q), qb):
+            qs = q[s : s + qb]
+            scores = buf[: len(qs) * n].reshape(len(qs), n)
+            _matmul(qs, block, scores, in_torch)
+            ids = np.argpartition(scores, n - k, axis=1)[:, n - k :]
+            top = np.take_along_axis(scores, ids, 1)
+            if ordered:
+                order = np.argsort(-top, axis=1, kind="stable")
+                ids, top = np.take_along_axis(ids, order, 1), np.take_along_axis(top, order, 1)
+            out_v[s : s + len(qs)], out_i[s : s + len(qs)] = top, ids
+        return out_v, out_i
 
     def save(self, path: Path) -> None:
         """Write ``index.json`` and ``vectors.npy`` (streamed block by block) into ``path``."""
