@@ -632,7 +632,7 @@ class Stage(Generic[T, R]):
         for every item of a batch that was still filling)."""
         items = [self._taken(await queue.get())]
         end = self.clock() + self.config.max_wait_s
-        timed_out = False
+        loop, timed_out = asyncio.get_running_loop(), False
         while len(items) < self.config.max_batch:
             if not queue.empty():
                 items.append(self._taken(queue.get_nowait()))
@@ -640,7 +640,6 @@ class Stage(Generic[T, R]):
             remaining = end - self.clock()
             if timed_out or remaining <= 0:
                 break
-            loop = asyncio.get_running_loop()
             waiter = (loop.create_future(), self.config.max_batch - len(items))
             self._filling.append(waiter)
             timer = loop.call_later(remaining, _finish, waiter[0], True)

@@ -43,7 +43,7 @@ def keep_freed_memory(megabytes: int) -> bool:
     and serve blocks below 32 MiB from the heap (``M_MMAP_THRESHOLD``), process-wide.
 
     ``0`` changes nothing. Returns whether the settings were applied: ``False`` where the C
-    library is not glibc (musl, macOS), logged once; the server then runs with the platform's
+    library is not glibc (musl, macOS), with a log line; the server then runs with the platform's
     allocator as it is.
     """
     if megabytes < 0:
