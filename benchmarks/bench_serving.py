@@ -593,7 +593,7 @@ def ideal_compute_rate(
 ) -> dict[str, Any]:
     """Requests/s of our compute in-process, in ideal batches, no HTTP: the same function our
     model stage runs (``RecommendPipeline._model_batch``: adapt, MF ridge fit, candidates
-    with exclusions, ranking; then top-k), on full batches of ``batches`` sizes (the best
+    with exclusions, ranking, top-k), on full batches of ``batches`` sizes (the best
     counts), in a child process set up as a server (pinned to the server core, one thread, the
     allocator setting of ``compute.keep_freed_mb``)."""
     path = RUNS / "serving" / "ceiling-bodies.json"
@@ -618,7 +618,7 @@ def compute_ceiling(bodies_path: Path, batches: list[int], seconds: float, preci
     from warmstart.serving.engine import ComputePool
     from warmstart.serving.memory import keep_freed_memory
     from warmstart.serving.models import load_models
-    from warmstart.serving.pipelines import RecommendPipeline, _Adapt, _Model, top_k
+    from warmstart.serving.pipelines import RecommendPipeline, _Adapt, _Model
     from warmstart.serving.store import build_store
 
     torch.set_num_threads(1)
@@ -630,14 +630,13 @@ def compute_ceiling(bodies_path: Path, batches: list[int], seconds: float, preci
         for b in json.loads(bodies_path.read_text())
     ]
     todo = [
-        _Model(_Adapt(None, r.items, r.ratings), None, r.exclude, r.n_candidates or CANDIDATES)
+        _Model(_Adapt(None, r.items, r.ratings), None, r.exclude, r.n_candidates or CANDIDATES, K)
         for r in reqs
     ]
 
     def run(chunk: list[_Model]) -> None:
-        for cands, scores in pipeline._model_batch(chunk):
-            assert cands.size == CANDIDATES
-            top_k(scores, K)
+        for rows, _, n_cands in pipeline._model_batch(chunk):  # the top k, as the server's
+            assert n_cands == CANDIDATES and rows.size == K
 
     # the batch sizes take turns in short slices (the box's speed drifts by ~30% within
     # minutes: measured one after the other, a batch size's figure was also its moment's); each

@@ -19,6 +19,7 @@ from warmstart.serving.pipelines import (
     _Adapt,
     _Model,
     top_k,
+    top_k_rows,
     without,
 )
 from warmstart.serving.store import MemoryTier, TieredStore
@@ -388,3 +389,22 @@ def test_search_config_speed_options_from_json():
     assert (c.search.use_bf16, c.search.rerank_max_length, c.search.rerank_n) == (False, 64, 7)
     assert ServeConfig.from_dict({"search": {"bf16": True}}).search.use_bf16
     assert ServeConfig.from_dict({}).search.use_bf16 == native_bf16()  # "auto", the default
+
+
+def test_batched_top_k_picks_what_top_k_picks_for_each_request():
+    """``top_k_rows`` groups the batch by (candidates, k): each row gets exactly the rows and
+    scores ``top_k`` gives it alone, ties (scores rounded to one or two decimals) included."""
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        sizes = rng.choice([0, 1, 3, 10, 50], int(rng.integers(1, 7)))
+        cands = [rng.permutation(1000)[:s].astype(np.int64) for s in sizes]
+        scores = [
+            np.round(rng.random(s), int(rng.integers(1, 3))).astype(np.float32) for s in sizes
+        ]
+        ks = [int(rng.choice([1, 3, 10, 60])) for _ in sizes]
+        for c, s, k, (rows, best) in zip(
+            cands, scores, ks, top_k_rows(cands, scores, ks), strict=True
+        ):
+            want = top_k(s, k)
+            assert np.array_equal(rows, c[want]) and np.array_equal(best, s[want])
+            assert rows.size == min(k, c.size)
