@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import gc
 import json
+import os
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from warmstart.serving.app import Server, create_app
-from warmstart.serving.config import ServeConfig
+from warmstart.serving.app import Server, create_app, shares_a_core
+from warmstart.serving.config import ComputeConfig, ServeConfig
 from warmstart.serving.engine import MIN_SAMPLES
 
 TOKEN = "s3cret-token"
@@ -385,3 +386,17 @@ def test_hot_path_in_front_of_the_app_serves_and_passes_on(tiny_artifacts, tmp_p
         big = hot.post("/v1/recommend", content=b"x" * (2 << 20))
         assert big.status_code == 413
         assert hot.get("/readyz").status_code == 200 and hot.get("/healthz").status_code == 200
+
+
+def test_the_loop_yields_the_core_only_where_it_shares_one(monkeypatch):
+    """``compute.loop_yield_ms`` applies where the process has fewer CPUs than model threads
+    plus the loop (the benchmark's one-core server), never where the loop has its own."""
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0}, raising=False)
+    assert shares_a_core(ComputeConfig())
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    assert not shares_a_core(ComputeConfig())
+    assert shares_a_core(ComputeConfig(workers=2)) and shares_a_core(
+        ComputeConfig(intra_op_threads=2)
+    )
+    with pytest.raises(ValueError, match="loop_yield_ms"):
+        ComputeConfig(loop_yield_ms=-1.0)

@@ -19,6 +19,7 @@ from warmstart.serving.engine import (
     LoopLag,
     Overloaded,
     PauseHistogram,
+    PoolCall,
     Stage,
     StageConfig,
 )
@@ -505,3 +506,81 @@ def test_a_compute_call_is_timed_from_its_pool_thread_and_the_pool_backlog_count
     assert predicted == pytest.approx(0.030)
     assert list(cheap.metrics.service._values) == [pytest.approx(0.002)]
     assert cheap.metrics.wait._values[0] == pytest.approx(0.0)  # it left its queue at once
+
+
+def test_the_loop_yields_the_core_only_while_the_pool_has_a_call(monkeypatch):
+    """``yield_loop``: one sleep of ``loop_yield_s`` once the ready callbacks ran, only while
+    a call of the pool is queued or running; at most one pending."""
+    slept: list[float] = []
+    monkeypatch.setattr(time, "sleep", slept.append)  # recorded, not slept
+    pool = ComputePool(1, None, loop_yield_s=0.004)
+
+    async def main() -> None:
+        pool.yield_loop()  # an idle pool: nothing to give the core to
+        await asyncio.sleep(0)
+        assert slept == [] and pool.loop_yields == 0
+        pool.calls[1] = PoolCall(None, 0.01)  # a batch handed to the pool
+        pool.yield_loop()
+        pool.yield_loop()  # already pending: still one sleep
+        assert slept == []  # not before the loop has run what is ready
+        await asyncio.sleep(0)
+        assert slept == [0.004] and pool.loop_yields == 1
+        pool.yield_loop()
+        await asyncio.sleep(0)
+        assert slept == [0.004, 0.004]
+        del pool.calls[1]
+        pool.yield_loop()
+        await asyncio.sleep(0)
+        assert pool.loop_yields == 2
+
+    try:
+        run(main)
+    finally:
+        pool.shutdown()
+    off = ComputePool(1, None)  # the default: never
+    try:
+        off.calls[1] = PoolCall(None, 0.01)
+        run(lambda: _yield_once(off))
+        assert off.loop_yields == 0
+    finally:
+        off.shutdown()
+    with pytest.raises(ValueError, match="loop_yield_s"):
+        ComputePool(1, None, loop_yield_s=1.0)
+
+
+async def _yield_once(pool: ComputePool) -> None:
+    pool.yield_loop()
+    await asyncio.sleep(0)
+
+
+def test_a_stage_yields_the_loop_after_handing_a_batch_to_its_pool(monkeypatch):
+    slept: list[float] = []
+    monkeypatch.setattr(time, "sleep", slept.append)
+    pool = ComputePool(1, None, loop_yield_s=0.002)
+    started, release = threading.Event(), threading.Event()
+
+    def fn(values: list[int]) -> list[int]:
+        started.set()
+        release.wait(TIMEOUT)
+        return [v + 1 for v in values]
+
+    stage: Stage[int, int] = Stage("s", fn, StageConfig(max_batch=4), pool)
+
+    async def main() -> int:
+        await stage.start()
+        try:
+            answer = asyncio.ensure_future(stage.submit(1))
+            while not pool.calls:  # the worker hands the batch to the pool
+                await asyncio.sleep(0)
+            await asyncio.sleep(0)
+            assert slept == [0.002]  # the batch was running (or waiting for its thread)
+            release.set()
+            return await answer
+        finally:
+            release.set()
+            await stage.stop()
+
+    try:
+        assert run(main) == 2
+    finally:
+        pool.shutdown()

@@ -10,7 +10,7 @@ both ways and names unknown ids in its errors; ``ItemInfo`` holds what a person 
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -80,6 +80,13 @@ class IdMap:
             return _raw_scalar(raw, "") in self._index
         except ValueError:
             return False
+
+    @property
+    def row_of(self) -> Callable[[Any, int], int]:
+        """``row_of(raw, default)``: the row of a plain ``int`` or ``str`` id, else ``default``
+        (the index's own ``dict.get``: for hot paths that check the id's type themselves; a
+        ``bool`` or ``float`` must not be passed, ``True == 1`` would match)."""
+        return self._index.get
 
     def to_rows(self, raw_ids: Iterable[Any], arg: str = "ids") -> np.ndarray:
         """``(n,)`` int64 dense rows of ``raw_ids``.

@@ -83,6 +83,12 @@ class ComputeConfig:
         ``mallopt``; ``serving.memory``), so a scoring pass reuses warm pages instead of
         faulting in fresh ones (~42 page faults per ML-1M recommend request with glibc's
         defaults, ~0.5 with this). ``0`` leaves the allocator as it is; ignored off glibc.
+    loop_yield_ms: where the event loop shares a core with the model threads (the process
+        may run on fewer CPUs than ``workers * intra_op_threads + 1``), the loop sleeps this
+        long after taking in a request or handing a batch to the pool while a batch is still
+        running (``ComputePool.yield_loop``): the batch keeps the core for that slice and the
+        loop then reads the requests that arrived meanwhile in one pass. ``0`` never; with a
+        core of its own the loop never sleeps.
     """
 
     workers: int = 1
@@ -92,8 +98,11 @@ class ComputeConfig:
     switch_interval_ms: float = 0.5
     gc_freeze: bool = True
     keep_freed_mb: int = 256
+    loop_yield_ms: float = 1.0
 
     def __post_init__(self) -> None:
+        if not 0 <= self.loop_yield_ms <= 20:
+            raise ValueError(f"compute.loop_yield_ms must lie in [0, 20], got {self.loop_yield_ms}")
         if self.keep_freed_mb < 0:
             raise ValueError(f"compute.keep_freed_mb must be >= 0, got {self.keep_freed_mb}")
         for name in ("workers", "intra_op_threads", "io_workers"):
