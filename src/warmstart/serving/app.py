@@ -25,7 +25,6 @@ import hmac
 import json
 import logging
 import math
-import os
 import sys
 import time
 import weakref
@@ -60,7 +59,7 @@ from warmstart.serving.pipelines import (
     SearchRequest,
 )
 from warmstart.serving.store import TieredStore, build_store
-from warmstart.serving.trafficlog import TrafficLog, attach
+from warmstart.serving.trafficlog import TrafficLog, attach, usable_cpus
 
 log = logging.getLogger(__name__)
 
@@ -394,10 +393,8 @@ class CollectorPauses:
 
 def shares_a_core(compute: ComputeConfig) -> bool:
     """Whether the event loop must share a core with the model threads: the process may run
-    on fewer CPUs than those threads plus the loop (Linux affinity; else the CPU count)."""
-    getaffinity = getattr(os, "sched_getaffinity", None)
-    cpus = len(getaffinity(0)) if getaffinity is not None else os.cpu_count() or 1
-    return cpus < compute.workers * compute.intra_op_threads + 1
+    on fewer CPUs (``usable_cpus``) than those threads plus the loop."""
+    return usable_cpus() < compute.workers * compute.intra_op_threads + 1
 
 
 def settle_heap() -> None:

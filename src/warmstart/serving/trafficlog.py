@@ -131,7 +131,7 @@ class RotatingLines:
         self._file.close()
 
 
-def _cpus() -> int:
+def usable_cpus() -> int:
     """Cores this process may run on (its affinity where the platform has one)."""
     try:
         return len(os.sched_getaffinity(0))
@@ -176,7 +176,7 @@ class TrafficLog:
             "t0": self.t0,
             "wall": time.time(),
             "pid": os.getpid(),
-            "cpus": _cpus(),
+            "cpus": usable_cpus(),
             "sample": self.config.sample,
             "server": self.server,
         }
