@@ -65,6 +65,7 @@ log = logging.getLogger(__name__)
 
 MAX_BODY_BYTES = 1 << 20
 MAX_K = 100
+MAX_USER_ID_CHARS = 128
 MAX_INTERACTIONS = 1000
 MAX_EXCLUDE = 5000
 MAX_CANDIDATES = 5000
@@ -91,7 +92,7 @@ class RecommendBody(_Strict):
     user_id: str | None = Field(
         None,
         min_length=1,
-        max_length=128,
+        max_length=MAX_USER_ID_CHARS,
         description="a known user: with no interactions, its stored state is used",
     )
     interactions: list[Interaction] = Field(default_factory=list, max_length=MAX_INTERACTIONS)
@@ -449,8 +450,9 @@ def fast_recommend_request(raw: bytes, pipeline: RecommendPipeline) -> Recommend
     """``recommend_request`` of a body in its plain form, straight from the bytes, or ``None``.
 
     The hot route's parser: one ``orjson.loads`` and a walk over the parsed values that checks
-    the types and limits of ``RecommendBody`` and maps the ids in the same pass (~4x less CPU
-    than pydantic's validation plus the id-map pass, for 20 interactions). It accepts only
+    the types and limits of ``RecommendBody`` and maps the ids in the same pass (about half
+    the CPU of pydantic's validation plus the id-map pass: 20.6 against 20.0 + 24.8 us in a
+    warm probe of a body with 20 interactions). It accepts only
     what ``RecommendBody`` accepts as it is: JSON strings, integers (never ``true``) and
     numbers where the schema has them, no extra field, every limit met, known ids, ratings in
     the model's range. Anything else (a coercion pydantic would make, such as ``"k": 10.0`` or
@@ -467,7 +469,9 @@ def fast_recommend_request(raw: bytes, pipeline: RecommendPipeline) -> Recommend
         return None
     get = body.get
     user_id, k, n_cands, deadline = get("user_id"), get("k", 10), get("n_candidates"), None
-    if user_id is not None and (type(user_id) is not str or not 1 <= len(user_id) <= 128):
+    if user_id is not None and (
+        type(user_id) is not str or not 1 <= len(user_id) <= MAX_USER_ID_CHARS
+    ):
         return None
     if type(k) is not int or not 1 <= k <= MAX_K:
         return None
