@@ -157,8 +157,8 @@ class ComputePool:
         the pool is still queued or running (else nothing; at most one sleep is pending).
 
         Why: where the loop and a model thread share one core, each request the loop woke
-        for took the core from the batch in progress, and both then ran from cold caches:
-        at ~900 requests/s the loop woke about once per request. Sleeping lets the batch run
+        for took the core from the batch in progress: at ~900 requests/s the loop woke about
+        once per request (voluntary context switches per answer, from ``/proc``). Sleeping lets the batch run
         for a slice, and the loop then reads every request that arrived meanwhile in one
         pass; the model's next batch is fuller too. Requests wait up to one slice more.
         """
