@@ -223,3 +223,44 @@ def test_a_quiet_pause_after_a_flood_ends_the_overload():
     now[0] += 0.001
     admission.refusal([Fixed(1.0)], 0.1)
     assert admission.shedding < 0.01 + 1 / 200
+
+
+class Counted(Fixed):
+    """A fixed stage stand-in that counts its predictions."""
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__(seconds)
+        self.calls = 0
+
+    def predicted_wait_s(self, extra: int = 1) -> float:
+        self.calls += 1
+        return self.seconds
+
+
+def test_admit_reuses_the_refusal_checks_prediction_once_for_the_same_path():
+    """The front asks ``refusal`` before parsing and ``admit`` right after: for the same
+    stages within ``REUSE_S`` the prediction is made once; another path, a later admit, a
+    stale check or a refusal that refused all predict afresh."""
+    from warmstart.serving.admission import REUSE_S
+
+    now = [50.0]
+    admission = Admission(AdmissionConfig(deadline_ms=100), clock=lambda: now[0])
+    stage, other = Counted(0.010), Counted(0.010)
+    path = [stage]
+    assert admission.refusal(path, 0.1) is None and stage.calls == 1
+    ticket = admission.admit([stage], [stage], 0.1)  # the same stage objects, a new list
+    assert stage.calls == 1 and ticket.predicted_s == 0.010
+    admission.admit(path, path, 0.1)  # used once: the next admit predicts
+    assert stage.calls == 2
+    admission.refusal(path, 0.1)
+    admission.admit([other], [other], 0.1)  # another path
+    assert (stage.calls, other.calls) == (3, 1)
+    admission.refusal(path, 0.1)
+    now[0] += 2 * REUSE_S  # too long ago
+    admission.admit(path, path, 0.1)
+    assert stage.calls == 5
+    stage.seconds = 0.2  # refused: nothing kept for the admit that follows
+    assert admission.refusal(path, 0.1) is not None and stage.calls == 6
+    with pytest.raises(Overloaded):
+        admission.admit(path, path, 0.1)
+    assert stage.calls == 7

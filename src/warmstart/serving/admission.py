@@ -77,6 +77,8 @@ OVERLOAD_TAU_S = 0.25  # ... or over the last ~0.25 s, whichever is shorter (an 
 # flood ends the overload: the next request is not judged by decisions taken seconds earlier)
 OVERLOADED_AT = 0.05  # a shed share (refused or degraded) above which admission is overloaded
 # and applies the margin
+REUSE_S = 0.002  # :meth:`Admission.admit` reuses the prediction :meth:`Admission.refusal` made
+# for the same path at most this long before (the front's check, then the body's parse)
 
 
 class Admission:
@@ -106,6 +108,9 @@ class Admission:
         self.with_margin = 0  # decisions (admit or refuse) taken with the margin applied
         self._ratios = Window(CALIBRATION_WINDOW)
         self._observed = 0
+        # the last prediction of ``refusal`` that refused nothing: (its stages, when, seconds),
+        # used once by the next ``admit`` of the same path (see ``_reused``)
+        self._last: tuple[Sequence[Stage], float, float] | None = None
 
     def enter(self) -> None:
         self.in_flight += 1
@@ -159,12 +164,14 @@ class Admission:
         budget_s -= self.front_delay_s()
         overloaded, margin = self.overloaded, self.applied_margin
         self.with_margin += overloaded
-        raw = self.predict_s(full)
+        raw = self._reused(full)
+        if raw is None:
+            raw = self.predict_s(full)
         predicted = margin * raw
         shed = self._loaded(raw, budget_s)
         degrade = self.config.shed and predicted > self.config.degrade_at * budget_s
         if degrade:
-            if degraded is not None:
+            if degraded is not None and degraded is not full:
                 predicted = margin * self.predict_s(degraded)
             if predicted > self.config.reject_at * budget_s:
                 self._decided(refused=True, shed=shed)
@@ -254,10 +261,31 @@ class Admission:
         raw = self.predict_s(common)
         predicted = self.applied_margin * raw
         if predicted <= self.config.reject_at * budget_s:
+            self._last = (common, self._clock(), raw)
             return None  # admit decides (and counts)
         self.with_margin += self.overloaded
         self._decided(refused=True, shed=self._loaded(raw, budget_s))
         return _late(predicted, budget_s)
+
+    def _reused(self, stages: Sequence[Stage]) -> float | None:
+        """The prediction :meth:`refusal` made for exactly ``stages`` (the same stage objects,
+        in order) within the last ``REUSE_S``, once; else ``None``.
+
+        The HTTP front asks :meth:`refusal` before it parses a body and :meth:`admit` right
+        after, with nothing run on the loop in between: for a request whose path is the common
+        one (a new user's, through the fused model stage) the stages' state is the one just
+        predicted from, so the second prediction (~5 us of the loop per request) is skipped.
+        Stale by at most the parse: its in-flight batch has run that much longer, so the reused
+        figure errs on the long side by those microseconds."""
+        last, self._last = self._last, None
+        if last is None:
+            return None
+        held, at, raw = last
+        if self._clock() - at > REUSE_S or len(held) != len(stages):
+            return None
+        if any(a is not b for a, b in zip(held, stages, strict=True)):
+            return None
+        return raw
 
     def front_delay_s(self) -> float:
         """Seconds a request may have waited unseen before the loop read it (the loop's
