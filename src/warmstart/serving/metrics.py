@@ -81,9 +81,13 @@ class MetricsExporter:
             registry=self.registry,
             buckets=_BUCKETS,
         )
+        self._latency_of: dict[str, Any] = {}  # the histogram's child per endpoint
 
     def observe(self, endpoint: str, seconds: float) -> None:
-        self.latency.labels(endpoint).observe(seconds)
+        child = self._latency_of.get(endpoint)
+        if child is None:  # ``labels`` hashes and checks its arguments on every call
+            child = self._latency_of[endpoint] = self.latency.labels(endpoint)
+        child.observe(seconds)
 
     def render(self) -> tuple[bytes, str]:
         return generate_latest(self.registry), CONTENT_TYPE_LATEST
