@@ -592,9 +592,13 @@ class ColdStartRecommender:
                 biases[k] = biases[k] + a
         vectors = rows_of(self._item_table, items)  # (I, Di) or (U, I, Di)
         h = vectors if items.dim() == 2 else vectors[None].expand(params.shape[0], -1, -1)
+        cast = self._dtype is not torch.float32  # ``.to`` to the same dtype still dispatches
         for w, b in zip(weights, biases, strict=True):
-            w = w.expand(params.shape[0], -1, -1).to(self._dtype)
-            h = torch.baddbmm(b[:, None, :].to(self._dtype), h, w.transpose(1, 2)).relu_()
+            w = w.expand(params.shape[0], -1, -1)
+            b = b[:, None, :]
+            if cast:
+                w, b = w.to(self._dtype), b.to(self._dtype)
+            h = torch.baddbmm(b, h, w.transpose(1, 2)).relu_()
         w_out, b_out = self._out
         logits = torch.matmul(h.float(), w_out) + b_out + rows_of(self._item_prior, query)  # (U, I)
         low, high = self.model.config.rating_range
