@@ -665,6 +665,36 @@ def compute_ceiling(bodies_path: Path, batches: list[int], seconds: float, preci
                       "by_batch_range": spread}))  # fmt: skip
 
 
+BRACKET_SECONDS = 2.0  # each bracketing ceiling (``ours_capacity``): batches 16 and 64 only
+BRACKET_BATCHES = (16, 64)
+
+
+def ours_capacity(
+    port: int,
+    payloads: list[bytes],
+    bodies: list[dict[str, Any]],
+    start: float,
+    duration: float,
+    refine: int,
+    log: list,
+    precision: str,
+) -> dict[str, float]:
+    """Our capacity search bracketed by two short in-process ceilings, one right before it and
+    one right after (the server idle meanwhile): ``{"ours", "ceiling_before",
+    "ceiling_after", "ceiling_bracket"}``, the last the mean of the two.
+
+    Why: the box's speed drifts by ~30% within minutes, and a round's main ceiling is measured
+    minutes before our bisection; the bracket is the compute ceiling of the moments our search
+    ran in, so ``ours / ceiling_bracket`` compares the two at the same speed of the box."""
+    before = ideal_compute_rate(bodies, BRACKET_BATCHES, BRACKET_SECONDS, precision)["best"]
+    ours = max_rate(port, payloads, start, duration, refine, log)
+    after = ideal_compute_rate(bodies, BRACKET_BATCHES, BRACKET_SECONDS, precision)["best"]
+    print(f"  ceiling right before our search {before:.0f}/s, right after {after:.0f}/s",
+          flush=True)  # fmt: skip
+    return {"ours": ours, "ceiling_before": before, "ceiling_after": after,
+            "ceiling_bracket": (before + after) / 2}  # fmt: skip
+
+
 def capacity_rounds(
     first: dict[str, float],
     rounds: int,
@@ -685,7 +715,7 @@ def capacity_rounds(
     each round (minutes apart at most) and their medians reported. ``command(system, port)``:
     the server's arguments."""
     healthz = [request_bytes("GET", "/healthz")]
-    rows = [{"round": 1, **first}]
+    rows: list[dict[str, Any]] = [{"round": 1, **first}]
     for r in range(2, rounds + 1):
         prev = rows[-1]
         row: dict[str, Any] = {"round": r, "load_average": list(os.getloadavg())}
@@ -702,7 +732,11 @@ def capacity_rounds(
                     row["http_ceiling"] = max_rate(port, healthz, start, duration, refine, log)
                 log = curves[f"{system}_r{r}"] = []
                 start = 0.75 * prev[system] or 100
-                row[system] = max_rate(port, payloads, start, duration, refine, log)
+                if system == "ours":
+                    row.update(ours_capacity(port, payloads, bodies, start, duration, refine,
+                                             log, precision))  # fmt: skip
+                else:
+                    row[system] = max_rate(port, payloads, start, duration, refine, log)
             finally:
                 server.stop()
         rows.append(row)
@@ -710,6 +744,8 @@ def capacity_rounds(
         limit = min(row["compute_ceiling"], row["http_ceiling"])
         row["ours_over_naive"] = row["ours"] / row["naive"] if row["naive"] else None
         row["ours_fraction_of_limit"] = row["ours"] / limit if limit else None
+        bracket = min(row.get("ceiling_bracket") or 0.0, row["http_ceiling"])
+        row["ours_fraction_of_bracket"] = row["ours"] / bracket if bracket else None
 
     def median(key: str) -> float | None:
         values = [row[key] for row in rows if row[key] is not None]
@@ -719,6 +755,7 @@ def capacity_rounds(
         "rounds": rows,
         "median_ours_over_naive": median("ours_over_naive"),
         "median_ours_fraction_of_limit": median("ours_fraction_of_limit"),
+        "median_ours_fraction_of_bracket": median("ours_fraction_of_bracket"),
     }
 
 
@@ -1335,7 +1372,13 @@ def run(args: argparse.Namespace) -> None:
                     curves["http_stack"],
                 )
             curves[system] = []
-            caps[system] = max_rate(port, payloads, 100, duration, refine, curves[system])
+            if system == "ours":
+                bracketed = ours_capacity(port, payloads, bodies, 100, duration, refine,
+                                          curves[system], args.precision)  # fmt: skip
+                caps[system] = bracketed.pop("ours")
+                result["ours_ceiling_bracket"] = bracketed
+            else:
+                caps[system] = max_rate(port, payloads, 100, duration, refine, curves[system])
         finally:
             server.stop()
         if system == "ours" and caps[system] and "overload" not in skip:
@@ -1358,8 +1401,12 @@ def run(args: argparse.Namespace) -> None:
     result["capacity"] = caps
     result["curves"] = curves
     if "ours" in caps:
-        limit = min(result["compute_ceiling"], result.get("http_ceiling", np.inf))
+        limit_http = result.get("http_ceiling", np.inf)
+        limit = min(result["compute_ceiling"], limit_http)
         result["ours_fraction_of_limit"] = caps["ours"] / limit
+        if "ours_ceiling_bracket" in result:
+            bracket = min(result["ours_ceiling_bracket"]["ceiling_bracket"], limit_http)
+            result["ours_fraction_of_bracket"] = caps["ours"] / bracket
         for base in ("naive", "ray"):
             if caps.get(base):
                 result[f"ours_over_{base}"] = caps["ours"] / caps[base]
@@ -1372,7 +1419,8 @@ def run(args: argparse.Namespace) -> None:
     save()
     if args.rounds > 1 and "recommend" not in skip and {"naive", "ours"} <= set(caps):
         first = {"compute_ceiling": result["compute_ceiling"], "http_ceiling": result["http_ceiling"],
-                 "naive": caps["naive"], "ours": caps["ours"]}  # fmt: skip
+                 "naive": caps["naive"], "ours": caps["ours"],
+                 **result.get("ours_ceiling_bracket", {})}  # fmt: skip
         result["rounds"] = capacity_rounds(
             first, args.rounds, payloads, bodies, duration, refine, args.precision,
             capacity_command, curves,
@@ -1410,9 +1458,14 @@ def report_rounds(rounds: dict[str, Any]) -> None:
               f"ceiling {row['http_ceiling']:.0f}/s, naive {row['naive']:.0f}/s, ours "
               f"{row['ours']:.0f}/s: ours/naive {_fmt(row['ours_over_naive'])}, fraction of "
               f"the limit {_fmt(row['ours_fraction_of_limit'])}"
+              + ("" if row.get("ceiling_bracket") is None else
+                 f"; ceiling around our search {row['ceiling_before']:.0f}/s and "
+                 f"{row['ceiling_after']:.0f}/s, fraction of their mean "
+                 f"{_fmt(row['ours_fraction_of_bracket'])}")
               + ("" if load is None else f" (load average {load[0]:.2f} at its start)"))  # fmt: skip
     print(f"rounds median: ours_over_naive {_fmt(rounds['median_ours_over_naive'])}, "
-          f"ours_fraction_of_limit {_fmt(rounds['median_ours_fraction_of_limit'])}")  # fmt: skip
+          f"ours_fraction_of_limit {_fmt(rounds['median_ours_fraction_of_limit'])}, "
+          f"ours_fraction_of_bracket {_fmt(rounds.get('median_ours_fraction_of_bracket'))}")  # fmt: skip
 
 
 def _fmt(value: float | None) -> str:
@@ -1452,6 +1505,11 @@ def report(result: dict[str, Any]) -> None:
     for key in ("ours_over_naive", "ours_over_ray", "ours_fraction_of_limit"):
         if key in result:
             print(f"{key}: {result[key]:.2f}")
+    if "ours_fraction_of_bracket" in result:
+        b = result["ours_ceiling_bracket"]
+        print(f"ours_fraction_of_bracket: {result['ours_fraction_of_bracket']:.2f} (compute "
+              f"ceiling right before our search {b['ceiling_before']:.0f}/s, right after "
+              f"{b['ceiling_after']:.0f}/s)")  # fmt: skip
     if "rounds" in result:
         report_rounds(result["rounds"])
     for key in ("overload", "overload_full"):
