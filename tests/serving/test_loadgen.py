@@ -128,7 +128,12 @@ def test_generator_measures_against_the_trivial_server_with_a_delay():
 
 
 def test_capacity_rounds_alternate_the_systems_and_take_per_round_ratios(bench, monkeypatch):
-    order, figures = [], iter([2000, 3000, 500, 1500, 1000, 4000, 400, 1000])
+    # figures in call order, per round: compute ceiling, naive, HTTP ceiling, the ceiling right
+    # before ours' search, ours, the ceiling right after it
+    order, figures = (
+        [],
+        iter([2000, 3000, 5000, 1400, 1500, 1600, 1000, 4000, 400, 900, 1000, 1100]),
+    )
 
     class Server:
         def __init__(self, args, port):
@@ -154,13 +159,20 @@ def test_capacity_rounds_alternate_the_systems_and_take_per_round_ratios(bench, 
     # each round: compute ceiling, naive, then on ours' server its HTTP ceiling and ours;
     # every search starts at 3/4 of the previous round's figure
     assert order == [("rate", 300), ("healthz", 3000), ("rate", 900),
-                     ("rate", 2250), ("healthz", 375), ("rate", 1125)]  # fmt: skip
+                     ("rate", 2250), ("healthz", 3750), ("rate", 1125)]  # fmt: skip
     assert [(r["naive"], r["ours"], r["compute_ceiling"], r["http_ceiling"]) for r in rounds] == [
-        (400.0, 1200.0, 1600.0, 4000.0), (3000, 1500, 2000, 500), (4000, 1000, 1000, 400)
+        (400.0, 1200.0, 1600.0, 4000.0), (3000, 1500, 2000, 5000), (4000, 1000, 1000, 400)
     ]  # fmt: skip
     assert [r["ours_over_naive"] for r in rounds] == [3.0, 0.5, 0.25]
     assert out["median_ours_over_naive"] == 0.5
-    assert out["median_ours_fraction_of_limit"] == 2.5  # 0.75, 3.0, 2.5
+    assert out["median_ours_fraction_of_limit"] == 0.75  # 0.75, 0.75, 2.5 (HTTP ceiling 400)
+    # ours over the mean of the ceilings around its search (1500: 1.0), the HTTP ceiling still
+    # the limit where lower (round 3: 400, 2.5); round 1 came without a bracket
+    assert [(r.get("ceiling_before"), r.get("ceiling_after")) for r in rounds] == [
+        (None, None), (1400, 1600), (900, 1100)
+    ]  # fmt: skip
+    assert [r["ours_fraction_of_bracket"] for r in rounds] == [None, 1.0, 2.5]
+    assert out["median_ours_fraction_of_bracket"] == 1.75
     assert set(curves) == {"naive_r2", "http_stack_r2", "ours_r2", "naive_r3", "http_stack_r3",
                            "ours_r3"}  # fmt: skip
 
