@@ -387,6 +387,36 @@ def ours_config(port: int, workdir: Path, **store: Any) -> dict[str, Any]:
     }
 
 
+def ours_serving_config(
+    port: int,
+    workdir: Path,
+    *,
+    fused: bool,
+    nice: int,
+    precision: str,
+    recommend: dict[str, Any],
+    degrade: bool,
+    deadline_ms: float | None = None,
+) -> dict[str, Any]:
+    """Our recommend server's config as this benchmark runs it: ColdNAS ranking at
+    ``precision``, the model threads at niceness ``nice``, ``recommend`` (``--ours-recommend``)
+    laid over the recommend section; ``degrade=False`` never degrades (full N or a refusal);
+    ``deadline_ms``: the default deadline (``None`` keeps ``P99_MS``)."""
+    config = ours_config(port, workdir)
+    config["compute"]["nice"] = nice
+    config["recommend"] = {
+        "fused": fused,
+        "recommender": "coldnas",
+        "precision": precision,
+        **recommend,
+    }
+    if not degrade:
+        config["admission"].update(degrade_at=0.8, reject_at=0.8)
+    if deadline_ms is not None:
+        config["admission"]["deadline_ms"] = deadline_ms
+    return config
+
+
 def serve_ours(config_path: Path) -> None:
     from warmstart.serving.config import ServeConfig
     from warmstart.serving.runner import serve_forever
@@ -448,21 +478,43 @@ class ServerProcess:
         p = psutil.Process(self.proc.pid)
         return sum(q.memory_info().rss for q in [p, *p.children(recursive=True)]) / 2**20
 
-    def cpu_seconds(self) -> dict[str, float]:
-        """CPU seconds (user + system) of the server's main thread (``loop``: uvicorn's event
-        loop) and of its other threads (``threads``), from /proc (Linux; empty elsewhere)."""
-        out = {"loop": 0.0, "threads": 0.0}
+    def thread_counters(self) -> dict[int, tuple[float, float, int, int]]:
+        """Per thread id of the server process: user and system CPU seconds, voluntary and
+        involuntary context switches, from /proc (Linux; empty elsewhere)."""
+        out: dict[int, tuple[float, float, int, int]] = {}
         tasks = Path(f"/proc/{self.proc.pid}/task")
         if not tasks.is_dir():
-            return {}
+            return out
+        tick = os.sysconf("SC_CLK_TCK")
         for task in tasks.iterdir():
             try:
                 stat = (task / "stat").read_text()
+                status = (task / "status").read_text()
             except OSError:  # a thread that just ended
                 continue
             fields = stat[stat.rindex(")") + 2 :].split()
-            seconds = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-            out["loop" if int(task.name) == self.proc.pid else "threads"] += seconds
+            switches = {
+                name: int(value)
+                for name, _, value in (line.partition(":") for line in status.splitlines())
+                if name in ("voluntary_ctxt_switches", "nonvoluntary_ctxt_switches")
+            }
+            out[int(task.name)] = (
+                int(fields[11]) / tick,
+                int(fields[12]) / tick,
+                switches.get("voluntary_ctxt_switches", 0),
+                switches.get("nonvoluntary_ctxt_switches", 0),
+            )
+        return out
+
+    def cpu_seconds(self) -> dict[str, float]:
+        """CPU seconds (user + system) of the server's main thread (``loop``: uvicorn's event
+        loop) and of its other threads (``threads``), from /proc (Linux; empty elsewhere)."""
+        counters = self.thread_counters()
+        if not counters:
+            return {}
+        out = {"loop": 0.0, "threads": 0.0}
+        for tid, (user, system, _, _) in counters.items():
+            out["loop" if tid == self.proc.pid else "threads"] += user + system
         return out
 
     def stop(self) -> None:
@@ -1330,18 +1382,16 @@ def run(args: argparse.Namespace) -> None:
         (full N or a refusal: the degraded path is then never taken), the default shedding
         for the other flood; ``capacity``: the capacity search's deadline
         (``--ours-deadline-ms``; the floods keep the default)."""
-        config = ours_config(port, workdir)
-        config["compute"]["nice"] = args.compute_nice
-        config["recommend"] = {
-            "fused": system == "ours",
-            "recommender": "coldnas",
-            "precision": args.precision,
-            **json.loads(args.ours_recommend),
-        }
-        if not degrade:
-            config["admission"].update(degrade_at=0.8, reject_at=0.8)
-        if capacity:
-            config["admission"]["deadline_ms"] = args.ours_deadline_ms
+        config = ours_serving_config(
+            port,
+            workdir,
+            fused=system == "ours",
+            nice=args.compute_nice,
+            precision=args.precision,
+            recommend=json.loads(args.ours_recommend),
+            degrade=degrade,
+            deadline_ms=args.ours_deadline_ms if capacity else None,
+        )
         path = (
             workdir / f"{system}{'' if degrade else '-full'}{'-capacity' if capacity else ''}.json"
         )

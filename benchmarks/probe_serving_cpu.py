@@ -1,7 +1,8 @@
 """Where our server's core goes at one fixed arrival rate (a dev probe beside bench_serving).
 
-Starts our server the way ``bench_serving.py``'s capacity search does (ML-1M ColdNAS, fused
-model stage, ``rank.max_batch`` 48, compute niceness 10, never degrading, 200-ms deadline; the
+Starts our server the way ``bench_serving.py``'s capacity search does
+(``bench_serving.ours_serving_config``: ML-1M ColdNAS, fused model stage, ``--recommend``
+``{"rank": {"max_batch": 48}}``, compute niceness 10, never degrading, 200-ms deadline; the
 server pinned to ``SERVER_CPU``, this generator to ``CLIENT_CPU``), warms it up, sends
 ``--rate`` requests/s for ``--seconds`` and prints, per request, what each server thread spent
 (user and system CPU from ``/proc``, voluntary and involuntary context switches), the latency,
@@ -12,7 +13,7 @@ per-request floor. Repeat with ``--repeat`` (alternating ``--recommend`` variant
     python benchmarks/probe_serving_cpu.py --data-dir ../shared/data --rate 1300 --seconds 6
     python benchmarks/probe_serving_cpu.py --data-dir ../shared/data --rate 1300 --healthz
     python benchmarks/probe_serving_cpu.py --data-dir ../shared/data --rate 1300 --repeat 2 \
-        --recommend '{"rank": {"max_wait_s": 0.001}}' --vs '{"rank": {"max_wait_s": 0.004}}'
+        --vs '{"rank": {"max_batch": 48, "max_wait_s": 0.004}}'
 
 Linux only (per-thread figures from ``/proc``). Run it on an otherwise idle box.
 """
@@ -33,63 +34,45 @@ from common import add_common_args
 from loadgen import measure, request_bytes
 
 
-def thread_counters(pid: int) -> dict[str, tuple[int, int, int, int]]:
-    """Per thread (``name:tid``): voluntary and involuntary switches, user and system ticks."""
-    out = {}
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        try:
-            status = (task / "status").read_text()
-            stat = (task / "stat").read_text()
-            name = (task / "comm").read_text().strip()
-        except OSError:  # a thread that just ended
-            continue
-        fields = stat[stat.rindex(")") + 2 :].split()
-        vol = int(status.split("\nvoluntary_ctxt_switches:")[1].split()[0])
-        invol = int(status.split("nonvoluntary_ctxt_switches:")[1].split()[0])
-        out[f"{name}:{task.name}"] = (vol, invol, int(fields[11]), int(fields[12]))
-    return out
-
-
 def probe_once(args: argparse.Namespace, payloads: list[bytes], recommend: dict[str, Any]) -> None:
     workdir = bs.RUNS / "serving-probe"
     workdir.mkdir(parents=True, exist_ok=True)
     port = bs.free_port()
-    config = bs.ours_config(port, workdir)
-    config["compute"]["nice"] = args.compute_nice
-    config["recommend"] = {"fused": True, "recommender": "coldnas", "rank": {"max_batch": 48}}
-    for key, value in recommend.items():
-        if isinstance(value, dict):
-            config["recommend"].setdefault(key, {}).update(value)
-        else:
-            config["recommend"][key] = value
-    config["admission"].update(degrade_at=0.8, reject_at=0.8, deadline_ms=args.deadline_ms)
+    config = bs.ours_serving_config(
+        port,
+        workdir,
+        fused=True,
+        nice=args.compute_nice,
+        precision=args.precision,
+        recommend=recommend,
+        degrade=False,
+        deadline_ms=args.deadline_ms,
+    )
     path = workdir / "probe.json"
     path.write_text(json.dumps(config))
     server = bs.ServerProcess(["--serve", "ours", "--config", str(path)], port)
     try:
         measure("127.0.0.1", port, payloads, 50, 2.0, seed=999)  # warm-up, as the benchmark
         measure("127.0.0.1", port, payloads, args.rate, 2.0, seed=998)
-        before = thread_counters(server.proc.pid)
+        before = server.thread_counters()
         r = measure("127.0.0.1", port, payloads, args.rate, args.seconds, seed=1)
-        after = thread_counters(server.proc.pid)
-        n = args.rate * args.seconds
-        tick_ms = 1e3 / os.sysconf("SC_CLK_TCK")
+        after = server.thread_counters()
+        n = r["sent"]
         print(f"{json.dumps(recommend)} at {args.rate:.0f}/s for {args.seconds:.0f} s: "
               f"p50 {r['p50_ms']:.1f} ms, p99 {r['p99_ms']:.1f} ms, errors {r['error_rate']:.4f}")  # fmt: skip
         total = 0.0
-        for name, new in sorted(after.items()):
-            old = before.get(name)
+        for tid, new in sorted(after.items()):
+            old = before.get(tid)
             if old is None:
                 continue
-            vol, invol, user, system = (b - a for a, b in zip(old, new, strict=True))
+            user, system, vol, invol = (b - a for a, b in zip(old, new, strict=True))
             if not (vol or invol or user or system):
                 continue
-            cpu = (user + system) * tick_ms / n
+            cpu = 1e3 * (user + system) / n
             total += cpu
-            tid = name.rsplit(":", 1)[1]  # the OS name of a Python thread is "python"
-            role = "event loop" if tid == str(server.proc.pid) else f"thread {tid} (model, store)"
-            print(f"  {role:<24} {cpu:.3f} ms CPU a request (user {user * tick_ms / n:.3f}, "
-                  f"system {system * tick_ms / n:.3f}); switches a request: voluntary "
+            role = "event loop" if tid == server.proc.pid else f"thread {tid} (model, store)"
+            print(f"  {role:<24} {cpu:.3f} ms CPU a request (user {1e3 * user / n:.3f}, "
+                  f"system {1e3 * system / n:.3f}); switches a request: voluntary "
                   f"{vol / n:.2f}, involuntary {invol / n:.2f}")  # fmt: skip
         print(f"  server core: {total:.3f} ms a request, {100 * total * args.rate / 1e3:.0f}% busy")
         stats = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/stats").read())
@@ -108,8 +91,13 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=1000.0, help="requests per second")
     parser.add_argument("--seconds", type=float, default=6.0)
     parser.add_argument("--healthz", action="store_true", help="GET /healthz instead")
-    parser.add_argument("--recommend", default="{}", help="JSON merged into recommend config")
+    parser.add_argument(
+        "--recommend",
+        default='{"rank": {"max_batch": 48}}',
+        help="JSON laid over the recommend config, as bench_serving's --ours-recommend",
+    )
     parser.add_argument("--vs", default=None, help="a second --recommend, alternated with it")
+    parser.add_argument("--precision", choices=("float32", "bfloat16"), default="float32")
     parser.add_argument("--repeat", type=int, default=1)
     parser.add_argument("--compute-nice", type=int, default=10)
     parser.add_argument("--deadline-ms", type=float, default=200.0)
