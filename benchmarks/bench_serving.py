@@ -433,6 +433,11 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def warm_up(port: int, payloads: list[bytes]) -> None:
+    """2 s at 50 requests/s before a server is measured (first calls, allocator, caches)."""
+    measure("127.0.0.1", port, payloads, 50, 2.0, seed=999)
+
+
 class ServerProcess:
     """A server child pinned to ``cpus`` (``SERVER_CPU``) in its own session (so its children
     stop too); ``script`` is the benchmark file whose ``--serve`` runs it (this one)."""
@@ -777,7 +782,7 @@ def capacity_rounds(
             port = free_port()
             server = ServerProcess(command(system, port), port)
             try:
-                measure("127.0.0.1", port, payloads, 50, 2.0, seed=999)  # warm-up
+                warm_up(port, payloads)
                 if system == "ours":
                     log = curves[f"http_stack_r{r}"] = []
                     start = 0.75 * prev["http_ceiling"] or 1000
@@ -1409,7 +1414,7 @@ def run(args: argparse.Namespace) -> None:
         print(f"system {system}", flush=True)
         server = ServerProcess(capacity_command(system, port), port)
         try:
-            measure("127.0.0.1", port, payloads, 50, 2.0, seed=999)  # warm-up
+            warm_up(port, payloads)
             if system == "ours":
                 print("ceiling: our HTTP stack on GET /healthz", flush=True)
                 curves["http_stack"] = []
@@ -1444,7 +1449,7 @@ def run(args: argparse.Namespace) -> None:
                 port = free_port()
                 server = ServerProcess(ours_command(system, port, degrade=degrade), port)
                 try:
-                    measure("127.0.0.1", port, payloads, 50, 2.0, seed=999)  # warm-up
+                    warm_up(port, payloads)
                     result[key] = overload(server, payloads, caps[system], args.overload_s)
                 finally:
                     server.stop()

@@ -52,13 +52,14 @@ def probe_once(args: argparse.Namespace, payloads: list[bytes], recommend: dict[
     path.write_text(json.dumps(config))
     server = bs.ServerProcess(["--serve", "ours", "--config", str(path)], port)
     try:
-        measure("127.0.0.1", port, payloads, 50, 2.0, seed=999)  # warm-up, as the benchmark
+        bs.warm_up(port, payloads)
         measure("127.0.0.1", port, payloads, args.rate, 2.0, seed=998)
         before = server.thread_counters()
         r = measure("127.0.0.1", port, payloads, args.rate, args.seconds, seed=1)
         after = server.thread_counters()
         n = r["sent"]
-        print(f"{json.dumps(recommend)} at {args.rate:.0f}/s for {args.seconds:.0f} s: "
+        what = "GET /healthz" if args.healthz else json.dumps(recommend)
+        print(f"{what} at {args.rate:.0f}/s for {args.seconds:.0f} s: "
               f"p50 {r['p50_ms']:.1f} ms, p99 {r['p99_ms']:.1f} ms, errors {r['error_rate']:.4f}")  # fmt: skip
         total = 0.0
         for tid, new in sorted(after.items()):
